@@ -1,0 +1,284 @@
+"""The ``asyncsynth`` command line: run, sim, endpoints, cache, gra, s3."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from .config import DEFAULT_CONFIG, Config, load_config, single_endpoint_config
+from .engine import AsyncsynthError, Journal
+from .engine.journal import journal_path_for
+from .io import write_json
+
+T = TypeVar("T")
+
+EXIT_FAILED_ROWS = 1
+EXIT_BAD_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+
+class ConfigProblem(click.ClickException):
+    exit_code = EXIT_BAD_CONFIG
+
+
+def _run_async(fn: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
+    """Run ``fn`` on the event loop; Ctrl-C or SIGTERM cancel it cleanly.
+
+    Returns ``(result, interrupted)``.
+    """
+    outcome: list[T] = []
+    interrupted = False
+
+    async def main() -> None:
+        nonlocal interrupted
+        async with anyio.create_task_group() as tg:
+
+            async def watch_signals() -> None:
+                nonlocal interrupted
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        interrupted = True
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch_signals)
+            outcome.append(await fn())
+            tg.cancel_scope.cancel()
+
+    options: dict[str, Any] = {}
+    try:
+        import uvloop  # noqa: F401
+
+        options["use_uvloop"] = True
+    except ImportError:
+        pass
+    try:
+        anyio.run(main, backend="asyncio", backend_options=options)
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    return (outcome[0] if outcome else None), interrupted
+
+
+def resolve_config(
+    config_path: str | None,
+    role: str | None,
+    *,
+    endpoint_flags: dict[str, Any],
+    engine_flags: dict[str, Any] | None = None,
+) -> Config:
+    """The config a command runs with: a file (``--config``, else ./asyncsynth.toml), or flags.
+
+    Endpoint flags override the chosen role's endpoints in a file.
+    """
+    flags = {k: v for k, v in endpoint_flags.items() if v is not None}
+    try:
+        if config_path is None and Path(DEFAULT_CONFIG).exists() and "base_url" not in flags:
+            config_path = DEFAULT_CONFIG
+        if config_path is not None:
+            config = load_config(config_path)
+            config = config.with_endpoint_overrides(config.role(role), **flags)
+        elif ("base_url" in flags and "model" in flags) or flags.get("kind") == "local":
+            config = single_endpoint_config(**flags)
+        else:
+            raise ConfigProblem(
+                f"no config: give --config FILE (or create ./{DEFAULT_CONFIG}), "
+                "or --base-url and --model for a one-off endpoint"
+            )
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    if engine := {k: v for k, v in (engine_flags or {}).items() if v is not None}:
+        config = replace(config, engine=replace(config.engine, **engine))
+    return config
+
+
+def endpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags that define or override an endpoint, shared by every command that sends."""
+    options = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            help=f"TOML config (default: ./{DEFAULT_CONFIG} if present).",
+        ),
+        click.option("--role", help="Role (or endpoint) of the config to send to."),
+        click.option("--base-url", help="One-off endpoint, e.g. http://localhost:8000/v1."),
+        click.option("--model", help="Model name the endpoint serves."),
+        click.option(
+            "--local",
+            "local",
+            is_flag=True,
+            help="Start the embedded llama.cpp endpoint (needs asyncsynth[local]).",
+        ),
+        click.option(
+            "--gguf",
+            type=click.Path(dir_okay=False),
+            help="GGUF file for --local (default: SmolLM2-135M-Instruct).",
+        ),
+        click.option("--api-key-env", help="Environment variable holding the API key."),
+        click.option(
+            "--concurrency", type=click.IntRange(min=1), help="Max requests in flight per endpoint."
+        ),
+        click.option(
+            "--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests per minute limit."
+        ),
+        click.option(
+            "--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens per minute limit."
+        ),
+        click.option(
+            "--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per attempt."
+        ),
+        click.option("--max-tokens", type=click.IntRange(min=1), help="Completion token limit."),
+        click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature."),
+        click.option(
+            "--transport",
+            type=click.Choice(["aiohttp", "httpx", "openai"]),
+            help="HTTP client (default aiohttp).",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(min=1),
+            help="Attempts per request, first included.",
+        ),
+        click.option(
+            "--deadline",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Seconds per request across all attempts.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def config_from_options(kw: dict[str, Any]) -> Config:
+    """Pop the shared endpoint options from a command's kwargs and resolve the config."""
+    local = kw.pop("local")
+    gguf = kw.pop("gguf")
+    endpoint_flags = {
+        "base_url": kw.pop("base_url"),
+        "model": kw.pop("model"),
+        "api_key_env": kw.pop("api_key_env"),
+        "max_concurrency": kw.pop("concurrency"),
+        "rpm": kw.pop("rpm"),
+        "tpm": kw.pop("tpm"),
+        "timeout": kw.pop("timeout"),
+        "max_tokens": kw.pop("max_tokens"),
+        "temperature": kw.pop("temperature"),
+        "transport": kw.pop("transport"),
+    }
+    if local or gguf:
+        endpoint_flags |= {"kind": "local", "gguf": gguf}
+    engine_flags = {"max_attempts": kw.pop("max_attempts"), "deadline": kw.pop("deadline")}
+    return resolve_config(
+        kw.pop("config_path"),
+        kw.get("role"),
+        endpoint_flags=endpoint_flags,
+        engine_flags=engine_flags,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="asyncsynth")
+def main() -> None:
+    """Synthesize training data at high concurrency from OpenAI-compatible endpoints."""
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Answers, one JSON line per request.",
+)
+@endpoint_options
+@click.option(
+    "--no-cache", is_flag=True, help="Neither read nor write the journal next to the output."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option(
+    "--stats-json", type=click.Path(dir_okay=False), help="Write the end-of-run summary as JSON."
+)
+def run(
+    input_path: str,
+    output_path: str,
+    no_cache: bool,
+    quiet: bool,
+    stats_json: str | None,
+    **kw: Any,
+) -> None:
+    """Send every request in INPUT.jsonl; answers go to OUTPUT, failures to OUTPUT.errors.jsonl.
+
+    Input lines: {"messages": [...]}, {"prompt": "..."} or OpenAI Batch lines
+    ({"custom_id": ..., "body": {...}}). Re-running the same command resumes.
+    """
+    from .progress import format_summary
+    from .run import run_file
+
+    config = config_from_options(kw)
+    report, interrupted = _run_async(
+        lambda: run_file(
+            config, input_path, output_path, role=kw["role"], cache=not no_cache, progress=not quiet
+        )
+    )
+    if interrupted or report is None:
+        saved = ""
+        if not no_cache and journal_path_for(output_path).exists():
+            with Journal(journal_path_for(output_path)) as journal:
+                saved = f" {len(journal):,} answers are saved in the journal;"
+        click.echo(f"Interrupted.{saved} run the same command again to resume.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if stats_json:
+        write_json(stats_json, report.stats)
+    if not quiet:
+        click.echo(format_summary(report.stats), err=True)
+    if report.failed or report.bad_lines:
+        click.echo(
+            f"{report.failed:,} requests failed and {report.bad_lines:,} input lines were bad: "
+            f"see {report.errors}",
+            err=True,
+        )
+        sys.exit(EXIT_FAILED_ROWS)
+
+
+@main.group()
+def cache() -> None:
+    """Inspect or clear the journal of completed answers kept next to an output."""
+
+
+def _journal_path(target: str) -> Path:
+    path = Path(target)
+    return path if path.name.endswith(".journal.sqlite") else journal_path_for(path)
+
+
+@cache.command("stats")
+@click.argument("target", metavar="OUTPUT_OR_JOURNAL")
+def cache_stats(target: str) -> None:
+    """Entries and size of the journal of OUTPUT (or of a .journal.sqlite file)."""
+    path = _journal_path(target)
+    if not path.exists():
+        raise click.ClickException(f"{path}: no journal here")
+    with Journal(path) as journal:
+        stats = journal.stats()
+    click.echo(f"{stats['path']}: {stats['entries']:,} answers, {stats['bytes'] / 1e6:,.1f} MB")
+
+
+@cache.command("clear")
+@click.argument("target", metavar="OUTPUT_OR_JOURNAL")
+def cache_clear(target: str) -> None:
+    """Forget every answer in the journal of OUTPUT, so the next run sends everything again."""
+    path = _journal_path(target)
+    if not path.exists():
+        raise click.ClickException(f"{path}: no journal here")
+    with Journal(path) as journal:
+        n = journal.clear()
+    click.echo(f"{path}: cleared {n:,} answers")

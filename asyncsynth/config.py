@@ -1,0 +1,364 @@
+"""The one config model: endpoints, roles, request params, engine settings.
+
+Loaded from TOML and validated at load: unknown keys, missing fields and bad
+values are refused with the file, the dotted key and the reason. Pipeline
+sections (``[gra]``, ``[s3]``) are kept as raw tables here and validated by
+their pipelines with the same helpers (:func:`check_table`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .engine.errors import ConfigError
+from .engine.retry import (
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TIMEOUT,
+    INITIAL_BACKOFF,
+    MAX_BACKOFF,
+)
+
+DEFAULT_CONFIG = "asyncsynth.toml"
+
+# Request parameters that may be set in config; anything vendor-specific goes in extra_body.
+PARAM_KEYS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "seed",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "response_format",
+        "extra_body",
+    }
+)
+
+TRANSPORTS = ("aiohttp", "httpx", "openai")
+KINDS = ("remote", "local")
+
+
+# -- validation helpers -------------------------------------------------------------------------
+
+Check = Callable[[Any, str], Any]
+
+
+def _fail(where: str, reason: str) -> ConfigError:
+    return ConfigError(f"{where}: {reason}")
+
+
+def _number(*, minimum: float = 0.0, integer: bool = False, allow_zero: bool = True) -> Check:
+    def check(value: Any, where: str) -> Any:
+        ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
+            kind = "an integer" if integer else "a number"
+            raise _fail(where, f"expected {kind}, got {value!r}")
+        if value < minimum or (not allow_zero and value == 0):
+            bound = f"> {minimum}" if not allow_zero else f">= {minimum}"
+            raise _fail(where, f"must be {bound}, got {value!r}")
+        return value
+
+    return check
+
+
+def _string(*, choices: tuple[str, ...] | None = None) -> Check:
+    def check(value: Any, where: str) -> Any:
+        if not isinstance(value, str) or not value:
+            raise _fail(where, f"expected a non-empty string, got {value!r}")
+        if choices and value not in choices:
+            raise _fail(where, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    return check
+
+
+def _boolean(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(where, f"expected true or false, got {value!r}")
+    return value
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, f"expected a table, got {value!r}")
+    return value
+
+
+def _string_list(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise _fail(where, f"expected a name or a non-empty list of names, got {value!r}")
+    return tuple(value)
+
+
+POSITIVE = _number(allow_zero=False)
+POSITIVE_INT = _number(integer=True, minimum=1)
+NON_NEGATIVE = _number()
+STRING = _string()
+BOOLEAN: Check = _boolean
+TABLE: Check = _table
+NAMES: Check = _string_list
+
+
+def optional(check: Check) -> Check:
+    return lambda value, where: None if value is None else check(value, where)
+
+
+def check_table(
+    table: Mapping[str, Any],
+    spec: Mapping[str, Check],
+    where: str,
+    *,
+    required: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Validate ``table`` against ``spec`` (key -> check); refuse unknown and missing keys."""
+    for key in table:
+        if key not in spec:
+            known = ", ".join(sorted(spec))
+            raise _fail(f"{where}.{key}" if where else key, f"unknown key (known keys: {known})")
+    for key in required:
+        if key not in table:
+            raise _fail(f"{where}.{key}" if where else key, "missing required key")
+    return {
+        key: spec[key](value, f"{where}.{key}" if where else key) for key, value in table.items()
+    }
+
+
+def check_params(value: Any, where: str) -> dict[str, Any]:
+    """Request parameters: the keys in :data:`PARAM_KEYS`, checked where it matters."""
+    table = _table(value, where)
+    spec: dict[str, Check] = {k: lambda v, w: v for k in PARAM_KEYS}
+    spec |= {
+        "temperature": _number(),
+        "top_p": _number(),
+        "max_tokens": POSITIVE_INT,
+        "seed": _number(integer=True, minimum=-(2**63)),
+        "presence_penalty": _number(minimum=-2.0),
+        "frequency_penalty": _number(minimum=-2.0),
+        "response_format": _table,
+        "extra_body": _table,
+        "logit_bias": _table,
+    }
+    return check_table(table, spec, where)
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """One OpenAI-compatible server serving one model."""
+
+    name: str
+    model: str
+    base_url: str | None = None
+    kind: str = "remote"
+    gguf: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int | None = None
+    adaptive: bool = True
+    rpm: float | None = None
+    tpm: float | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    transport: str = "aiohttp"
+    n_ctx: int = 2048
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def api_key(self) -> str | None:
+        """The key, read from the environment at use; it is never stored in config."""
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if key is None:
+            raise ConfigError(
+                f"endpoints.{self.name}.api_key_env: environment variable "
+                f"{self.api_key_env} is not set"
+            )
+        return key
+
+    def __repr__(self) -> str:  # never shows the key, only where it comes from
+        return (
+            f"EndpointConfig(name={self.name!r}, model={self.model!r}, "
+            f"base_url={self.base_url!r}, kind={self.kind!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    deadline: float = DEFAULT_DEADLINE
+    backoff_base: float = INITIAL_BACKOFF
+    backoff_max: float = MAX_BACKOFF
+    journal: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    endpoints: Mapping[str, EndpointConfig]
+    roles: Mapping[str, tuple[str, ...]]
+    engine: EngineSettings = EngineSettings()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    source: str = "<config>"
+
+    def role(self, name: str | None) -> tuple[str, ...]:
+        """Endpoint names serving ``name``; ``None`` means the only role, or every endpoint."""
+        if name is None:
+            if len(self.roles) == 1:
+                return next(iter(self.roles.values()))
+            if not self.roles:
+                return tuple(self.endpoints)
+            raise ConfigError(
+                f"{self.source}: several roles are defined ({', '.join(self.roles)}); choose one"
+            )
+        if name in self.roles:
+            return self.roles[name]
+        if name in self.endpoints:
+            return (name,)
+        known = ", ".join([*self.roles, *self.endpoints]) or "none"
+        raise ConfigError(f"{self.source}: no role or endpoint named {name!r} (known: {known})")
+
+    def params_for(self, endpoint: str) -> dict[str, Any]:
+        """Request params for ``endpoint``: global defaults, then the endpoint's own."""
+        merged = dict(self.defaults)
+        merged.update(self.endpoints[endpoint].params)
+        return merged
+
+    def with_endpoint_overrides(self, names: tuple[str, ...], **changes: Any) -> Config:
+        """A copy where the named endpoints take ``changes`` (``None`` values are ignored)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        params = {k: changes.pop(k) for k in list(changes) if k in PARAM_KEYS}
+        if not changes and not params:
+            return self
+        endpoints = dict(self.endpoints)
+        for name in names:
+            ep = endpoints[name]
+            endpoints[name] = replace(ep, **changes, params={**ep.params, **params})
+        return replace(self, endpoints=endpoints)
+
+
+_ENDPOINT_SPEC: dict[str, Check] = {
+    "base_url": STRING,
+    "model": STRING,
+    "kind": _string(choices=KINDS),
+    "gguf": STRING,
+    "api_key_env": STRING,
+    "max_concurrency": POSITIVE_INT,
+    "adaptive": BOOLEAN,
+    "rpm": POSITIVE,
+    "tpm": POSITIVE,
+    "timeout": POSITIVE,
+    "transport": _string(choices=TRANSPORTS),
+    "n_ctx": POSITIVE_INT,
+    "params": check_params,
+}
+
+_ENGINE_SPEC: dict[str, Check] = {
+    "max_attempts": POSITIVE_INT,
+    "deadline": POSITIVE,
+    "backoff_base": NON_NEGATIVE,
+    "backoff_max": NON_NEGATIVE,
+    "journal": BOOLEAN,
+}
+
+PIPELINE_SECTIONS = ("gra", "s3")
+
+
+def endpoint_from_table(name: str, table: Mapping[str, Any], where: str) -> EndpointConfig:
+    values = check_table(table, _ENDPOINT_SPEC, where)
+    kind = values.get("kind", "remote")
+    if kind == "remote" and "base_url" not in values:
+        raise _fail(f"{where}.base_url", 'missing required key (or set kind = "local")')
+    if kind == "local":
+        values.setdefault("model", Path(values.get("gguf", "SmolLM2-135M-Instruct")).stem)
+    elif "model" not in values:
+        raise _fail(f"{where}.model", "missing required key")
+    if "base_url" in values:
+        values["base_url"] = values["base_url"].rstrip("/")
+    return EndpointConfig(name=name, **values)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> Config:
+    """Build and validate a :class:`Config` from parsed TOML (or any nested mapping)."""
+    top: dict[str, Check] = {
+        "endpoints": TABLE,
+        "roles": TABLE,
+        "engine": TABLE,
+        "defaults": check_params,
+        **{section: TABLE for section in PIPELINE_SECTIONS},
+    }
+    values = check_table(data, top, "")
+    try:
+        endpoints = {
+            name: endpoint_from_table(name, _table(table, f"endpoints.{name}"), f"endpoints.{name}")
+            for name, table in values.get("endpoints", {}).items()
+        }
+        roles = {
+            name: _string_list(members, f"roles.{name}")
+            for name, members in values.get("roles", {}).items()
+        }
+        for role, members in roles.items():
+            for member in members:
+                if member not in endpoints:
+                    raise _fail(f"roles.{role}", f"names unknown endpoint {member!r}")
+        engine = EngineSettings(**check_table(values.get("engine", {}), _ENGINE_SPEC, "engine"))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return Config(
+        endpoints=endpoints,
+        roles=roles,
+        engine=engine,
+        defaults=values.get("defaults", {}),
+        sections={s: values[s] for s in PIPELINE_SECTIONS if s in values},
+        source=source,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config; errors name the file, the key and the reason."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return config_from_dict(data, str(path))
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(
+            message if message.startswith(str(path)) else f"{path}: {message}"
+        ) from None
+
+
+def single_endpoint_config(
+    *,
+    base_url: str | None,
+    model: str | None,
+    kind: str = "remote",
+    **settings: Any,
+) -> Config:
+    """A config with one endpoint (and one role), both named ``default``: the CLI's flags mode."""
+    table: dict[str, Any] = {"kind": kind}
+    if base_url:
+        table["base_url"] = base_url
+    if model:
+        table["model"] = model
+    params = {k: settings.pop(k) for k in list(settings) if k in PARAM_KEYS}
+    table.update({k: v for k, v in settings.items() if v is not None})
+    if params := {k: v for k, v in params.items() if v is not None}:
+        table["params"] = params
+    return config_from_dict(
+        {"endpoints": {"default": table}, "roles": {"default": ["default"]}}, "command line"
+    )

@@ -1,0 +1,288 @@
+"""One endpoint's wire protocol: OpenAI chat completions over a pooled connection.
+
+A transport turns a ready JSON body into a parsed completion, or raises one of the
+errors in :mod:`asyncsynth.engine.errors`; it never retries (the engine does). Three
+are provided, chosen per endpoint with ``transport = "..."``:
+
+- ``aiohttp`` (default): the fastest measured here (see ``benchmarks/overhead.py``);
+- ``httpx``: plain httpx, for environments that standardise on it;
+- ``openai``: the official SDK (``max_retries=0``), for providers it special-cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from .errors import (
+    ClientError,
+    ConnectError,
+    ConnectionDropped,
+    MalformedResponse,
+    RateLimited,
+    RequestError,
+    RequestTimeout,
+    ServerError,
+    StatusError,
+)
+
+
+@dataclass(slots=True)
+class Completion:
+    """What the engine keeps of a chat completion."""
+
+    content: str | None
+    finish_reason: str | None
+    usage: dict[str, int]
+    model: str | None
+
+
+class Transport(Protocol):
+    async def chat(self, body: bytes, timeout: float) -> Completion: ...
+
+    async def models(self, timeout: float) -> list[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def status_error(status: int, text: bytes | str, headers: Any, endpoint: str) -> StatusError:
+    """The right :class:`StatusError` for an HTTP error answer, with the server's message."""
+    message = _error_message(text) or f"HTTP {status}"
+    headers = {k.lower(): v for k, v in dict(headers or {}).items()}
+    cls: type[StatusError]
+    if status == 429:
+        cls = RateLimited
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = ClientError
+    return cls(f"HTTP {status}: {message}", status=status, headers=headers, endpoint=endpoint)
+
+
+def _error_message(text: bytes | str) -> str:
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raw = text.decode(errors="replace") if isinstance(text, bytes) else text
+        return raw.strip()[:300]
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:300]
+        return str(err)[:300]
+    return str(data)[:300]
+
+
+def parse_completion(raw: bytes, endpoint: str) -> Completion:
+    try:
+        data = orjson.loads(raw)
+        choice = data["choices"][0]
+        message = choice.get("message") or {}
+        content = message.get("content")
+        usage = data.get("usage") or {}
+        return Completion(
+            content=content,
+            finish_reason=choice.get("finish_reason"),
+            usage={
+                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                "completion_tokens": int(usage.get("completion_tokens") or 0),
+            },
+            model=data.get("model"),
+        )
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError):
+        preview = raw[:120].decode(errors="replace")
+        raise MalformedResponse(f"not a chat completion: {preview!r}", endpoint=endpoint) from None
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+class AiohttpTransport:
+    """The default transport: one aiohttp session with an unbounded keep-alive pool.
+
+    The engine bounds concurrency itself; the connector only reuses connections.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None, *, name: str = "") -> None:
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self._name = name
+        self._chat_url = f"{base_url}/chat/completions"
+        self._models_url = f"{base_url}/models"
+        self._headers = _headers(api_key)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+        self._timeouts: dict[float, Any] = {}
+
+    def _timeout(self, seconds: float) -> Any:
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            timeout = self._aiohttp.ClientTimeout(total=seconds)
+            if len(self._timeouts) < 64:
+                self._timeouts[seconds] = timeout
+        return timeout
+
+    async def _get(self, method: str, url: str, body: bytes | None, timeout: float) -> bytes:
+        aiohttp = self._aiohttp
+        try:
+            async with self._session.request(
+                method, url, data=body, timeout=self._timeout(timeout)
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise status_error(resp.status, raw, resp.headers, self._name)
+                return raw
+        except RequestError:
+            raise
+        except TimeoutError:
+            raise RequestTimeout(f"no answer within {timeout:g}s", endpoint=self._name) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectError(
+                f"cannot connect: {exc.os_error or exc}", endpoint=self._name
+            ) from None
+        except (
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientOSError,
+        ) as exc:
+            raise ConnectionDropped(
+                f"connection dropped: {exc or type(exc).__name__}", endpoint=self._name
+            ) from None
+        except aiohttp.ClientResponseError as exc:  # a response aiohttp could not parse
+            raise MalformedResponse(
+                f"bad HTTP response: {exc.message}", endpoint=self._name
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ConnectionDropped(f"{type(exc).__name__}: {exc}", endpoint=self._name) from None
+
+    async def chat(self, body: bytes, timeout: float) -> Completion:
+        return parse_completion(await self._get("POST", self._chat_url, body, timeout), self._name)
+
+    async def models(self, timeout: float) -> list[str]:
+        raw = await self._get("GET", self._models_url, None, timeout)
+        return _model_ids(raw, self._name)
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+class HttpxTransport:
+    """Plain httpx; slower at high concurrency (see the overhead benchmark)."""
+
+    def __init__(self, base_url: str, api_key: str | None, *, name: str = "") -> None:
+        import httpx
+
+        self._httpx = httpx
+        self._name = name
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers=_headers(api_key),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        )
+
+    async def _send(self, method: str, path: str, body: bytes | None, timeout: float) -> bytes:
+        httpx = self._httpx
+        try:
+            resp = await self._client.request(method, path, content=body, timeout=timeout)
+        except httpx.TimeoutException:
+            raise RequestTimeout(f"no answer within {timeout:g}s", endpoint=self._name) from None
+        except httpx.ConnectError as exc:
+            raise ConnectError(f"cannot connect: {exc}", endpoint=self._name) from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            raise ConnectionDropped(f"connection dropped: {exc}", endpoint=self._name) from None
+        except httpx.HTTPError as exc:
+            raise ConnectionDropped(f"{type(exc).__name__}: {exc}", endpoint=self._name) from None
+        if resp.status_code >= 400:
+            raise status_error(resp.status_code, resp.content, resp.headers, self._name)
+        return resp.content
+
+    async def chat(self, body: bytes, timeout: float) -> Completion:
+        raw = await self._send("POST", "/chat/completions", body, timeout)
+        return parse_completion(raw, self._name)
+
+    async def models(self, timeout: float) -> list[str]:
+        return _model_ids(await self._send("GET", "/models", None, timeout), self._name)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class OpenAITransport:
+    """The official openai SDK, with its own retries off."""
+
+    def __init__(self, base_url: str, api_key: str | None, *, name: str = "") -> None:
+        import openai
+
+        self._openai = openai
+        self._name = name
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "none", max_retries=0
+        )
+
+    async def chat(self, body: bytes, timeout: float) -> Completion:
+        openai = self._openai
+        payload = orjson.loads(body)
+        extra = {k: payload.pop(k) for k in list(payload) if k not in _SDK_KEYS}
+        try:
+            resp = await self._client.chat.completions.with_raw_response.create(
+                **payload, extra_body=extra or None, timeout=timeout
+            )
+        except openai.APITimeoutError:
+            raise RequestTimeout(f"no answer within {timeout:g}s", endpoint=self._name) from None
+        except openai.APIConnectionError as exc:
+            raise ConnectionDropped(f"connection error: {exc}", endpoint=self._name) from None
+        except openai.APIStatusError as exc:
+            raise status_error(
+                exc.status_code, exc.response.content, exc.response.headers, self._name
+            ) from None
+        return parse_completion(resp.content, self._name)
+
+    async def models(self, timeout: float) -> list[str]:
+        page = await self._client.models.list(timeout=timeout)
+        return [m.id for m in page.data]
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+_SDK_KEYS = frozenset(
+    {
+        "model",
+        "messages",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "seed",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "response_format",
+        "n",
+    }
+)
+
+
+def _model_ids(raw: bytes, endpoint: str) -> list[str]:
+    try:
+        return [str(m["id"]) for m in orjson.loads(raw)["data"]]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise MalformedResponse(f"not a model list: {exc}", endpoint=endpoint) from None
+
+
+TRANSPORT_CLASSES: dict[str, type[AiohttpTransport | HttpxTransport | OpenAITransport]] = {
+    "aiohttp": AiohttpTransport,
+    "httpx": HttpxTransport,
+    "openai": OpenAITransport,
+}
+
+
+def make_transport(kind: str, base_url: str, api_key: str | None, *, name: str = "") -> Transport:
+    return TRANSPORT_CLASSES[kind](base_url, api_key, name=name)

@@ -1,0 +1,497 @@
+"""Fan-out: bounded, streaming, structured concurrency over a role's endpoints.
+
+    async with Engine(config, journal="out.jsonl.journal.sqlite") as engine:
+        async for result in engine.map(requests, role="generator"):
+            ...
+        one = await engine.complete(Request.from_prompt("Hi"), role="reviewer")
+
+``map`` runs a fixed pool of workers, as many as the role can have in flight, each
+pulling the next request from the (lazily read) input; results stream out as they
+complete, so memory does not grow with the input. The engine knows nothing of GRA
+or S3.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import orjson
+
+from .client import Completion, Transport, make_transport
+from .errors import DeadlineExceeded, RateLimited, RequestError
+from .fleet import EndpointState, Fleet
+from .journal import Journal, request_key
+from .retry import retrying, wait_for
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+MAX_WORKERS = 4096
+DEFAULT_MAX_TOKENS_ESTIMATE = 512
+"""Assumed completion length for TPM budgeting when a request names no ``max_tokens``."""
+
+
+@dataclass(slots=True)
+class Request:
+    """One chat completion to make. ``meta`` travels to the result untouched."""
+
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    sample: int = 0
+    """Which draw this is when the same prompt is asked several times (part of the cache key)."""
+
+    @classmethod
+    def from_prompt(cls, prompt: str, *, system: str | None = None, **kwargs: Any) -> Request:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        return cls(messages=messages, **kwargs)
+
+
+@dataclass(slots=True)
+class Result:
+    """The outcome of a :class:`Request`: a completion, or the error that ended it."""
+
+    request: Request
+    completion: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+    model: str | None = None
+    endpoint: str | None = None
+    latency_s: float = 0.0
+    attempts: int = 0
+    cached: bool = False
+    error: RequestError | None = None
+    key: bytes | None = None
+    """The journal key, when the engine keeps a journal."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def text(self) -> str:
+        """The completion text; raises the request's error if it failed."""
+        if self.error is not None:
+            raise self.error
+        return self.completion or ""
+
+
+@dataclass(slots=True)
+class Totals:
+    """Run-wide counters the progress bar reads."""
+
+    total: int | None = None
+    done: int = 0
+    failed: int = 0
+    cached: int = 0
+    retries: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+_END = object()
+
+
+class Engine:
+    """Sends requests to the endpoints of a :class:`~asyncsynth.config.Config`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        transports: dict[str, Transport] | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = config.engine
+        self.totals = Totals()
+        self.endpoints: dict[str, EndpointState] = {}
+        self._journal_arg = journal
+        self.journal: Journal | None = None
+        self._transports = dict(transports or {})
+        self._fleets: dict[str | None, Fleet] = {}
+        self._fleet_lock = anyio.Lock()
+        self._key_params: dict[str, dict[str, Any]] = {}
+        self._body_params: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            if self._journal_arg is not None and self.settings.journal:
+                journal = self._journal_arg
+                self.journal = journal if isinstance(journal, Journal) else Journal(journal)
+                stack.callback(self.journal.close)
+            stack.push_async_callback(self._close_transports)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(self._tg.cancel_scope.cancel)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        self.totals.started = time.monotonic()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    async def _close_transports(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for ep in self.endpoints.values():
+                await ep.transport.aclose()
+
+    # -- endpoints and roles ---------------------------------------------------------------------
+
+    async def fleet(self, role: str | None = None) -> Fleet:
+        """The :class:`Fleet` serving ``role``, starting its endpoints on first use."""
+        fleet = self._fleets.get(role)
+        if fleet is not None:
+            return fleet
+        if self._stack is None:
+            raise RuntimeError("use the engine inside 'async with Engine(config) as engine:'")
+        async with self._fleet_lock:
+            if role not in self._fleets:
+                names = self.config.role(role)
+                states = [await self._endpoint(name) for name in names]
+                tg = self._tg
+                assert tg is not None
+                self._fleets[role] = Fleet(role or names[0], states, tg.start_soon)
+        return self._fleets[role]
+
+    async def _endpoint(self, name: str) -> EndpointState:
+        state = self.endpoints.get(name)
+        if state is not None:
+            return state
+        ep = self.config.endpoints[name]
+        transport = self._transports.get(name)
+        if transport is None:
+            base_url = ep.base_url
+            if ep.kind == "local":
+                from ..local import start_local_endpoint
+
+                assert self._stack is not None
+                base_url = await self._stack.enter_async_context(start_local_endpoint(ep))
+            assert base_url is not None
+            transport = make_transport(ep.transport, base_url, ep.api_key(), name=name)
+        state = EndpointState(ep, transport)
+        params = self.config.params_for(name)
+        extra = dict(params.pop("extra_body", None) or {})
+        self._key_params[name] = {**params, "extra_body": extra} if extra else params
+        self._body_params[name] = (params, extra)
+        self.endpoints[name] = state
+        return state
+
+    # -- one request ----------------------------------------------------------------------------
+
+    async def complete(self, request: Request, *, role: str | None = None) -> Result:
+        """Send one request (from the journal if it was answered before)."""
+        fleet = await self.fleet(role)
+        result = await self._execute(request, fleet)
+        self._record([result])
+        return result
+
+    def key(self, request: Request, fleet: Fleet) -> bytes:
+        """The journal key of ``request`` when sent to ``fleet``'s role."""
+        if "n" in request.params and request.params["n"] != 1:
+            raise ValueError("n > 1 is expressed as several requests with sample = 0..n-1")
+        first = fleet.endpoints[0].name
+        params = self._key_params[first]
+        if request.params:
+            params = {**params, **request.params}
+        models = sorted({ep.config.model for ep in fleet.endpoints})
+        return request_key(models, request.messages, params, request.sample)
+
+    async def _execute(self, request: Request, fleet: Fleet) -> Result:
+        journal = self.journal
+        if journal is None:
+            return await self._send(request, fleet)
+        key = self.key(request, fleet)
+        hit = journal.get(key)
+        if hit is not None:
+            self.totals.cached += 1
+            result = self._result(request, hit, None, 0.0, 0, cached=True)
+        else:
+            result = await self._send(request, fleet)
+        result.key = key
+        return result
+
+    async def _send(self, request: Request, fleet: Fleet) -> Result:
+        deadline = time.monotonic() + self.settings.deadline
+        try:
+            completion, ep, latency = await self._attempt(request, fleet, deadline)
+            return self._result(request, completion, ep, latency, 1)
+        except RequestError as first:
+            if not first.retryable or self.settings.max_attempts == 1:
+                return self._failed(request, first, 1)
+            return await self._retry(request, fleet, deadline, first)
+
+    async def _retry(
+        self, request: Request, fleet: Fleet, deadline: float, first: RequestError
+    ) -> Result:
+        settings = self.settings
+        attempts = 1
+        pause = wait_for(first, 1, base=settings.backoff_base, cap=settings.backoff_max)
+        await anyio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        try:
+            async for attempt in retrying(
+                attempts_left=settings.max_attempts - 1,
+                deadline=deadline,
+                base=settings.backoff_base,
+                cap=settings.backoff_max,
+            ):
+                with attempt:
+                    attempts += 1
+                    completion, ep, latency = await self._attempt(request, fleet, deadline)
+            return self._result(request, completion, ep, latency, attempts)
+        except RequestError as exc:
+            if exc.retryable and time.monotonic() >= deadline:
+                exc = DeadlineExceeded(
+                    f"deadline of {settings.deadline:g}s ran out; last error: {exc}",
+                    endpoint=exc.endpoint,
+                )
+            return self._failed(request, exc, attempts)
+
+    async def _attempt(
+        self, request: Request, fleet: Fleet, deadline: float
+    ) -> tuple[Completion, EndpointState, float]:
+        ep = await fleet.acquire(deadline)
+        error: RequestError | None = None
+        latency = 0.0
+        tokens = 0.0
+        stats = ep.stats
+        stats.attempts += 1
+        try:
+            now = time.monotonic()
+            if ep.rpm is not None or ep.tpm is not None or ep.paused_until > now:
+                if ep.tpm is not None:
+                    tokens = _estimate_tokens(request, self._body_params[ep.name][0])
+                wait = ep.budget_wait(tokens, now)
+                if wait > 0:
+                    if now + wait >= deadline:
+                        raise DeadlineExceeded(
+                            f"rate limits of {ep.name} allow no request before the deadline",
+                            endpoint=ep.name,
+                        )
+                    await anyio.sleep(wait)
+            body = self._body(ep, request)
+            start = time.monotonic()
+            timeout = min(ep.config.timeout, deadline - start)
+            if timeout <= 0:
+                raise DeadlineExceeded("the request's deadline ran out", endpoint=ep.name)
+            completion = await ep.transport.chat(body, timeout)
+            latency = time.monotonic() - start
+            usage = completion.usage
+            if ep.tpm is not None:
+                ep.tpm.refund(tokens - usage["prompt_tokens"] - usage["completion_tokens"])
+            return completion, ep, latency
+        except RequestError as exc:
+            error = exc
+            stats.errors += 1
+            if isinstance(exc, RateLimited):
+                stats.rate_limited += 1
+                settings = self.settings
+                ep.pause(wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max))
+            if exc.retryable:
+                stats.retries += 1
+                self.totals.retries += 1
+            raise
+        finally:
+            fleet.release(ep, error, latency)
+
+    def _body(self, ep: EndpointState, request: Request) -> bytes:
+        params, extra = self._body_params[ep.name]
+        payload: dict[str, Any] = {"model": ep.config.model, "messages": request.messages}
+        payload.update(params)
+        if extra:
+            payload.update(extra)
+        if request.params:
+            payload.update(request.params)
+            if more := payload.pop("extra_body", None):
+                payload.update(more)
+        return orjson.dumps(payload)
+
+    def _result(
+        self,
+        request: Request,
+        completion: Completion,
+        ep: EndpointState | None,
+        latency: float,
+        attempts: int,
+        *,
+        cached: bool = False,
+    ) -> Result:
+        usage = completion.usage
+        totals = self.totals
+        totals.done += 1
+        if ep is not None:
+            stats = ep.stats
+            stats.requests += 1
+            stats.tokens_in += usage["prompt_tokens"]
+            stats.tokens_out += usage["completion_tokens"]
+            stats.latency.add(latency)
+            totals.tokens_in += usage["prompt_tokens"]
+            totals.tokens_out += usage["completion_tokens"]
+        return Result(
+            request,
+            completion.content,
+            completion.finish_reason,
+            usage,
+            completion.model,
+            ep.name if ep is not None else None,
+            latency,
+            attempts,
+            cached,
+        )
+
+    def _failed(self, request: Request, error: RequestError, attempts: int) -> Result:
+        error.attempts = attempts
+        self.totals.done += 1
+        self.totals.failed += 1
+        if (ep := self.endpoints.get(error.endpoint)) is not None:
+            ep.stats.failures += 1
+        return Result(request, endpoint=error.endpoint or None, attempts=attempts, error=error)
+
+    def _record(self, results: list[Result]) -> None:
+        """Journal the fresh successes among ``results``, durably, before anyone sees them."""
+        journal = self.journal
+        if journal is None:
+            return
+        for r in results:
+            if r.error is None and not r.cached and r.key is not None:
+                journal.put(
+                    r.key, Completion(r.completion, r.finish_reason, r.usage or {}, r.model)
+                )
+        journal.commit()
+
+    # -- many requests --------------------------------------------------------------------------
+
+    async def map(
+        self,
+        requests: Iterable[Request] | AsyncIterable[Request],
+        *,
+        role: str | None = None,
+        concurrency: int | None = None,
+    ) -> AsyncIterator[Result]:
+        """Send every request, yielding results in completion order.
+
+        At most ``concurrency`` requests (default: what the role's endpoints allow) are
+        read ahead of their results. A failed request yields a result with ``error`` set;
+        it never stops the others. Leaving the loop early cancels what is in flight.
+        """
+        fleet = await self.fleet(role)
+        workers = max(1, min(concurrency or fleet.capacity, MAX_WORKERS))
+        send, receive = anyio.create_memory_object_stream[Result](workers)
+        scope = anyio.CancelScope()
+        done = anyio.Event()
+        failure: list[BaseException] = []
+        assert self._tg is not None
+        self._tg.start_soon(self._run_workers, requests, fleet, workers, send, scope, done, failure)
+        try:
+            async with receive:
+                async for result in receive:
+                    batch = [result]
+                    try:
+                        while True:
+                            batch.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        pass
+                    self._record(batch)
+                    for item in batch:
+                        yield item
+        finally:
+            scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+        if failure:
+            raise failure[0]
+
+    async def _run_workers(
+        self,
+        requests: Iterable[Request] | AsyncIterable[Request],
+        fleet: Fleet,
+        workers: int,
+        send: anyio.abc.ObjectSendStream[Result],
+        scope: anyio.CancelScope,
+        done: anyio.Event,
+        failure: list[BaseException],
+    ) -> None:
+        try:
+            with scope:
+                async with send, anyio.create_task_group() as tg:
+                    pull = _puller(requests)
+                    for _ in range(workers):
+                        tg.start_soon(self._worker, pull, fleet, send)
+        except Exception as exc:  # a bug or a failing input iterator: surface it in map()
+            failure.append(exc)
+        finally:
+            done.set()
+
+    async def _worker(
+        self, pull: Any, fleet: Fleet, send: anyio.abc.ObjectSendStream[Result]
+    ) -> None:
+        execute = self._execute
+        while True:
+            request = await pull()
+            if request is _END:
+                return
+            result = await execute(request, fleet)
+            try:
+                await send.send(result)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+
+
+def _puller(requests: Iterable[Request] | AsyncIterable[Request]) -> Any:
+    """A coroutine function returning the next request or ``_END``, safe for many workers."""
+    if isinstance(requests, AsyncIterable):
+        iterator = aiter(requests)
+        lock = anyio.Lock()
+        finished = False
+
+        async def pull_async() -> Any:
+            nonlocal finished
+            async with lock:
+                if finished:
+                    return _END
+                try:
+                    return await anext(iterator)
+                except StopAsyncIteration:
+                    finished = True
+                    return _END
+
+        return pull_async
+
+    sync_iterator: Iterator[Request] = iter(requests)
+
+    async def pull() -> Any:
+        return next(sync_iterator, _END)
+
+    return pull
+
+
+def _estimate_tokens(request: Request, params: dict[str, Any]) -> float:
+    """Prompt (~4 characters a token) plus the completion budget, before the call."""
+    chars = 0
+    for message in request.messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif content is not None:
+            chars += len(orjson.dumps(content))
+    max_tokens = request.params.get("max_tokens") or params.get("max_tokens")
+    return chars / 4 + (max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE)

@@ -1,0 +1,113 @@
+"""The exception hierarchy, layered like httpx's.
+
+AsyncsynthError
+├── ConfigError                    bad config file, key or value
+├── InputError                     a bad input line (file and line number)
+└── RequestError                   one request failed (carries .attempts)
+    ├── TransportError             nothing usable came back
+    │   ├── ConnectError           connection refused / DNS
+    │   ├── ConnectionDropped      the server closed the connection mid-request
+    │   ├── RequestTimeout         per-attempt timeout
+    │   └── MalformedResponse      a body that is not a chat completion
+    ├── StatusError                an HTTP error status
+    │   ├── RateLimited            429
+    │   ├── ServerError            5xx
+    │   └── ClientError            4xx that is the request's own fault
+    └── DeadlineExceeded           the per-request deadline ran out across attempts
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class AsyncsynthError(Exception):
+    """Base of every error asyncsynth raises on purpose."""
+
+
+class ConfigError(AsyncsynthError, ValueError):
+    """A config file, key or value was refused. The message names the file and key."""
+
+
+class InputError(AsyncsynthError, ValueError):
+    """An input row could not be turned into a request."""
+
+    def __init__(self, message: str, *, source: str = "", line: int | None = None) -> None:
+        self.source = source
+        self.line = line
+        where = f"{source}:{line}: " if line is not None else (f"{source}: " if source else "")
+        super().__init__(f"{where}{message}")
+
+
+class RequestError(AsyncsynthError):
+    """A request to an endpoint failed."""
+
+    status: int | None = None
+    retryable: bool = False
+
+    def __init__(self, message: str, *, endpoint: str = "", attempts: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.endpoint = endpoint
+        self.attempts = attempts
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+class TransportError(RequestError):
+    retryable = True
+
+
+class ConnectError(TransportError):
+    """The endpoint refused the connection or could not be reached."""
+
+
+class ConnectionDropped(TransportError):
+    """The server closed the connection before answering."""
+
+
+class RequestTimeout(TransportError):
+    """One attempt took longer than the endpoint's timeout."""
+
+
+class MalformedResponse(TransportError):
+    """The server answered 2xx with a body that is not a chat completion."""
+
+
+class StatusError(RequestError):
+    """The server answered an HTTP error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        endpoint: str = "",
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint, attempts=attempts)
+        self.status = status
+        self.headers = dict(headers or {})
+
+
+class RateLimited(StatusError):
+    retryable = True
+
+
+class ServerError(StatusError):
+    retryable = True
+
+
+class ClientError(StatusError):
+    """A 4xx that retrying cannot fix (400, 401, 403, 404, 422...); 408 and 409 are retried."""
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return self.status in (408, 409)
+
+
+class DeadlineExceeded(RequestError):
+    """The per-request deadline ran out before an attempt succeeded."""

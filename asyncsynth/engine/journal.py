@@ -1,0 +1,152 @@
+"""Request keys and the durable journal of completed responses, for resume and caching.
+
+Why SQLite in WAL mode rather than an append-only log of our own:
+
+- crash safety is SQLite's: a ``kill -9`` loses nothing committed, and after a power
+  loss a torn tail of the write-ahead log fails its frame checksums and is dropped
+  by SQLite's own recovery, so a half-written record is never trusted;
+- lookups go through the primary-key index on disk, so resuming a job of a million
+  rows does not load a million keys into memory;
+- commits are batched by the engine (one per burst of completions) with
+  ``synchronous=NORMAL``, which costs a few microseconds per row.
+
+A database that fails ``PRAGMA quick_check`` is moved aside (``*.corrupt-<time>``),
+never read, and a fresh journal starts: the lost entries are simply requested again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .client import Completion
+
+log = logging.getLogger("asyncsynth")
+
+JOURNAL_SUFFIX = ".journal.sqlite"
+_SCHEMA_VERSION = "1"
+
+
+def request_key(
+    models: Sequence[str], messages: Any, params: Mapping[str, Any], sample: int
+) -> bytes:
+    """Hash of what decides an answer: models, messages, generation params, sample index.
+
+    Not in it: API keys, endpoint URLs (replicas of a model share answers), timeouts.
+    """
+    canonical = orjson.dumps([list(models), messages, params, sample], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=16).digest()
+
+
+def journal_path_for(output: str | os.PathLike[str]) -> Path:
+    """The journal that lives next to an output file."""
+    return Path(f"{os.fspath(output)}{JOURNAL_SUFFIX}")
+
+
+class Journal:
+    """Completed responses by request key."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.recovered_from: Path | None = None
+        self.pending = 0
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            db = self._recover(str(exc))
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            ok = db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise sqlite3.DatabaseError(ok)
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key BLOB PRIMARY KEY, value BLOB NOT NULL)"
+                " WITHOUT ROWID"
+            )
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (_SCHEMA_VERSION,))
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _recover(self, reason: str) -> sqlite3.Connection:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(Path(f"{aside}{suffix}"))
+        log.warning(
+            "journal %s is damaged (%s); moved it to %s and started a fresh one: "
+            "requests it held will be sent again",
+            self.path,
+            reason,
+            aside,
+        )
+        self.recovered_from = aside
+        return self._connect()
+
+    def get(self, key: bytes) -> Completion | None:
+        row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        content, finish_reason, usage, model = orjson.loads(row[0])
+        return Completion(content, finish_reason, usage, model)
+
+    def put(self, key: bytes, completion: Completion) -> None:
+        """Record a completion; durable at the next :meth:`commit`."""
+        if not self.pending:
+            self._db.execute("BEGIN")
+        value = orjson.dumps(
+            [completion.content, completion.finish_reason, completion.usage, completion.model]
+        )
+        self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, value))
+        self.pending += 1
+
+    def commit(self) -> None:
+        if self.pending:
+            self._db.execute("COMMIT")
+            self.pending = 0
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM responses").fetchone()[0])
+
+    def stats(self) -> dict[str, Any]:
+        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        return {"path": str(self.path), "entries": len(self), "bytes": size}
+
+    def clear(self) -> int:
+        """Forget every entry; returns how many there were."""
+        self.commit()
+        n = len(self)
+        self._db.execute("DELETE FROM responses")
+        self._db.execute("VACUUM")
+        return n
+
+    def close(self) -> None:
+        self.commit()
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,105 @@
+"""Per-endpoint limits: RPM/TPM token buckets and an adaptive concurrency limit.
+
+Both are plain synchronous objects the event loop drives; neither creates tasks.
+
+- :class:`TokenBucket` reserves: ``reserve(n)`` always takes ``n`` (the level may go
+  negative) and says how long the caller must wait before sending. Waiters therefore
+  never race or wake in herds, and no request is sent that would break the limit.
+- :class:`AdaptiveLimit` is AIMD congestion control (as in TCP): slow start, then
+  +1 per window of successes; on 429/503/timeouts or latency rising well past its
+  baseline the limit is cut, at most once per round trip, never above the cap.
+"""
+
+from __future__ import annotations
+
+import time
+
+DEFAULT_CONCURRENCY_CAP = 1024
+"""Ceiling when an endpoint names no ``max_concurrency``: adaptation finds the real one."""
+INITIAL_UNKNOWN_LIMIT = 8.0
+"""Where adaptation starts when the capacity is unknown."""
+DECREASE_FACTOR = 0.9
+LATENCY_FACTOR = 3.0
+"""Mean latency this many times the baseline counts as congestion."""
+RATE_BURST_SECONDS = 0.5
+"""A bucket holds this much of a second's budget: small bursts, never a minute's worth."""
+
+
+class TokenBucket:
+    """Rate ``per_minute / 60`` per second; holds at most ``RATE_BURST_SECONDS`` of it."""
+
+    __slots__ = ("capacity", "level", "rate", "updated")
+
+    def __init__(self, per_minute: float, *, burst_seconds: float = RATE_BURST_SECONDS) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_seconds)
+        self.level = self.capacity
+        self.updated = time.monotonic()
+
+    def reserve(self, amount: float, now: float) -> float:
+        """Take ``amount``; return the seconds to wait before the taken budget exists."""
+        level = min(self.capacity, self.level + (now - self.updated) * self.rate) - amount
+        self.level = level
+        self.updated = now
+        return 0.0 if level >= 0 else -level / self.rate
+
+    def refund(self, amount: float) -> None:
+        """Give back budget reserved but not used (e.g. estimate above actual usage)."""
+        self.level = min(self.capacity, self.level + amount)
+
+
+class AdaptiveLimit:
+    """How many requests one endpoint may have in flight now."""
+
+    __slots__ = (
+        "_last_cut",
+        "_lat_base",
+        "_lat_mean",
+        "adaptive",
+        "cap",
+        "limit",
+        "slow_start",
+    )
+
+    def __init__(self, cap: int | None, *, adaptive: bool = True) -> None:
+        self.cap = float(cap or DEFAULT_CONCURRENCY_CAP)
+        self.adaptive = adaptive
+        # A configured cap is trusted until the server objects; an unknown one is probed.
+        known = cap is not None or not adaptive
+        self.limit = self.cap if known else min(self.cap, INITIAL_UNKNOWN_LIMIT)
+        self.slow_start = not known
+        self._lat_base = 0.0
+        self._lat_mean = 0.0
+        self._last_cut = 0.0
+
+    @property
+    def slots(self) -> int:
+        return max(1, int(self.limit))
+
+    def on_success(self, latency: float, now: float) -> None:
+        if not self.adaptive:
+            return
+        base = self._lat_base
+        if base == 0.0 or latency < base:
+            self._lat_base = base = latency
+        else:  # let the baseline drift up slowly, so a server that got slower is re-learnt
+            self._lat_base = base = base + (latency - base) * 0.001
+        self._lat_mean += (latency - self._lat_mean) * 0.05
+        if self._lat_mean > LATENCY_FACTOR * base + 0.05:
+            self.on_congestion(now)
+            return
+        if self.slow_start:
+            self.limit = min(self.cap, self.limit + 1.0)
+        else:
+            self.limit = min(self.cap, self.limit + 1.0 / self.limit)
+
+    def on_congestion(self, now: float) -> None:
+        """A 429, 503 or timeout: cut once per round trip, leave slow start."""
+        if not self.adaptive:
+            return
+        window = max(self._lat_mean, 0.01)
+        if now - self._last_cut < window:
+            return
+        self._last_cut = now
+        self.slow_start = False
+        self.limit = max(1.0, self.limit * DECREASE_FACTOR)

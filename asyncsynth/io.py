@@ -1,0 +1,216 @@
+"""JSONL in and out (orjson): request rows, OpenAI Batch lines, output and error rows.
+
+Input rows are read lazily, one line at a time. Three shapes are accepted:
+
+- ``{"messages": [...], ...}``: a chat, with any other fields kept for the output;
+- ``{"prompt": "...", ...}``: one user message (``"system"`` adds a system message);
+- ``{"custom_id": ..., "body": {"messages": [...], ...}}``: an OpenAI Batch API line.
+
+Optional fields: ``"id"`` (kept; ``line-<N>`` is made where missing), ``"params"``
+(request params for this row), ``"n"`` (that many samples, each a request and a row,
+with ``"sample"`` = 0..n-1). A bad line becomes an :class:`InputError` naming the
+file and line; it is reported and the other lines go on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from .config import ConfigError, check_params
+from .engine import InputError, Request, Result
+
+_BATCH_KEYS = ("custom_id", "body")
+_RESERVED = ("completion", "finish_reason", "usage", "model", "latency_s", "attempts", "error")
+
+
+def _messages(value: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where} must be a non-empty list of messages")
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"{where}[{i}] must be an object with 'role' and 'content'")
+    return value
+
+
+def parse_row(row: Any, line: int) -> list[Request]:
+    """The requests one input row asks for (several when ``n`` > 1)."""
+    if not isinstance(row, dict):
+        raise ValueError("a line must be a JSON object")
+    params: dict[str, Any] = {}
+    meta = dict(row)
+    if "body" in row and "custom_id" in row:
+        body = row["body"]
+        if not isinstance(body, dict):
+            raise ValueError("'body' must be an object")
+        body = dict(body)
+        messages = _messages(body.pop("messages", None), "body.messages")
+        body.pop("model", None)  # the endpoint decides the model
+        n = body.pop("n", 1)
+        params = body
+        ident = str(row["custom_id"])
+    else:
+        if "messages" in row:
+            messages = _messages(meta["messages"], "'messages'")
+        elif "prompt" in row:
+            prompt = row["prompt"]
+            if not isinstance(prompt, str):
+                raise ValueError("'prompt' must be a string")
+            messages = [{"role": "user", "content": prompt}]
+            if isinstance(system := row.get("system"), str):
+                messages.insert(0, {"role": "system", "content": system})
+        else:
+            raise ValueError(
+                "a line needs 'messages', 'prompt', or OpenAI Batch 'custom_id' + 'body'"
+            )
+        if "params" in row:
+            params = dict(row["params"]) if isinstance(row["params"], dict) else row["params"]
+        n = row.get("n", 1)
+        ident = str(row["id"]) if "id" in row else f"line-{line}"
+        meta["id"] = ident
+    try:
+        params = check_params(params, "params")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    for key in _RESERVED:
+        if key in meta:
+            raise ValueError(f"field {key!r} is reserved for the output")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"'n' must be a positive integer, got {n!r}")
+    first = int(row.get("sample", 0)) if n == 1 else 0
+    return [
+        Request(messages=messages, params=params, id=ident, meta=meta, sample=first + s)
+        for s in range(n)
+    ]
+
+
+def read_requests(
+    path: str | os.PathLike[str], on_error: Callable[[InputError, bytes], None]
+) -> Iterator[Request]:
+    """Requests from a JSONL file, lazily; bad lines go to ``on_error`` and are skipped."""
+    source = os.fspath(path)
+    with open(source, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield from parse_row(orjson.loads(line), line_no)
+            except orjson.JSONDecodeError as exc:
+                on_error(InputError(f"not valid JSON ({exc})", source=source, line=line_no), line)
+            except ValueError as exc:
+                on_error(InputError(str(exc), source=source, line=line_no), line)
+
+
+def count_lines(path: str | os.PathLike[str]) -> int:
+    """Non-empty lines, counted in large chunks (for the progress bar's total)."""
+    n = 0
+    with open(path, "rb") as f:
+        last = b"\n"
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def output_row(result: Result) -> dict[str, Any]:
+    """The input row's fields plus what the model answered."""
+    request = result.request
+    row = dict(request.meta)
+    if request.sample or "n" in row:
+        row["sample"] = request.sample
+    row["completion"] = result.completion
+    row["finish_reason"] = result.finish_reason
+    row["usage"] = result.usage
+    row["model"] = result.model
+    row["latency_s"] = round(result.latency_s, 4)
+    row["attempts"] = result.attempts
+    if result.cached:
+        row["cached"] = True
+    return row
+
+
+def error_row(result: Result) -> dict[str, Any]:
+    """A request that finally failed: its input fields and what went wrong."""
+    error = result.error
+    assert error is not None
+    row = dict(result.request.meta)
+    if result.request.sample:
+        row["sample"] = result.request.sample
+    row["error"] = {
+        "type": error.kind,
+        "status": error.status,
+        "message": error.message,
+        "attempts": result.attempts,
+        "endpoint": error.endpoint or None,
+    }
+    return row
+
+
+def input_error_row(error: InputError, raw: bytes) -> dict[str, Any]:
+    return {
+        "line": error.line,
+        "input": raw.decode("utf-8", errors="replace").rstrip("\n"),
+        "error": {"type": "InputError", "status": None, "message": str(error), "attempts": 0},
+    }
+
+
+class JsonlWriter:
+    """Appends rows to a JSONL file; creates it on first write when ``lazy``."""
+
+    def __init__(self, path: str | os.PathLike[str], *, lazy: bool = False) -> None:
+        self.path = Path(path)
+        self.rows = 0
+        self._file: IO[bytes] | None = None
+        if not lazy:
+            self._open()
+
+    def _open(self) -> IO[bytes]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        return self._file
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        f = self._file or self._open()
+        f.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+        self.rows += 1
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed row) for every non-empty line; errors name the file and line."""
+    source = os.fspath(path)
+    with open(source, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(f"not valid JSON ({exc})", source=source, line=line_no) from None
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (a crash leaves the old file or the new)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    os.replace(tmp, path)

@@ -1,0 +1,98 @@
+"""``asyncsynth run``: a JSONL file of requests through the engine, to a JSONL file of answers.
+
+Resuming is re-running: the journal next to the output holds every completed answer,
+so a second run sends only what had not completed and rewrites the output whole,
+each row exactly once (answers from the journal are marked ``"cached": true``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from .config import Config
+from .engine import Engine, InputError, Journal
+from .engine.journal import journal_path_for
+from .io import JsonlWriter, count_lines, error_row, input_error_row, output_row, read_requests
+from .progress import ProgressBar, summary
+
+
+@dataclass
+class RunReport:
+    output: Path
+    errors: Path
+    written: int = 0
+    failed: int = 0
+    bad_lines: int = 0
+    interrupted: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.bad_lines or self.interrupted)
+
+
+def errors_path_for(output: str | os.PathLike[str]) -> Path:
+    out = Path(output)
+    stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return out.with_name(f"{stem}.errors.jsonl")
+
+
+async def run_file(
+    config: Config,
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    role: str | None = None,
+    cache: bool = True,
+    progress: bool = True,
+    stream: TextIO | None = None,
+) -> RunReport:
+    """Answer every request in ``input_path``; write answers, errors, and return a report.
+
+    Cancelling it (Ctrl-C) stops cleanly: the journal and output hold exactly the
+    answers received, and running it again resumes.
+    """
+    output_path = Path(output_path)
+    report = RunReport(output=output_path, errors=errors_path_for(output_path))
+    report.errors.unlink(missing_ok=True)
+    journal = Journal(journal_path_for(output_path)) if cache else None
+    stream = stream or sys.stderr
+    with (
+        JsonlWriter(output_path) as out,
+        JsonlWriter(report.errors, lazy=True) as errors,
+    ):
+
+        def on_bad_line(error: InputError, raw: bytes) -> None:
+            report.bad_lines += 1
+            errors.write(input_error_row(error, raw))
+            stream.write(f"skipped {error}\n")
+
+        async with Engine(config, journal=journal) as engine:
+            bar = ProgressBar(engine, stream=stream, enabled=progress)
+            if bar.enabled:
+                engine.totals.total = count_lines(input_path)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(bar.run)
+                    async for result in engine.map(
+                        read_requests(input_path, on_bad_line), role=role
+                    ):
+                        if result.ok:
+                            out.write(output_row(result))
+                        else:
+                            report.failed += 1
+                            errors.write(error_row(result))
+                    tg.cancel_scope.cancel()
+            except anyio.get_cancelled_exc_class():
+                report.interrupted = True
+                raise
+            finally:
+                report.written = out.rows
+                report.stats = summary(engine)
+    return report
