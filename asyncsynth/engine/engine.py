@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from ..config import Config
 
 MAX_WORKERS = 4096
+COMMIT_ROWS = 256
+COMMIT_SECONDS = 0.02
+"""A journaled ``map`` commits (and then yields) after this many results or seconds."""
 DEFAULT_MAX_TOKENS_ESTIMATE = 512
 """Assumed completion length for TPM budgeting when a request names no ``max_tokens``."""
 
@@ -403,22 +406,49 @@ class Engine:
         self._tg.start_soon(self._run_workers, requests, fleet, workers, send, scope, done, failure)
         try:
             async with receive:
-                async for result in receive:
-                    batch = [result]
-                    try:
-                        while True:
-                            batch.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        pass
-                    self._record(batch)
-                    for item in batch:
-                        yield item
+                if self.journal is None:
+                    async for result in receive:
+                        yield result
+                else:
+                    async for batch in self._committed_batches(receive):
+                        for result in batch:
+                            yield result
         finally:
             scope.cancel()
             with anyio.CancelScope(shield=True):
                 await done.wait()
         if failure:
             raise failure[0]
+
+    async def _committed_batches(
+        self, receive: anyio.abc.ObjectReceiveStream[Result]
+    ) -> AsyncIterator[list[Result]]:
+        """Results in batches, each journaled and committed before it is handed on.
+
+        A batch closes at ``COMMIT_ROWS`` results or ``COMMIT_SECONDS`` after its first,
+        so commits stay cheap at high rates and results never wait long at low ones.
+        """
+        while True:
+            try:
+                batch = [await receive.receive()]
+            except anyio.EndOfStream:
+                return
+            closes = time.monotonic() + COMMIT_SECONDS
+            ended = False
+            while not ended:
+                _drain(receive, batch)
+                remaining = closes - time.monotonic()
+                if remaining <= 0 or len(batch) >= COMMIT_ROWS:
+                    break
+                with anyio.move_on_after(remaining):
+                    try:
+                        batch.append(await receive.receive())
+                    except anyio.EndOfStream:
+                        ended = True
+            self._record(batch)
+            yield batch
+            if ended:
+                return
 
     async def _run_workers(
         self,
@@ -454,6 +484,15 @@ class Engine:
                 await send.send(result)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
+
+
+def _drain(receive: anyio.abc.ObjectReceiveStream[Result], into: list[Result]) -> None:
+    """Move every result already waiting in ``receive`` to ``into``."""
+    try:
+        while True:
+            into.append(receive.receive_nowait())
+    except (anyio.WouldBlock, anyio.EndOfStream):
+        pass
 
 
 def _puller(requests: Iterable[Request] | AsyncIterable[Request]) -> Any:

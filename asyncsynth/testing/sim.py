@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import math
 import random
 import signal
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import orjson
 
@@ -40,6 +41,7 @@ _LOOP_FACTORY: Callable[[], asyncio.AbstractEventLoop] = (
     uvloop.new_event_loop if uvloop is not None else asyncio.new_event_loop
 )
 _MAX_HEAD = 64 * 1024
+_ACCEPT_BATCH = 64
 _DEFAULT_MAX_TOKENS = 16
 _CHAT_PATHS = frozenset({b"/v1/chat/completions", b"/chat/completions"})
 _MODEL_PATHS = frozenset({b"/v1/models", b"/models"})
@@ -181,6 +183,7 @@ class _Conn(asyncio.Protocol):
         "_buf",
         "_closed",
         "_continued",
+        "_epoch",
         "_loop",
         "_need",
         "_queue",
@@ -189,9 +192,10 @@ class _Conn(asyncio.Protocol):
         "_transport",
     )
 
-    def __init__(self, server: SimServer, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, server: SimServer, loop: asyncio.AbstractEventLoop, epoch: int) -> None:
         self._server = server
         self._loop = loop
+        self._epoch = epoch
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._need = 0
@@ -201,8 +205,11 @@ class _Conn(asyncio.Protocol):
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
+        if self._epoch != self._server._epoch:  # accepted just before down()
+            self._reading = False
+            self._transport.abort()
+            return
         self._server._conns.add(self)
         self._server.stats.connections += 1
 
@@ -254,7 +261,7 @@ class _Conn(asyncio.Protocol):
                 if size - pos > _MAX_HEAD:
                     self._reject(431, "request headers too large")
                 break
-            lines = buf[pos:end].split(b"\r\n")
+            lines = bytes(buf[pos:end]).split(b"\r\n")
             request_line = lines[0].split(b" ")
             if len(request_line) != 3:
                 self._reject(400, "malformed request line")
@@ -371,10 +378,10 @@ class SimServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread_id: int | None = None
         self._thread: threading.Thread | None = None
-        self._server: asyncio.AbstractServer | None = None
         self._listen_sock: socket.socket | None = None
-        self._starting: asyncio.Task[None] | None = None
+        self._accepting: set[asyncio.Task[Any]] = set()
         self._conns: set[_Conn] = set()
+        self._epoch = 0
         self._waiters: list[tuple[int, Callable[[], None]]] = []
         self._waiters_lock = threading.Lock()
         self._rng = random.Random(self.config.seed)
@@ -464,11 +471,7 @@ class SimServer:
         self._in_loop(self._down_now)
 
     def up(self) -> None:
-        """Listen again on the same port after :meth:`down`.
-
-        From the server's own loop the port is bound at once and connections are
-        accepted from the next loop iteration on.
-        """
+        """Listen again on the same port after :meth:`down`."""
         self._in_loop(self._up_now)
 
     # -- waiting ---------------------------------------------------------------------
@@ -534,8 +537,6 @@ class SimServer:
 
         async def run() -> None:
             func()
-            if self._starting is not None:
-                await self._starting
             await _settle()
 
         asyncio.run_coroutine_threadsafe(run(), loop).result()
@@ -545,16 +546,14 @@ class SimServer:
         self._loop_thread_id = threading.get_ident()
         try:
             self._up_now()
-            assert self._starting is not None
-            await self._starting
         except BaseException:
             self._loop = self._loop_thread_id = None
             raise
 
     async def _close(self) -> None:
         self._down_now()
-        if self._starting is not None:
-            await self._starting
+        if self._accepting:
+            await asyncio.gather(*self._accepting, return_exceptions=True)
         await _settle()
         self._loop = self._loop_thread_id = None
 
@@ -565,30 +564,46 @@ class SimServer:
         sock = _listen_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         self._listen_sock = sock
-        self._starting = self._loop.create_task(self._adopt(sock))
-
-    async def _adopt(self, sock: socket.socket) -> None:
-        assert self._loop is not None
-        loop = self._loop
-        try:
-            server = await loop.create_server(lambda: _Conn(self, loop), sock=sock)
-        except BaseException:
-            sock.close()
-            raise
-        finally:
-            self._starting = None
-        if self._listen_sock is sock:
-            self._server = server
-        else:  # down() came first
-            server.close()
+        self._loop.add_reader(sock, self._accept, sock)
 
     def _down_now(self) -> None:
-        self._listen_sock = None
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        assert self._loop is not None
+        self._epoch += 1
+        sock, self._listen_sock = self._listen_sock, None
+        if sock is not None:
+            self._loop.remove_reader(sock)
+            sock.close()
         for conn in list(self._conns):
             conn.abort()
+
+    def _accept(self, sock: socket.socket) -> None:
+        loop = self._loop
+        assert loop is not None
+        epoch = self._epoch
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of file descriptors: pause accepting for a moment
+                loop.remove_reader(sock)
+                loop.call_later(0.1, self._resume_accepting, sock)
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            setup = loop.connect_accepted_socket(lambda: _Conn(self, loop, epoch), conn)
+            task = loop.create_task(setup)
+            self._accepting.add(task)
+            task.add_done_callback(functools.partial(self._accepted, conn))
+
+    def _accepted(self, conn: socket.socket, task: asyncio.Task[Any]) -> None:
+        self._accepting.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            conn.close()
+
+    def _resume_accepting(self, sock: socket.socket) -> None:
+        if self._listen_sock is sock and self._loop is not None:
+            self._loop.add_reader(sock, self._accept, sock)
 
     # -- request handling (runs on the server's loop) --------------------------------
 
@@ -607,7 +622,8 @@ class SimServer:
             return self._chat(path, body, keep_alive)
         if path in _MODEL_PATHS and method == b"GET":
             models = {"object": "list", "data": [{"id": self.config.model, "object": "model"}]}
-            return 0, _response(200, orjson.dumps(models), None, keep_alive), not keep_alive, 0, False
+            data = _response(200, orjson.dumps(models), None, keep_alive)
+            return 0, data, not keep_alive, 0.0, False
         message = f"no route for {method.decode('latin-1')} {path.decode('latin-1')}"
         return 0, _error_response(404, message, keep_alive), not keep_alive, 0.0, False
 
@@ -710,7 +726,13 @@ class SimServer:
         draw -= cfg.hang_rate
         if draw < cfg.malformed_rate:
             stats.malformed += 1
-            return 200, _response(200, _MALFORMED_BODY, None, keep_alive), not keep_alive, delay, True
+            return (
+                200,
+                _response(200, _MALFORMED_BODY, None, keep_alive),
+                not keep_alive,
+                delay,
+                True,
+            )
         return None
 
     def _scripted(
@@ -743,7 +765,13 @@ class SimServer:
             data = _completion(
                 body, n, reply.content, reply.finish_reason, prompt_tokens, self.config.model
             )
-        return status, _response(status, data, reply.headers, keep_alive), not keep_alive, delay, True
+        return (
+            status,
+            _response(status, data, reply.headers, keep_alive),
+            not keep_alive,
+            delay,
+            True,
+        )
 
     def _reset_buckets(self) -> None:
         cfg = self.config
@@ -815,9 +843,7 @@ def _error_response(
 _STATUS_LINES: dict[int, bytes] = {}
 
 
-def _response(
-    status: int, body: bytes, headers: dict[str, str] | None, keep_alive: bool
-) -> bytes:
+def _response(status: int, body: bytes, headers: dict[str, str] | None, keep_alive: bool) -> bytes:
     head = _STATUS_LINES.get(status)
     if head is None:
         head = _STATUS_LINES[status] = (
@@ -960,7 +986,9 @@ def start_process(
     Stop it with ``process.terminate()`` then ``process.wait()``. Reply hooks cannot be passed.
     """
     root = str(Path(__file__).resolve().parents[2])
-    code = f"import sys; sys.path.append({root!r}); from asyncsynth.testing.sim import _main; _main()"
+    code = (
+        f"import sys; sys.path.append({root!r}); from asyncsynth.testing.sim import _main; _main()"
+    )
     args = ["--json-config", orjson.dumps(config_kwargs or {}).decode(), "--host", host]
     process = subprocess.Popen(
         [sys.executable, "-c", code, *args, "--port", str(port)], stdout=subprocess.PIPE

@@ -1,0 +1,21 @@
+"""Testing helpers: a fast simulated OpenAI-compatible endpoint and pytest fixtures."""
+
+from asyncsynth.testing.sim import (
+    Reply,
+    ReplyContext,
+    SimConfig,
+    SimServer,
+    SimStats,
+    serve,
+    start_process,
+)
+
+__all__ = [
+    "Reply",
+    "ReplyContext",
+    "SimConfig",
+    "SimServer",
+    "SimStats",
+    "serve",
+    "start_process",
+]
