@@ -282,3 +282,46 @@ def cache_clear(target: str) -> None:
     with Journal(path) as journal:
         n = journal.clear()
     click.echo(f"{path}: cleared {n:,} answers")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--model", default="sim-model", show_default=True, help="Model name it reports.")
+@click.option("--latency", default=0.0, type=click.FloatRange(min=0), help="Seconds per answer.")
+@click.option("--jitter", default=0.0, type=click.FloatRange(min=0), help="Uniform +- seconds.")
+@click.option("--capacity", type=click.IntRange(min=0), help="Requests served at once; 429 beyond.")
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="429 beyond this rate.")
+@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="429 beyond these tokens.")
+@click.option(
+    "--error-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of 5xx answers."
+)
+@click.option(
+    "--drop-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of dropped connections."
+)
+@click.option("--hang-rate", default=0.0, type=click.FloatRange(0, 1), help="Share never answered.")
+@click.option(
+    "--malformed-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of broken bodies."
+)
+@click.option("--seed", type=int, help="Seed for reproducible faults and jitter.")
+def sim(host: str, port: int, **settings: Any) -> None:
+    """Serve a simulated OpenAI-compatible endpoint (echoes the last user message).
+
+    For trying asyncsynth, tests and benchmarks: configurable latency, capacity,
+    rate limits and faults. Stop it with Ctrl-C.
+    """
+    from .testing.sim import SimConfig, serve
+
+    try:
+        config = SimConfig(**settings)
+    except ValueError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+    def ready(bound: int) -> None:
+        click.echo(
+            f"simulated endpoint at http://{host}:{bound}/v1 (model {config.model}); "
+            "Ctrl-C stops it",
+            err=True,
+        )
+
+    serve(config, host, port, ready=ready)

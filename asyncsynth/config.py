@@ -229,9 +229,14 @@ class Config:
         raise ConfigError(f"{self.source}: no role or endpoint named {name!r} (known: {known})")
 
     def params_for(self, endpoint: str) -> dict[str, Any]:
-        """Request params for ``endpoint``: global defaults, then the endpoint's own."""
-        merged = dict(self.defaults)
-        merged.update(self.endpoints[endpoint].params)
+        """Request params for ``endpoint``: global defaults, then the endpoint's own.
+
+        ``extra_body`` tables are merged key by key, as their keys end up in the body.
+        """
+        own = self.endpoints[endpoint].params
+        merged = {**self.defaults, **own}
+        if "extra_body" in self.defaults and "extra_body" in own:
+            merged["extra_body"] = {**self.defaults["extra_body"], **own["extra_body"]}
         return merged
 
     def with_endpoint_overrides(self, names: tuple[str, ...], **changes: Any) -> Config:
@@ -344,8 +349,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def single_endpoint_config(
     *,
-    base_url: str | None,
-    model: str | None,
+    base_url: str | None = None,
+    model: str | None = None,
     kind: str = "remote",
     **settings: Any,
 ) -> Config:

