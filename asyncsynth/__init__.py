@@ -21,12 +21,21 @@ from .engine import (
     StatusError,
     TransportError,
 )
+from .pipelines.gra import (
+    CommitteeSettings,
+    GraResult,
+    GraSettings,
+    Verdict,
+    review_sample,
+    run_gra,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncsynthError",
     "ClientError",
+    "CommitteeSettings",
     "Config",
     "ConfigError",
     "ConnectError",
@@ -35,6 +44,8 @@ __all__ = [
     "EndpointConfig",
     "Engine",
     "EngineSettings",
+    "GraResult",
+    "GraSettings",
     "InputError",
     "Journal",
     "MalformedResponse",
@@ -46,6 +57,9 @@ __all__ = [
     "ServerError",
     "StatusError",
     "TransportError",
+    "Verdict",
     "load_config",
+    "review_sample",
+    "run_gra",
     "single_endpoint_config",
 ]

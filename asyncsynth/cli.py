@@ -63,6 +63,13 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
         anyio.run(main, backend="asyncio", backend_options=options)
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
+    except BaseExceptionGroup as group:  # task groups wrap what the work raised
+        found, rest = group.split(AsyncsynthError)
+        if found is None or rest is not None:  # anything else is a bug: show it whole
+            raise
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        raise ConfigProblem(str(found)) from None
     return (outcome[0] if outcome else None), interrupted
 
 
@@ -83,7 +90,8 @@ def resolve_config(
             config_path = DEFAULT_CONFIG
         if config_path is not None:
             config = load_config(config_path)
-            config = config.with_endpoint_overrides(config.role(role), **flags)
+            if flags:
+                config = config.with_endpoint_overrides(config.role(role), **flags)
         elif ("base_url" in flags and "model" in flags) or flags.get("kind") == "local":
             config = single_endpoint_config(**flags)
         else:
@@ -119,7 +127,7 @@ def endpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--gguf",
             type=click.Path(dir_okay=False),
-            help="GGUF file for --local (default: SmolLM2-135M-Instruct).",
+            help="GGUF file for --local, or 'smollm2' (the default) or 'gemma3-270m'.",
         ),
         click.option("--api-key-env", help="Environment variable holding the API key."),
         click.option(
@@ -174,7 +182,11 @@ def config_from_options(kw: dict[str, Any]) -> Config:
         "transport": kw.pop("transport"),
     }
     if local or gguf:
+        from .local import default_model_name
+
         endpoint_flags |= {"kind": "local", "gguf": gguf}
+        if endpoint_flags["model"] is None:  # the journal key names the model really used
+            endpoint_flags["model"] = default_model_name(gguf)
     engine_flags = {"max_attempts": kw.pop("max_attempts"), "deadline": kw.pop("deadline")}
     return resolve_config(
         kw.pop("config_path"),
@@ -284,6 +296,41 @@ def cache_clear(target: str) -> None:
     click.echo(f"{path}: cleared {n:,} answers")
 
 
+@main.group()
+def endpoints() -> None:
+    """Inspect the configured endpoints."""
+
+
+@endpoints.command("check")
+@endpoint_options
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def endpoints_check(as_json: bool, **kw: Any) -> None:
+    """Reachability, served models, a tiny completion's latency and JSON-schema support.
+
+    Checks every endpoint of the config (only the role's with --role), all at once;
+    local endpoints are started for the check. Exits 1 if any endpoint failed.
+    """
+    import orjson
+
+    from .endpoints import check_endpoints, format_checks
+
+    role = kw.get("role")
+    config = config_from_options(kw)
+    try:
+        names = config.role(role) if role or not config.endpoints else list(config.endpoints)
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    checks, interrupted = _run_async(lambda: check_endpoints(config, names))
+    if interrupted or checks is None:
+        sys.exit(EXIT_INTERRUPTED)
+    if as_json:
+        click.echo(orjson.dumps([c.to_dict() for c in checks], option=orjson.OPT_INDENT_2))
+    else:
+        click.echo(format_checks(checks))
+    if not all(c.ok for c in checks):
+        sys.exit(EXIT_FAILED_ROWS)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -325,3 +372,163 @@ def sim(host: str, port: int, **settings: Any) -> None:
         )
 
     serve(config, host, port, ready=ready)
+
+
+@main.command("gra")
+@click.argument("config_path", metavar="CONFIG.toml", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--target",
+    type=click.IntRange(min=1),
+    help="Accepted samples to make (default: gra.target; in refine mode every seed).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder; it also keeps the journal, so running again resumes.",
+)
+@click.option("--seed", type=click.IntRange(min=0), help="Run seed (default: gra.seed, else 0).")
+@click.option(
+    "--mode",
+    type=click.Choice(["generate", "refine"]),
+    help="generate new samples (default) or refine the seed data's responses.",
+)
+@click.option(
+    "--round-size",
+    type=click.IntRange(min=1),
+    help="Candidates per round (default: sized from the acceptance rate so far).",
+)
+@click.option("--seed-data", help="Seed JSONL file or hf:NAME[:SPLIT] (default: gra.seed_data).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
+def gra(
+    config_path: str,
+    target: int | None,
+    out_dir: str,
+    seed: int | None,
+    mode: str | None,
+    round_size: int | None,
+    seed_data: str | None,
+    quiet: bool,
+) -> None:
+    """GRA synthesis: a committee of LLMs generates, reviews and adjudicates samples.
+
+    Writes OUT/accepted.jsonl, rejected.jsonl, pool.jsonl and report.json. Exits 1 when
+    the target was not reached, 130 when interrupted (run the same command to resume).
+    """
+    from .pipelines.gra import JOURNAL_NAME, run_gra
+    from .progress import format_summary
+
+    try:
+        config = load_config(config_path)
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    result, interrupted = _run_async(
+        lambda: run_gra(
+            config,
+            out_dir=out_dir,
+            target=target,
+            seed=seed,
+            mode=mode,
+            round_size=round_size,
+            seed_data=seed_data,
+            progress=not quiet,
+        )
+    )
+    if interrupted or result is None:
+        click.echo(
+            f"Interrupted. Every answer received is kept in {Path(out_dir) / JOURNAL_NAME}; "
+            "run the same command again to resume.",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    report = result.report
+    if not quiet:
+        click.echo(format_summary(report["engine"]), err=True)
+    rejected = ", ".join(f"{n:,} {reason}" for reason, n in report["rejected"].items() if n)
+    adjudicated = report["adjudication"]
+    click.echo(
+        f"GRA: {result.accepted:,} accepted of {result.candidates:,} candidates in "
+        f"{result.rounds} round{'s' * (result.rounds != 1)} (target {result.target:,}); "
+        f"rejected: {rejected or 'none'}; adjudicated {adjudicated['disputed']:,}, "
+        f"kept {adjudicated['kept']:,}; outputs in {result.out_dir}",
+        err=True,
+    )
+    if not result.target_reached:
+        click.echo(f"Target not reached ({result.stopped}); see {result.report_path}", err=True)
+        sys.exit(EXIT_FAILED_ROWS)
+
+
+@main.command("s3")
+@click.argument("config_path", metavar="CONFIG.toml", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for every output; running again with it resumes.",
+)
+@click.option(
+    "--review",
+    type=click.Choice(["none", "gra"]),
+    help="Pass new examples through the GRA committee of [gra] (overrides s3.review).",
+)
+@click.option("--rounds", type=click.IntRange(min=0), help="Overrides s3.rounds.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines and no summary.")
+def s3(config_path: str, out_dir: str, review: str | None, rounds: int | None, quiet: bool) -> None:
+    """S3: synthesize a seed set with rationales, then extrapolate a student's errors.
+
+    Trains a local student (needs asyncsynth[student]) on the synthetic data, asks the LLM
+    for new examples like each gold example it gets wrong, and repeats for the [s3]
+    rounds. Writes datasets, metrics, report.json and report.png to --out; running the
+    same command again resumes at the last finished step.
+    """
+    from .pipelines.s3 import S3Error, load_s3_settings, run_s3
+    from .pipelines.s3.report import describe, format_report
+
+    try:
+        config = load_config(config_path)
+        settings = load_s3_settings(config)
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    overrides = {"review": review, "rounds": rounds}
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    tty = sys.stderr.isatty()
+    transient = False
+
+    def on_event(event: Any) -> None:
+        nonlocal transient
+        line = None if quiet else describe(event)
+        if line is None:
+            return
+        text, passing = line
+        if passing and not tty:
+            return
+        if transient:
+            sys.stderr.write("\r\x1b[2K")
+        sys.stderr.write(text if passing else text + "\n")
+        sys.stderr.flush()
+        transient = passing
+
+    async def go() -> Any:
+        try:
+            return await run_s3(config, out_dir, settings=settings, on_event=on_event)
+        except S3Error as exc:
+            return exc
+
+    report, interrupted = _run_async(go)
+    if transient:
+        sys.stderr.write("\n")
+    if interrupted or report is None:
+        click.echo(
+            f"Interrupted. Finished steps are saved in {out_dir}; "
+            "run the same command again to resume.",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    if isinstance(report, S3Error):
+        click.echo(f"Error: {report}", err=True)
+        sys.exit(EXIT_FAILED_ROWS)
+    if not quiet:
+        click.echo(format_report(report), err=True)
+        click.echo(f"report: {Path(out_dir) / 'report.json'}", err=True)

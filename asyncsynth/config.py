@@ -216,6 +216,8 @@ class Config:
         if name is None:
             if len(self.roles) == 1:
                 return next(iter(self.roles.values()))
+            if not self.endpoints:
+                raise ConfigError(f"{self.source}: no endpoints are defined ([endpoints.NAME])")
             if not self.roles:
                 return tuple(self.endpoints)
             raise ConfigError(
@@ -225,7 +227,7 @@ class Config:
             return self.roles[name]
         if name in self.endpoints:
             return (name,)
-        known = ", ".join([*self.roles, *self.endpoints]) or "none"
+        known = ", ".join(dict.fromkeys([*self.roles, *self.endpoints])) or "none"
         raise ConfigError(f"{self.source}: no role or endpoint named {name!r} (known: {known})")
 
     def params_for(self, endpoint: str) -> dict[str, Any]:

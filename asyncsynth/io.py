@@ -14,6 +14,7 @@ file and line; it is reported and the other lines go on.
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -88,13 +89,21 @@ def parse_row(row: Any, line: int) -> list[Request]:
     ]
 
 
+def _lines(f: IO[bytes]) -> Iterator[bytes]:
+    """The file's lines, without the byte-order mark some editors put first."""
+    for line in f:
+        yield line.removeprefix(codecs.BOM_UTF8)
+        break
+    yield from f
+
+
 def read_requests(
     path: str | os.PathLike[str], on_error: Callable[[InputError, bytes], None]
 ) -> Iterator[Request]:
     """Requests from a JSONL file, lazily; bad lines go to ``on_error`` and are skipped."""
     source = os.fspath(path)
     with open(source, "rb") as f:
-        for line_no, line in enumerate(f, 1):
+        for line_no, line in enumerate(_lines(f), 1):
             if not line.strip():
                 continue
             try:
@@ -116,11 +125,18 @@ def count_lines(path: str | os.PathLike[str]) -> int:
     return n + (last != b"\n")
 
 
+def _sampled(request: Request) -> bool:
+    """Whether the row asked for samples (``n``, top level or in a Batch body)."""
+    meta = request.meta
+    body = meta.get("body")
+    return bool(request.sample) or "n" in meta or (isinstance(body, dict) and "n" in body)
+
+
 def output_row(result: Result) -> dict[str, Any]:
     """The input row's fields plus what the model answered."""
     request = result.request
     row = dict(request.meta)
-    if request.sample or "n" in row:
+    if _sampled(request):
         row["sample"] = request.sample
     row["completion"] = result.completion
     row["finish_reason"] = result.finish_reason
@@ -138,7 +154,7 @@ def error_row(result: Result) -> dict[str, Any]:
     error = result.error
     assert error is not None
     row = dict(result.request.meta)
-    if result.request.sample:
+    if _sampled(result.request):
         row["sample"] = result.request.sample
     row["error"] = {
         "type": error.kind,
@@ -198,7 +214,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
     """(line number, parsed row) for every non-empty line; errors name the file and line."""
     source = os.fspath(path)
     with open(source, "rb") as f:
-        for line_no, line in enumerate(f, 1):
+        for line_no, line in enumerate(_lines(f), 1):
             if not line.strip():
                 continue
             try:

@@ -58,8 +58,16 @@ async def run_file(
     Cancelling it (Ctrl-C) stops cleanly: the journal and output hold exactly the
     answers received, and running it again resumes.
     """
+    for name in config.role(role):  # refuse an unknown role or unset key before touching files
+        config.endpoints[name].api_key()
     output_path = Path(output_path)
     report = RunReport(output=output_path, errors=errors_path_for(output_path))
+    for target in (output_path, report.errors):
+        if target.exists() and target.samefile(input_path):
+            raise InputError(
+                f"writing {target.name} would overwrite the input; choose another output",
+                source=os.fspath(input_path),
+            )
     report.errors.unlink(missing_ok=True)
     journal = Journal(journal_path_for(output_path)) if cache else None
     stream = stream or sys.stderr

@@ -23,10 +23,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def make_config(
-    url: str, *, engine: dict[str, Any] | None = None, **endpoint: Any
-) -> Config:
-    """A one-endpoint config (endpoint and role ``a``) against ``url``."""
+def make_config(url: str, *, engine: dict[str, Any] | None = None, **endpoint: Any) -> Config:
+    """A config with one endpoint, ``a`` (model ``m``), at ``url``; fast retries."""
     table = {"base_url": url, "model": "m", **endpoint}
     return config_from_dict(
         {"endpoints": {"a": table}, "engine": {**FAST_ENGINE, **(engine or {})}}

@@ -15,14 +15,10 @@ import httpx
 import orjson
 import pytest
 
-from asyncsynth.testing import Reply, ReplyContext, SimServer, pytest_plugin, start_process
+from asyncsynth.testing import Reply, ReplyContext, SimServer, start_process
 from asyncsynth.testing.sim import _format_reset
 
-pytest_plugins = ["pytester"]
-
-# The plugin's fixtures, whether or not its pytest11 entry point is installed.
-sim = pytest_plugin.sim
-sim_factory = pytest_plugin.sim_factory
+pytest_plugins = ["pytester"]  # the sim fixtures come from tests/conftest.py
 
 SimFactory = Callable[..., SimServer]
 _Response = tuple[int, dict[str, str], bytes]
@@ -183,6 +179,25 @@ def test_scripted_body_headers_and_finish_reason(sim_factory: SimFactory) -> Non
     }
     second = _post(server, _chat())
     assert (second.status_code, second.json()) == (503, {"custom": True})
+
+
+def test_scripted_faults(sim_factory: SimFactory) -> None:
+    replies = iter([Reply(drop=True), Reply(malformed=True), Reply(hang=True)])
+    server = sim_factory(reply=lambda body, ctx: next(replies))
+    with pytest.raises(httpx.RemoteProtocolError):
+        _post(server, _chat())
+    with pytest.raises(ValueError):
+        _post(server, _chat()).json()
+    with pytest.raises(httpx.ReadTimeout):
+        _post(server, _chat(), timeout=0.2)
+    stats = server.stats
+    assert (stats.dropped, stats.malformed, stats.hung) == (1, 1, 1)
+
+
+def test_n_choices(sim: SimServer) -> None:
+    data = _post(sim, _chat("abcd", n=3)).json()
+    assert [choice["index"] for choice in data["choices"]] == [0, 1, 2]
+    assert data["usage"]["completion_tokens"] == 3 * 3  # "echo: abcd" is 10 chars
 
 
 def test_hook_exception_is_500(sim_factory: SimFactory) -> None:

@@ -11,8 +11,9 @@ are provided, chosen per endpoint with ``transport = "..."``:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -27,6 +28,8 @@ from .errors import (
     ServerError,
     StatusError,
 )
+
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -218,34 +221,45 @@ class OpenAITransport:
     """The official openai SDK, with its own retries off."""
 
     def __init__(self, base_url: str, api_key: str | None, *, name: str = "") -> None:
+        import httpx
         import openai
 
         self._openai = openai
+        self._httpx = httpx
         self._name = name
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key or "none", max_retries=0
         )
 
-    async def chat(self, body: bytes, timeout: float) -> Completion:
+    async def _call(self, call: Awaitable[_T], timeout: float) -> _T:
+        """Await an SDK call, turning the SDK's exceptions into the engine's."""
         openai = self._openai
-        payload = orjson.loads(body)
-        extra = {k: payload.pop(k) for k in list(payload) if k not in _SDK_KEYS}
         try:
-            resp = await self._client.chat.completions.with_raw_response.create(
-                **payload, extra_body=extra or None, timeout=timeout
-            )
+            return await call
         except openai.APITimeoutError:
             raise RequestTimeout(f"no answer within {timeout:g}s", endpoint=self._name) from None
         except openai.APIConnectionError as exc:
+            if isinstance(exc.__cause__, self._httpx.ConnectError):
+                raise ConnectError(
+                    f"cannot connect: {exc.__cause__}", endpoint=self._name
+                ) from None
             raise ConnectionDropped(f"connection error: {exc}", endpoint=self._name) from None
         except openai.APIStatusError as exc:
             raise status_error(
                 exc.status_code, exc.response.content, exc.response.headers, self._name
             ) from None
+
+    async def chat(self, body: bytes, timeout: float) -> Completion:
+        payload = orjson.loads(body)
+        extra = {k: payload.pop(k) for k in list(payload) if k not in _SDK_KEYS}
+        create = self._client.chat.completions.with_raw_response.create
+        resp = await self._call(
+            create(**payload, extra_body=extra or None, timeout=timeout), timeout
+        )
         return parse_completion(resp.content, self._name)
 
     async def models(self, timeout: float) -> list[str]:
-        page = await self._client.models.list(timeout=timeout)
+        page = await self._call(self._client.models.list(timeout=timeout), timeout)
         return [m.id for m in page.data]
 
     async def aclose(self) -> None:

@@ -261,7 +261,9 @@ class Engine:
             ):
                 with attempt:
                     attempts += 1
-                    completion, ep, latency = await self._attempt(request, fleet, deadline)
+                    completion, ep, latency = await self._attempt(
+                        request, fleet, deadline, retry=True
+                    )
             return self._result(request, completion, ep, latency, attempts)
         except RequestError as exc:
             if exc.retryable and time.monotonic() >= deadline:
@@ -272,7 +274,7 @@ class Engine:
             return self._failed(request, exc, attempts)
 
     async def _attempt(
-        self, request: Request, fleet: Fleet, deadline: float
+        self, request: Request, fleet: Fleet, deadline: float, *, retry: bool = False
     ) -> tuple[Completion, EndpointState, float]:
         ep = await fleet.acquire(deadline)
         error: RequestError | None = None
@@ -280,19 +282,24 @@ class Engine:
         tokens = 0.0
         stats = ep.stats
         stats.attempts += 1
+        if retry:  # counted when sent: a last failed attempt is not followed by a retry
+            stats.retries += 1
+            self.totals.retries += 1
         try:
             now = time.monotonic()
             if ep.rpm is not None or ep.tpm is not None or ep.paused_until > now:
                 if ep.tpm is not None:
                     tokens = _estimate_tokens(request, self._body_params[ep.name][0])
                 wait = ep.budget_wait(tokens, now)
-                if wait > 0:
+                while wait > 0:
                     if now + wait >= deadline:
                         raise DeadlineExceeded(
                             f"rate limits of {ep.name} allow no request before the deadline",
                             endpoint=ep.name,
                         )
                     await anyio.sleep(wait)
+                    now = time.monotonic()
+                    wait = ep.paused_until - now  # a 429 may have paused it meanwhile
             body = self._body(ep, request)
             start = time.monotonic()
             timeout = min(ep.config.timeout, deadline - start)
@@ -301,19 +308,17 @@ class Engine:
             completion = await ep.transport.chat(body, timeout)
             latency = time.monotonic() - start
             usage = completion.usage
-            if ep.tpm is not None:
-                ep.tpm.refund(tokens - usage["prompt_tokens"] - usage["completion_tokens"])
+            if ep.tpm is not None and (used := usage["prompt_tokens"] + usage["completion_tokens"]):
+                ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
             return completion, ep, latency
         except RequestError as exc:
             error = exc
             stats.errors += 1
             if isinstance(exc, RateLimited):
                 stats.rate_limited += 1
-                settings = self.settings
-                ep.pause(wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max))
-            if exc.retryable:
-                stats.retries += 1
-                self.totals.retries += 1
+                if ep.pauses_on(exc):
+                    settings = self.settings
+                    ep.pause(wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max))
             raise
         finally:
             fleet.release(ep, error, latency)
@@ -431,22 +436,28 @@ class Engine:
         so commits stay cheap at high rates and results never wait long at low ones.
         """
         while True:
-            try:
-                batch = [await receive.receive()]
-            except anyio.EndOfStream:
-                return
-            closes = time.monotonic() + COMMIT_SECONDS
+            batch: list[Result] = []
             ended = False
-            while not ended:
+            try:
+                try:
+                    batch.append(await receive.receive())
+                except anyio.EndOfStream:
+                    return
+                closes = time.monotonic() + COMMIT_SECONDS
+                while not ended:
+                    _drain(receive, batch)
+                    remaining = closes - time.monotonic()
+                    if remaining <= 0 or len(batch) >= COMMIT_ROWS:
+                        break
+                    with anyio.move_on_after(remaining):
+                        try:
+                            batch.append(await receive.receive())
+                        except anyio.EndOfStream:
+                            ended = True
+            except BaseException:  # cancelled (Ctrl-C): keep every answer that arrived
                 _drain(receive, batch)
-                remaining = closes - time.monotonic()
-                if remaining <= 0 or len(batch) >= COMMIT_ROWS:
-                    break
-                with anyio.move_on_after(remaining):
-                    try:
-                        batch.append(await receive.receive())
-                    except anyio.EndOfStream:
-                        ended = True
+                self._record(batch)
+                raise
             self._record(batch)
             yield batch
             if ended:
@@ -469,6 +480,8 @@ class Engine:
                     for _ in range(workers):
                         tg.start_soon(self._worker, pull, fleet, send)
         except Exception as exc:  # a bug or a failing input iterator: surface it in map()
+            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]  # as raised, not wrapped by the workers' task group
             failure.append(exc)
         finally:
             done.set()

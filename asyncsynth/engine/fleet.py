@@ -28,7 +28,7 @@ from .errors import (
     ServerError,
 )
 from .limits import AdaptiveLimit, TokenBucket
-from .retry import backoff
+from .retry import backoff, names_rate_limit
 from .stats import EndpointStats
 
 if TYPE_CHECKING:
@@ -78,6 +78,20 @@ class EndpointState:
         """Hold every request to this endpoint for ``seconds`` (a 429 slows the whole endpoint)."""
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
 
+    def pauses_on(self, error: RateLimited) -> bool:
+        """Whether this 429 holds the whole endpoint, or only its own request.
+
+        A quota is spent (the 429 names a rate limit, ``x-ratelimit-*``; or the endpoint
+        has RPM/TPM limits or a known concurrency): every request would be refused until
+        it resets, so all of them wait. A bare 429 from an endpoint whose capacity is
+        still being learnt means "too many at once": the adaptive limit is cut (see
+        :meth:`Fleet.release`) and only the refused request waits before its retry.
+        """
+        config = self.config
+        learning = config.adaptive and config.max_concurrency is None
+        quota = self.rpm is not None or self.tpm is not None or names_rate_limit(error.headers)
+        return quota or not learning
+
 
 class Fleet:
     """The endpoints serving one role."""
@@ -87,6 +101,8 @@ class Fleet:
         self.endpoints = endpoints
         self._spawn = spawn
         self._waiters: deque[anyio.Event] = deque()
+        self._woken = 0
+        """Waiters woken for a free slot that have not come back for it yet."""
         for ep in endpoints:
             ep.fleets.append(self)
 
@@ -116,10 +132,16 @@ class Fleet:
             event = anyio.Event()
             self._waiters.append(event)
             remaining = deadline - time.monotonic()
-            with anyio.move_on_after(remaining) as scope:
-                await event.wait()
+            try:
+                with anyio.move_on_after(remaining) as scope:
+                    await event.wait()
+            except BaseException:  # cancelled: leave the queue, and pass on a wake-up it got
+                self._leave(event)
+                self.wake()
+                raise
+            self._leave(event)
             if scope.cancelled_caught:
-                self._discard(event)
+                self.wake()
                 raise DeadlineExceeded(
                     f"no endpoint of role {self.role!r} was available before the deadline"
                     + (" (all are down)" if all(e.down for e in self.endpoints) else "")
@@ -128,18 +150,27 @@ class Fleet:
         ep.in_flight += 1
         return ep
 
-    def _discard(self, event: anyio.Event) -> None:
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(event)
+    def _leave(self, event: anyio.Event) -> None:
+        """A waiter stops waiting: woken, or giving up (a stale event would swallow a wake-up)."""
+        if event.is_set():
+            self._woken -= 1
+        else:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(event)
 
     def wake(self) -> None:
-        """Let as many waiters retry as there are free slots."""
+        """Let as many waiters retry as there are free slots not yet promised to one.
+
+        Waiters already woken count against the free slots: without that, a burst of
+        releases in one loop tick would wake 1 + 2 + ... + k waiters for k slots.
+        """
         waiters = self._waiters
         if not waiters:
             return
-        free = sum(max(0, ep.free) for ep in self.endpoints)
+        free = sum(max(0, ep.free) for ep in self.endpoints) - self._woken
         while waiters and free > 0:
             waiters.popleft().set()
+            self._woken += 1
             free -= 1
 
     def release(self, ep: EndpointState, error: RequestError | None, latency: float) -> None:

@@ -10,8 +10,12 @@ Why SQLite in WAL mode rather than an append-only log of our own:
 - commits are batched by the engine (up to 256 rows or 20 ms) with
   ``synchronous=NORMAL``: about 3-4 microseconds per row measured here.
 
-A database that fails ``PRAGMA quick_check`` is moved aside (``*.corrupt-<time>``),
-never read, and a fresh journal starts: the lost entries are simply requested again.
+A database that fails ``PRAGMA quick_check`` (or was written by another journal
+format) is moved aside (``*.corrupt-<time>``), never read, and a fresh journal starts:
+the lost entries are simply requested again. ``quick_check`` checks structure, not
+contents, so every record also carries a CRC-32 of its key and value: a record whose
+bytes changed (bit rot, a torn page) fails it, is dropped and requested again, never
+returned.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import hashlib
 import logging
 import os
 import sqlite3
+import struct
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,8 @@ from .client import Completion
 log = logging.getLogger("asyncsynth")
 
 JOURNAL_SUFFIX = ".journal.sqlite"
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"
+_CRC = struct.Struct("<I")
 _CHECKPOINT_PAGES = 4096
 """WAL pages between checkpoints (each one fsyncs): 16 MB, not SQLite's 4 MB default."""
 
@@ -46,6 +53,10 @@ def request_key(
     """
     canonical = orjson.dumps([list(models), messages, params, sample], option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(canonical, digest_size=16).digest()
+
+
+def _crc(key: bytes, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(key))
 
 
 def journal_path_for(output: str | os.PathLike[str]) -> Path:
@@ -87,6 +98,9 @@ class Journal:
             )
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (_SCHEMA_VERSION,))
+            version = db.execute("SELECT value FROM meta WHERE name = 'version'").fetchone()[0]
+            if version != _SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"journal format {version}, not {_SCHEMA_VERSION}")
         except sqlite3.DatabaseError:
             db.close()
             raise
@@ -113,16 +127,32 @@ class Journal:
         row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        content, finish_reason, usage, model = orjson.loads(row[0])
+        stored = row[0]
+        if (
+            not isinstance(stored, bytes)
+            or len(stored) < _CRC.size
+            or _CRC.unpack_from(stored)[0] != _crc(key, payload := stored[_CRC.size :])
+        ):
+            self._drop_damaged(key)
+            return None
+        content, finish_reason, usage, model = orjson.loads(payload)
         return Completion(content, finish_reason, usage, model)
+
+    def _drop_damaged(self, key: bytes) -> None:
+        log.warning(
+            "journal %s: a record failed its checksum; dropped it, its request will be sent again",
+            self.path,
+        )
+        self._db.execute("DELETE FROM responses WHERE key = ?", (key,))
 
     def put(self, key: bytes, completion: Completion) -> None:
         """Record a completion; durable at the next :meth:`commit`."""
         if not self.pending:
             self._db.execute("BEGIN")
-        value = orjson.dumps(
+        payload = orjson.dumps(
             [completion.content, completion.finish_reason, completion.usage, completion.model]
         )
+        value = _CRC.pack(_crc(key, payload)) + payload
         self._db.execute("INSERT OR IGNORE INTO responses (key, value) VALUES (?, ?)", (key, value))
         self.pending += 1
 

@@ -9,7 +9,7 @@ and full jitter, or exactly as long as the server asked (``Retry-After``,
 
 from __future__ import annotations
 
-import contextlib
+import math
 import random
 import re
 import time
@@ -50,22 +50,28 @@ def _parse_duration(value: str) -> float | None:
     """``'1s'``, ``'250ms'``, ``'6m0s'`` or a bare number of seconds."""
     value = value.strip()
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if math.isfinite(seconds) else None
     parts = _DURATION.findall(value)
     if not parts or "".join(n + u for n, u in parts) != value:
         return None
     return sum(float(n) * _UNIT[u] for n, u in parts)
 
 
+def names_rate_limit(headers: dict[str, str]) -> bool:
+    """Whether an answer speaks of a rate quota (``x-ratelimit-*`` headers), not momentary load."""
+    return any(name.lower().startswith("x-ratelimit-") for name in headers)
+
+
 def server_wait(headers: dict[str, str]) -> float | None:
     """Seconds the server asked us to wait, from ``Retry-After`` or ``x-ratelimit-reset-*``."""
     lowered = {k.lower(): v for k, v in headers.items()}
     waits: list[float] = []
-    if ra := lowered.get("retry-after-ms"):
-        with contextlib.suppress(ValueError):
-            waits.append(float(ra) / 1000)
+    if (ra := lowered.get("retry-after-ms")) and (millis := _parse_duration(ra)) is not None:
+        waits.append(millis / 1000)
     if ra := lowered.get("retry-after"):
         seconds = _parse_duration(ra)
         if seconds is None:

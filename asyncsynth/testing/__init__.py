@@ -3,6 +3,7 @@
 from asyncsynth.testing.sim import (
     Reply,
     ReplyContext,
+    ReplyHook,
     SimConfig,
     SimServer,
     SimStats,
@@ -13,6 +14,7 @@ from asyncsynth.testing.sim import (
 __all__ = [
     "Reply",
     "ReplyContext",
+    "ReplyHook",
     "SimConfig",
     "SimServer",
     "SimStats",

@@ -35,7 +35,16 @@ try:
 except ImportError:  # pragma: no cover - uvloop is optional
     uvloop = None
 
-__all__ = ["Reply", "ReplyContext", "SimConfig", "SimServer", "SimStats", "serve", "start_process"]
+__all__ = [
+    "Reply",
+    "ReplyContext",
+    "ReplyHook",
+    "SimConfig",
+    "SimServer",
+    "SimStats",
+    "serve",
+    "start_process",
+]
 
 _LOOP_FACTORY: Callable[[], asyncio.AbstractEventLoop] = (
     uvloop.new_event_loop if uvloop is not None else asyncio.new_event_loop
@@ -99,6 +108,7 @@ class SimConfig:
     malformed_rate: float = 0.0
     seed: int | None = None
     reply: ReplyHook | None = None
+    """Scripted replies; called on the server's event loop, after rate limits and faults."""
     record: bool = False
 
     def __post_init__(self) -> None:
@@ -132,6 +142,7 @@ class SimStats:
     hung: int = 0
     malformed: int = 0
     in_flight: int = 0
+    """Admitted requests not yet answered (hung ones until their client leaves)."""
     max_in_flight: int = 0
     connections: int = 0
     """Connections accepted."""
@@ -144,6 +155,38 @@ class SimStats:
 # close the connection after it, delay in seconds, counted in ``in_flight``).
 # ``None`` bytes mean a drop when closing, a hang otherwise.
 _Outcome = tuple[int, bytes | None, bool, float, bool]
+_HANG: _Outcome = (0, None, False, 0.0, True)
+
+
+def _drop(delay: float) -> _Outcome:
+    return 0, None, True, delay, True
+
+
+def _answer(
+    status: int,
+    body: bytes,
+    keep_alive: bool,
+    *,
+    delay: float = 0.0,
+    admitted: bool = True,
+    counted: bool = True,
+    headers: dict[str, str] | None = None,
+) -> _Outcome:
+    """A response outcome; ``counted`` ones show in ``stats.responses_by_status``."""
+    data = _response(status, body, headers, keep_alive)
+    return status if counted else 0, data, not keep_alive, delay, admitted
+
+
+def _refuse(
+    status: int,
+    message: str,
+    keep_alive: bool,
+    headers: dict[str, str] | None = None,
+    code: str | None = None,
+) -> _Outcome:
+    """An error answered before admission (not counted in flight)."""
+    body = _error_body(status, message, code)
+    return _answer(status, body, keep_alive, admitted=False, headers=headers)
 
 
 class _Bucket:
@@ -307,7 +350,8 @@ class _Conn(asyncio.Protocol):
         return pos
 
     def _reject(self, status: int, message: str) -> None:
-        self._submit(0, _error_response(status, message, keep_alive=False), True, 0.0, False)
+        body = _error_body(status, message)
+        self._submit(*_answer(status, body, False, admitted=False, counted=False))
 
     def _write(self, data: bytes) -> None:
         assert self._transport is not None
@@ -440,7 +484,9 @@ class SimServer:
         return self
 
     async def stop_async(self) -> None:
-        """Stop a server started with :meth:`start_async`."""
+        """Stop a server started with :meth:`start_async`; a no-op if it is not running."""
+        if self._thread is not None:
+            raise RuntimeError("this SimServer runs in a thread: use stop()")
         if self._loop is not None:
             await self._close()
 
@@ -622,10 +668,10 @@ class SimServer:
             return self._chat(path, body, keep_alive)
         if path in _MODEL_PATHS and method == b"GET":
             models = {"object": "list", "data": [{"id": self.config.model, "object": "model"}]}
-            data = _response(200, orjson.dumps(models), None, keep_alive)
-            return 0, data, not keep_alive, 0.0, False
+            return _answer(200, orjson.dumps(models), keep_alive, admitted=False, counted=False)
         message = f"no route for {method.decode('latin-1')} {path.decode('latin-1')}"
-        return 0, _error_response(404, message, keep_alive), not keep_alive, 0.0, False
+        body = _error_body(404, message)
+        return _answer(404, body, keep_alive, admitted=False, counted=False)
 
     def _chat(self, path: bytes, raw: bytes | bytearray, keep_alive: bool) -> _Outcome:
         stats = self.stats
@@ -635,16 +681,15 @@ class SimServer:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return self._refuse(400, f"invalid JSON body: {exc}", keep_alive)
+            return _refuse(400, f"invalid JSON body: {exc}", keep_alive)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return self._refuse(400, "body must be an object with a 'messages' list", keep_alive)
+            return _refuse(400, "body must be an object with a 'messages' list", keep_alive)
         if cfg.record:
             stats.bodies.append(body)
         prompt_tokens = _estimate_tokens(_prompt_chars(body["messages"]))
         if cfg.capacity is not None and stats.in_flight >= cfg.capacity:
             message = f"server at capacity ({cfg.capacity} requests in flight)"
-            headers = {"Retry-After": "1"}
-            return self._refuse(429, message, keep_alive, headers, "server_overloaded")
+            return _refuse(429, message, keep_alive, {"Retry-After": "1"}, "server_overloaded")
         if self._rpm is not None or self._tpm is not None:
             limited = self._rate_limit(prompt_tokens + _max_tokens(body), keep_alive)
             if limited is not None:
@@ -672,20 +717,9 @@ class SimServer:
             except Exception as exc:
                 text = f"{type(exc).__name__}: {exc}"
                 stats.hook_errors.append(text)
-                return 500, _error_response(500, text, keep_alive), not keep_alive, 0.0, True
+                return _answer(500, _error_body(500, text), keep_alive)
         data = _completion(body, n, content, "stop", prompt_tokens, cfg.model)
-        return 200, _response(200, data, None, keep_alive), not keep_alive, delay, True
-
-    def _refuse(
-        self,
-        status: int,
-        message: str,
-        keep_alive: bool,
-        headers: dict[str, str] | None = None,
-        code: str | None = None,
-    ) -> _Outcome:
-        data = _error_response(status, message, keep_alive, headers, code)
-        return status, data, not keep_alive, 0.0, False
+        return _answer(200, data, keep_alive, delay=delay)
 
     def _rate_limit(self, tokens: int, keep_alive: bool) -> _Outcome | None:
         now = time.monotonic()
@@ -706,33 +740,26 @@ class SimServer:
             headers["x-ratelimit-reset-tokens"] = _format_reset(token_wait)
         kind = "requests" if request_wait >= token_wait else "tokens"
         message = f"rate limit reached for {kind}; try again in {_format_reset(wait)}"
-        return self._refuse(429, message, keep_alive, headers, "rate_limit_exceeded")
+        return _refuse(429, message, keep_alive, headers, "rate_limit_exceeded")
 
     def _random_fault(self, draw: float, delay: float, keep_alive: bool) -> _Outcome | None:
         cfg = self.config
         stats = self.stats
         if draw < cfg.error_rate:
             status = _RANDOM_ERRORS[self._rng.randrange(len(_RANDOM_ERRORS))]
-            data = _error_response(status, "simulated server error", keep_alive)
-            return status, data, not keep_alive, delay, True
+            return _answer(status, _error_body(status, "simulated error"), keep_alive, delay=delay)
         draw -= cfg.error_rate
         if draw < cfg.drop_rate:
             stats.dropped += 1
-            return 0, None, True, delay, True
+            return _drop(delay)
         draw -= cfg.drop_rate
         if draw < cfg.hang_rate:
             stats.hung += 1
-            return 0, None, False, 0.0, True
+            return _HANG
         draw -= cfg.hang_rate
         if draw < cfg.malformed_rate:
             stats.malformed += 1
-            return (
-                200,
-                _response(200, _MALFORMED_BODY, None, keep_alive),
-                not keep_alive,
-                delay,
-                True,
-            )
+            return _answer(200, _MALFORMED_BODY, keep_alive, delay=delay)
         return None
 
     def _scripted(
@@ -749,10 +776,10 @@ class SimServer:
             delay = reply.delay
         if reply.hang:
             stats.hung += 1
-            return 0, None, False, 0.0, True
+            return _HANG
         if reply.drop:
             stats.dropped += 1
-            return 0, None, True, delay, True
+            return _drop(delay)
         status = reply.status
         if reply.malformed:
             stats.malformed += 1
@@ -760,18 +787,12 @@ class SimServer:
         elif reply.body is not None:
             data = orjson.dumps(reply.body)
         elif status >= 400:
-            data = _error_body(reply.content or _reason(status), _error_type(status))
+            data = _error_body(status, reply.content or _reason(status))
         else:
             data = _completion(
                 body, n, reply.content, reply.finish_reason, prompt_tokens, self.config.model
             )
-        return (
-            status,
-            _response(status, data, reply.headers, keep_alive),
-            not keep_alive,
-            delay,
-            True,
-        )
+        return _answer(status, data, keep_alive, delay=delay, headers=reply.headers)
 
     def _reset_buckets(self) -> None:
         cfg = self.config
@@ -826,18 +847,9 @@ def _error_type(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
-def _error_body(message: str, type_: str, code: str | None = None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
-
-
-def _error_response(
-    status: int,
-    message: str,
-    keep_alive: bool,
-    headers: dict[str, str] | None = None,
-    code: str | None = None,
-) -> bytes:
-    return _response(status, _error_body(message, _error_type(status), code), headers, keep_alive)
+def _error_body(status: int, message: str, code: str | None = None) -> bytes:
+    error = {"message": message, "type": _error_type(status), "param": None, "code": code}
+    return orjson.dumps({"error": error})
 
 
 _STATUS_LINES: dict[int, bytes] = {}

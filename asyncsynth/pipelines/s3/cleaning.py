@@ -1,0 +1,423 @@
+"""Cleaning of LLM-written examples before they reach a training set.
+
+Every completion passes, in order:
+
+1. **stripping** (the text is kept, the fix is counted): an echoed prompt (the whole
+   prompt as a prefix, or any of its lines), a code fence, a chatty preamble ("Sure!
+   Here is a positive review:"), a leading "Title:" line, trailing notes ("Note: ...",
+   "I hope this helps"), a "Review:"-style label prefix, markdown bold and the quotes
+   wrapped around the whole text;
+2. **dropping** (the text is lost, the reason is counted): a failed request, a refusal
+   ("As an AI language model ...", "I'm sorry, but I can't ..."), an empty, too short
+   or over-long text, a truncated one when ``drop_truncated`` is set, a copy of a gold
+   example, an exact duplicate and a near duplicate of a text already kept.
+
+Exact duplicates compare the lower-cased word sequence; near duplicates the Jaccard
+similarity of word shingles, found through an index with prefix filtering so that a
+large set is not compared pair by pair. Both are scoped: for text pairs only second
+texts written for the same context are compared. No torch, no embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Cleaned",
+    "Cleaner",
+    "CleaningCounts",
+    "CleaningSettings",
+    "NearDuplicateIndex",
+    "is_refusal",
+    "strip_wrappers",
+    "words",
+]
+
+_WORD = re.compile(r"\w+")
+_QUOTES = {'"': '"', "“": "”", "„": "“", "«": "»", "‘": "’", "'": "'", "`": "`"}
+_FENCE = re.compile(r"\A```[\w+-]*[ \t]*\n?(.*?)\n?```\Z", re.S)
+_BOLD = re.compile(r"\A\*\*(.+)\*\*\Z", re.S)
+_PREAMBLE_START = re.compile(
+    r"^(?:sure|certainly|of course|absolutely|okay|ok|alright|great|here(?:'s| is| are)|"
+    r"below is|the following is|i'd be happy|i would be happy)\b",
+    re.I,
+)
+_PREAMBLE_INLINE = re.compile(
+    r"\A(?:sure|certainly|of course|absolutely|okay|ok|alright|here(?:'s| is| are))\b"
+    r"[^:\n]{0,120}:\s+(?=\S)",
+    re.I,
+)
+_PREAMBLE_TOPIC = re.compile(
+    r"\b(?:here|review|sentence|question|text|example|writ(?:e|ten|ing)|wrote)\b", re.I
+)
+_TITLE = re.compile(r"^(?:\*\*)?title(?:\*\*)?\s*:", re.I)
+_TRAILER = re.compile(
+    r"^\(?(?:note|notes|explanation|disclaimer)\b\s*:?|^(?:i hope (?:this|that|you)|"
+    r"let me know|feel free|hope this helps)\b",
+    re.I,
+)
+_PREFIX_NOUNS = (
+    "review",
+    "sentence",
+    "question",
+    "hypothesis",
+    "answer",
+    "text",
+    "output",
+    "example",
+    "response",
+    "statement",
+)
+_REFUSALS = (
+    r"\bas an? (?:ai|artificial intelligence|language model)\b",
+    r"\bi(?:'m| am) (?:an ai|a language model|just an ai)\b",
+    r"^(?:i'm|i am) (?:sorry|afraid),? (?:but )?(?:i|as an?)\b",
+    r"^(?:sorry|i apologi[sz]e|unfortunately),? (?:but )?i\b",
+    r"^i (?:cannot|can't|can not|won't|will not|am unable to|am not able to|must decline)"
+    r"\b.{0,40}\b(?:help|assist|write|provide|create|generate|comply|fulfil+|do that|"
+    r"produce|complete)",
+    r"\bi (?:cannot|can't|can not|am unable to|won't) (?:fulfil+|comply with|help with|"
+    r"assist with) (?:this|that|your)\b",
+)
+_REFUSAL = re.compile("|".join(_REFUSALS), re.I)
+_APOSTROPHES = str.maketrans({"’": "'", "‘": "'"})
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens: the normal form used for duplicate detection."""
+    return _WORD.findall(text.casefold())
+
+
+def is_refusal(text: str, extra: re.Pattern[str] | None = None) -> bool:
+    """Whether ``text`` is a model declining or talking about itself instead of answering."""
+    head = text.translate(_APOSTROPHES).strip()
+    return bool(_REFUSAL.search(head) or (extra is not None and extra.search(head)))
+
+
+def _line_key(line: str) -> str:
+    return " ".join(words(line))
+
+
+def _unquote(text: str) -> str:
+    while len(text) >= 2 and text[0] in _QUOTES and text[-1] == _QUOTES[text[0]]:
+        opening, closing = text[0], text[-1]
+        inner = text[1:-1]
+        if opening != "'" and (opening in inner or closing in inner):
+            break
+        text = inner.strip()
+    return text
+
+
+def strip_wrappers(
+    completion: str, prompt: str = "", *, nouns: Iterable[str] = ()
+) -> tuple[str, list[str]]:
+    """The text inside a completion, and the fixes applied (e.g. ``["preamble", "quotes"]``).
+
+    ``prompt`` is the prompt's text (its echoed lines are removed); ``nouns`` adds words
+    recognised as a label prefix ("Tweet:") to the built-in ones ("Review:", "Sentence:").
+    """
+    fixes: list[str] = []
+    text = completion.replace("\r\n", "\n").strip()
+    prompt = prompt.strip()
+    if prompt and text.startswith(prompt):
+        text = text[len(prompt) :].strip()
+        fixes.append("echo")
+    if m := _FENCE.match(text):
+        text = m.group(1).strip()
+        fixes.append("fence")
+
+    lines = [line.strip() for line in text.split("\n")]
+    if prompt:
+        echoed = {key for line in prompt.splitlines() if len(key := _line_key(line)) >= 12}
+        kept = [line for line in lines if not line or _line_key(line) not in echoed]
+        if len(kept) != len(lines):
+            lines = kept
+            if "echo" not in fixes:
+                fixes.append("echo")
+
+    def content() -> list[str]:
+        return [line for line in lines if line]
+
+    while lines and not lines[0]:
+        lines.pop(0)
+    if len(content()) > 1 and _is_preamble(lines[0]):
+        lines.pop(0)
+        fixes.append("preamble")
+        while lines and not lines[0]:
+            lines.pop(0)
+    if len(content()) > 1 and _TITLE.match(lines[0]):
+        lines.pop(0)
+        fixes.append("title")
+    while len(content()) > 1:
+        while lines and not lines[-1]:
+            lines.pop()
+        if not _TRAILER.match(lines[-1]):
+            break
+        lines.pop()
+        if "trailer" not in fixes:
+            fixes.append("trailer")
+
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    text = re.sub(r"[ \t]+", " ", text)
+    if m := _PREAMBLE_INLINE.match(text):
+        text = text[m.end() :]
+        fixes.append("preamble")
+    prefix = _prefix_pattern(tuple(nouns))
+    if m := prefix.match(text):
+        text = text[m.end() :].strip()
+        fixes.append("prefix")
+    if m := _BOLD.match(text):
+        text = m.group(1).strip()
+        fixes.append("markdown")
+    unquoted = _unquote(text)
+    if unquoted != text:
+        text = unquoted
+        fixes.append("quotes")
+    return text, fixes
+
+
+def _is_preamble(line: str) -> bool:
+    if len(line) > 150:
+        return False
+    if line.endswith(":"):
+        return True
+    return bool(_PREAMBLE_START.match(line) and _PREAMBLE_TOPIC.search(line))
+
+
+_PREFIX_CACHE: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
+def _prefix_pattern(nouns: tuple[str, ...]) -> re.Pattern[str]:
+    pattern = _PREFIX_CACHE.get(nouns)
+    if pattern is None:
+        extra = [re.escape(n.lower()) for noun in nouns for n in noun.split()[-1:]]
+        alternatives = "|".join(sorted({*_PREFIX_NOUNS, *extra}, key=len, reverse=True))
+        pattern = re.compile(
+            rf"\A(?:\*\*)?(?:[a-z]+ ){{0,2}}(?:{alternatives})(?: ?\d+)?(?:\*\*)?\s*:(?:\*\*)?\s+",
+            re.I,
+        )
+        _PREFIX_CACHE[nouns] = pattern
+    return pattern
+
+
+# -- duplicates -----------------------------------------------------------------------------
+
+
+class NearDuplicateIndex:
+    """Finds exact and near duplicates (Jaccard of word shingles) among the texts added.
+
+    Near-duplicate candidates come from a prefix-filtering index: every set of ``s``
+    shingles is indexed by its first ``s - ceil(threshold * s) + 1`` shingles in a fixed
+    global order (longest first, which puts rare words first), a bound that two sets with
+    Jaccard >= threshold cannot both miss; only those candidates are compared exactly.
+    """
+
+    def __init__(self, threshold: float = 0.9, shingle: int = 1) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        if shingle < 1:
+            raise ValueError(f"shingle must be >= 1, got {shingle}")
+        self.threshold = threshold
+        self.shingle = shingle
+        self._exact: dict[tuple[str, str], int] = {}
+        self._sets: list[frozenset[str]] = []
+        self._removed: set[int] = set()
+        self._postings: dict[tuple[str, str], list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._exact)
+
+    def discard(self, text: str, scope: str = "") -> None:
+        """Forget ``text`` (added before), as if it had never been added."""
+        doc = self._exact.pop((scope, " ".join(words(text))), None)
+        if doc is not None:
+            self._removed.add(doc)
+
+    def _shingles(self, tokens: list[str]) -> frozenset[str]:
+        n = self.shingle
+        if len(tokens) <= n:
+            return frozenset([" ".join(tokens)]) if tokens else frozenset()
+        return frozenset(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+    def _prefix(self, shingles: frozenset[str]) -> list[str]:
+        size = len(shingles)
+        keep = size - math.ceil(self.threshold * size - 1e-9) + 1
+        return sorted(shingles, key=lambda s: (-len(s), s))[:keep]
+
+    def match(self, text: str, scope: str = "") -> str | None:
+        """``"duplicate"``, ``"near_duplicate"`` or ``None`` for ``text`` within ``scope``."""
+        tokens = words(text)
+        if (scope, " ".join(tokens)) in self._exact:
+            return "duplicate"
+        shingles = self._shingles(tokens)
+        if not shingles:
+            return None
+        size = len(shingles)
+        seen: set[int] = set()
+        for s in self._prefix(shingles):
+            for doc in self._postings.get((scope, s), ()):
+                if doc in seen or doc in self._removed:
+                    continue
+                seen.add(doc)
+                other = self._sets[doc]
+                if not self.threshold * size - 1e-9 <= len(other) <= size / self.threshold + 1e-9:
+                    continue
+                common = len(shingles & other)
+                if common / (size + len(other) - common) >= self.threshold - 1e-12:
+                    return "near_duplicate"
+        return None
+
+    def add(self, text: str, scope: str = "") -> None:
+        tokens = words(text)
+        key = (scope, " ".join(tokens))
+        if key in self._exact:
+            return
+        doc = len(self._sets)
+        self._exact[key] = doc
+        shingles = self._shingles(tokens)
+        self._sets.append(shingles)
+        for s in self._prefix(shingles):
+            self._postings.setdefault((scope, s), []).append(doc)
+
+
+# -- the cleaner ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CleaningSettings:
+    """Knobs of :class:`Cleaner` (the ``[s3.cleaning]`` table)."""
+
+    min_chars: int = 5
+    max_chars: int = 2000
+    near_duplicate: float = 0.9
+    """Jaccard similarity of word shingles from which two texts count as near duplicates."""
+    shingle: int = 1
+    """Words per shingle (1: compare word sets)."""
+    drop_truncated: bool = False
+    """Drop completions cut off by ``max_tokens`` (finish_reason ``length``)."""
+    refusal_patterns: tuple[str, ...] = ()
+    """Extra regular expressions (case-insensitive) that mark a refusal."""
+
+
+@dataclass(slots=True)
+class CleaningCounts:
+    """What cleaning did to a batch of completions."""
+
+    received: int = 0
+    kept: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    fixed: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: CleaningCounts) -> None:
+        self.received += other.received
+        self.kept += other.kept
+        self.dropped.update(other.dropped)
+        self.fixed.update(other.fixed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "kept": self.kept,
+            "dropped": dict(sorted(self.dropped.items())),
+            "fixed": dict(sorted(self.fixed.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CleaningCounts:
+        return cls(data["received"], data["kept"], Counter(data["dropped"]), Counter(data["fixed"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Cleaned:
+    """One completion after cleaning: ``text`` is ``None`` when it was dropped (``reason``)."""
+
+    text: str | None
+    reason: str | None = None
+    fixes: tuple[str, ...] = ()
+
+
+class Cleaner:
+    """Cleans completions one by one, remembering what it kept to refuse duplicates.
+
+    ``reference`` holds ``(scope, text)`` pairs that must never come back (the gold
+    examples: a copy of one would leak it into training); :meth:`remember` registers
+    texts already in the training set.
+    """
+
+    def __init__(
+        self,
+        settings: CleaningSettings = CleaningSettings(),
+        *,
+        reference: Iterable[tuple[str, str]] = (),
+        nouns: Iterable[str] = (),
+    ) -> None:
+        self.settings = settings
+        self.nouns = tuple(nouns)
+        self._extra = (
+            re.compile("|".join(f"(?:{p})" for p in settings.refusal_patterns), re.I)
+            if settings.refusal_patterns
+            else None
+        )
+        self._kept = NearDuplicateIndex(settings.near_duplicate, settings.shingle)
+        self._reference = NearDuplicateIndex(settings.near_duplicate, settings.shingle)
+        for scope, text in reference:
+            self._reference.add(text, scope)
+
+    def remember(self, text: str, scope: str = "") -> None:
+        """Count ``text`` as kept, so later duplicates of it are dropped."""
+        self._kept.add(text, scope)
+
+    def forget(self, text: str, scope: str = "") -> None:
+        """Undo keeping ``text`` (a reviewer rejected it after cleaning)."""
+        self._kept.discard(text, scope)
+
+    def clean(
+        self,
+        completion: str | None,
+        *,
+        prompt: str = "",
+        scope: str = "",
+        finish_reason: str | None = None,
+        counts: CleaningCounts | None = None,
+    ) -> Cleaned:
+        """Clean one completion (``None`` for a failed request) and count the outcome."""
+        result = self._clean(completion, prompt, scope, finish_reason)
+        if counts is not None:
+            counts.received += 1
+            counts.fixed.update(result.fixes)
+            if result.text is None:
+                counts.dropped[result.reason or "dropped"] += 1
+            else:
+                counts.kept += 1
+        return result
+
+    def _clean(
+        self, completion: str | None, prompt: str, scope: str, finish_reason: str | None
+    ) -> Cleaned:
+        if completion is None:
+            return Cleaned(None, "failed")
+        settings = self.settings
+        text, fixes = strip_wrappers(completion, prompt, nouns=self.nouns)
+        fixed = tuple(fixes)
+        if is_refusal(text, self._extra):
+            return Cleaned(None, "refusal", fixed)
+        if not text:
+            return Cleaned(None, "echo" if "echo" in fixes else "empty", fixed)
+        if len(text) < settings.min_chars:
+            return Cleaned(None, "too_short", fixed)
+        if len(text) > settings.max_chars:
+            return Cleaned(None, "too_long", fixed)
+        if settings.drop_truncated and finish_reason == "length":
+            return Cleaned(None, "truncated", fixed)
+        if self._reference.match(text, scope) is not None:
+            return Cleaned(None, "copies_gold", fixed)
+        duplicate = self._kept.match(text, scope)
+        if duplicate is not None:
+            return Cleaned(None, duplicate, fixed)
+        self._kept.add(text, scope)
+        return Cleaned(text, None, fixed)

@@ -1,0 +1,252 @@
+"""Fleets: least-loaded choice, endpoints down at the start, dying mid-job, coming back.
+
+Every job here must end with one correct answer per request: no row lost, none
+duplicated, whatever the endpoints do. Outages are driven by events (the sim's request
+counter, a failed probe), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncsynth import Engine, Request, Result
+from asyncsynth.config import Config, config_from_dict
+from asyncsynth.engine import fleet as fleet_module
+from asyncsynth.engine.client import Completion, Transport, make_transport
+from asyncsynth.engine.errors import DeadlineExceeded, RequestError
+from asyncsynth.testing import SimServer
+
+pytestmark = pytest.mark.anyio
+
+SimFactory = Callable[..., SimServer]
+FAST = {"backoff_base": 0.001, "backoff_max": 0.02, "max_attempts": 6, "deadline": 30.0}
+
+
+@pytest.fixture(autouse=True)
+def _short_cooldown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cool-downs of 50 ms (then doubling) so outages cost tests little time."""
+    monkeypatch.setattr(fleet_module, "COOLDOWN_FIRST", 0.05)
+
+
+def _config(endpoints: dict[str, dict[str, Any]], **engine: Any) -> Config:
+    tables = {name: {"model": "m", **table} for name, table in endpoints.items()}
+    return config_from_dict(
+        {"endpoints": tables, "roles": {"gen": list(endpoints)}, "engine": {**FAST, **engine}}
+    )
+
+
+def _prompts(n: int) -> Iterator[Request]:
+    return (Request.from_prompt(f"p{i}", id=f"p{i}") for i in range(n))
+
+
+def _assert_all_answered(results: list[Result], n: int) -> None:
+    assert sorted(r.request.id or "" for r in results) == sorted(f"p{i}" for i in range(n))
+    for r in results:
+        assert r.ok, r.error
+        assert r.completion == f"echo: {r.request.id}"
+
+
+async def _run(engine: Engine, n: int) -> list[Result]:
+    return [r async for r in engine.map(_prompts(n), role="gen")]
+
+
+def _dead_url() -> str:
+    """A loopback port with nothing listening (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+class ProbeSpy:
+    """A transport that reports each ``/models`` probe's outcome through events."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.failed_probe = anyio.Event()
+        self.probes = 0
+
+    async def chat(self, body: bytes, timeout: float) -> Completion:
+        return await self.inner.chat(body, timeout)
+
+    async def models(self, timeout: float) -> list[str]:
+        self.probes += 1
+        try:
+            return await self.inner.models(timeout)
+        except RequestError:
+            self.failed_probe.set()
+            raise
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _spy(name: str, url: str) -> ProbeSpy:
+    return ProbeSpy(make_transport("aiohttp", url, None, name=name))
+
+
+# -- choice -----------------------------------------------------------------------------------
+
+
+async def test_requests_go_to_the_least_loaded_replica(sim_factory: SimFactory) -> None:
+    a, b = sim_factory(latency=0.01), sim_factory(latency=0.01)
+    config = _config(
+        {
+            "a": {"base_url": a.url, "max_concurrency": 4},
+            "b": {"base_url": b.url, "max_concurrency": 4},
+        }
+    )
+    async with Engine(config) as engine:
+        results = await _run(engine, 80)
+    _assert_all_answered(results, 80)
+    assert a.stats.requests + b.stats.requests == 80
+    assert min(a.stats.requests, b.stats.requests) >= 25
+    assert max(a.stats.max_in_flight, b.stats.max_in_flight) <= 4
+
+
+async def test_a_slower_replica_gets_less_work(sim_factory: SimFactory) -> None:
+    fast, slow = sim_factory(latency=0.005), sim_factory(latency=0.1)
+    config = _config(
+        {
+            "fast": {"base_url": fast.url, "max_concurrency": 2},
+            "slow": {"base_url": slow.url, "max_concurrency": 2},
+        }
+    )
+    async with Engine(config) as engine:
+        results = await _run(engine, 60)
+    _assert_all_answered(results, 60)
+    assert fast.stats.requests > 3 * slow.stats.requests
+
+
+# -- outages ------------------------------------------------------------------------------------
+
+
+async def test_an_endpoint_down_from_the_start_is_set_aside(sim: SimServer) -> None:
+    config = _config(
+        {"dead": {"base_url": _dead_url(), "max_concurrency": 4}, "live": {"base_url": sim.url}}
+    )
+    async with Engine(config) as engine:
+        results = await _run(engine, 60)
+        dead = engine.endpoints["dead"]
+    _assert_all_answered(results, 60)
+    assert sim.stats.requests == 60
+    assert dead.down
+    assert dead.stats.attempts <= 4  # only the first wave tried it; none went back
+    assert all(r.endpoint == "live" for r in results)
+
+
+async def test_an_endpoint_that_dies_mid_job_hands_its_work_over(sim_factory: SimFactory) -> None:
+    a, b = sim_factory(latency=0.02), sim_factory(latency=0.02)
+    config = _config(
+        {
+            "a": {"base_url": a.url, "max_concurrency": 4},
+            "b": {"base_url": b.url, "max_concurrency": 4},
+        }
+    )
+
+    async def kill_a() -> None:
+        await a.wait_for_requests_async(20)
+        await anyio.to_thread.run_sync(a.down)
+
+    async with Engine(config) as engine, anyio.create_task_group() as tg:
+        tg.start_soon(kill_a)
+        results = await _run(engine, 100)
+    _assert_all_answered(results, 100)
+    served_by_a = sum(r.endpoint == "a" for r in results)
+    assert 10 <= served_by_a < 30
+    assert sum(r.endpoint == "b" for r in results) == 100 - served_by_a
+
+
+async def test_an_endpoint_that_comes_back_is_probed_then_used_again(
+    sim_factory: SimFactory,
+) -> None:
+    back, slow = sim_factory(), sim_factory(latency=0.2)
+    back.down()
+    spy = _spy("back", back.url)
+    config = _config(
+        {
+            "back": {"base_url": back.url, "max_concurrency": 4},
+            "slow": {"base_url": slow.url, "max_concurrency": 1},
+        }
+    )
+
+    async def revive() -> None:
+        await spy.failed_probe.wait()  # it was down, and the engine has noticed
+        await anyio.to_thread.run_sync(back.up)
+
+    async with Engine(config, transports={"back": spy}) as engine, anyio.create_task_group() as tg:
+        tg.start_soon(revive)
+        results = await _run(engine, 30)
+    _assert_all_answered(results, 30)
+    assert back.stats.requests > 0  # after the outage it took work again
+    assert slow.stats.requests < 15  # alone, the slow one would have served all 30
+    assert spy.probes >= 2
+
+
+async def test_when_every_endpoint_is_down_the_job_waits_and_resumes(
+    sim_factory: SimFactory,
+) -> None:
+    a = sim_factory()
+    a.down()
+    spy = _spy("a", a.url)
+    config = _config({"a": {"base_url": a.url, "max_concurrency": 4}})
+
+    async def revive() -> None:
+        await spy.failed_probe.wait()
+        await anyio.to_thread.run_sync(a.up)
+
+    async with Engine(config, transports={"a": spy}) as engine, anyio.create_task_group() as tg:
+        tg.start_soon(revive)
+        results = await _run(engine, 40)
+    _assert_all_answered(results, 40)
+    # Waiting for a healthy endpoint costs no attempts: at most the one that found it down.
+    assert max(r.attempts for r in results) <= 2
+    assert a.stats.requests == 40
+
+
+async def test_an_endpoint_that_dies_and_returns_mid_job_loses_nothing(
+    sim_factory: SimFactory,
+) -> None:
+    a = sim_factory(latency=0.01)
+    spy = _spy("a", a.url)
+    config = _config({"a": {"base_url": a.url, "max_concurrency": 4}})
+
+    async def outage() -> None:
+        await a.wait_for_requests_async(30)
+        await anyio.to_thread.run_sync(a.down)
+        await spy.failed_probe.wait()
+        await anyio.to_thread.run_sync(a.up)
+
+    async with Engine(config, transports={"a": spy}) as engine, anyio.create_task_group() as tg:
+        tg.start_soon(outage)
+        results = await _run(engine, 80)
+    _assert_all_answered(results, 80)
+
+
+async def test_when_all_stay_down_requests_fail_at_their_deadline_saying_so() -> None:
+    config = _config({"a": {"base_url": _dead_url()}}, deadline=0.5)
+    with anyio.fail_after(10):
+        async with Engine(config) as engine:
+            results = await _run(engine, 5)
+    assert len(results) == 5
+    for r in results:
+        assert isinstance(r.error, DeadlineExceeded)
+        assert "down" in str(r.error) or "cannot connect" in str(r.error)
+
+
+async def test_an_endpoint_answering_5xx_is_cooled_down(sim_factory: SimFactory) -> None:
+    bad, good = sim_factory(error_rate=1.0), sim_factory(latency=0.01)
+    config = _config(
+        {"bad": {"base_url": bad.url, "max_concurrency": 4}, "good": {"base_url": good.url}}
+    )
+    async with Engine(config) as engine:
+        results = await _run(engine, 100)
+        assert engine.endpoints["bad"].stats.requests == 0
+    _assert_all_answered(results, 100)
+    assert all(r.endpoint == "good" for r in results)
+    assert bad.stats.requests < 30  # a few per cool-down cycle, not one per row

@@ -1,0 +1,432 @@
+"""The GRA pipeline end to end against a scripted pool on the simulated endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from asyncsynth import ConfigError, InputError
+from asyncsynth.cli import main
+from asyncsynth.engine import Journal
+from asyncsynth.pipelines.gra import JOURNAL_NAME, RESPONSE_CRITERIA, run_gra
+from asyncsynth.pipelines.gra.simulate import Call, GraScript, pool_config
+from asyncsynth.prompts import load_prompt
+from asyncsynth.testing import Reply, SimServer
+
+REASONS = {
+    "instruction_fail",
+    "low_mean",
+    "adjudicator_reject",
+    "parse_failure",
+    "request_error",
+    "duplicate",
+}
+SEEDS = [
+    {
+        "instruction": "What is 12 * 12?",
+        "response": "144",
+        "domain": "math",
+        "keywords": ["arithmetic", "multiplication", "squares"],
+        "summary": "Multiply twelve by twelve.",
+    },
+    {
+        "instruction": "Write a haiku about snow.",
+        "response": "White hush on the roofs...",
+        "domain": "creative writing",
+    },
+    {"instruction": "Reverse a string in Python.", "response": "Use s[::-1].", "domain": "Coding"},
+]
+
+
+def scores(value: float) -> dict[str, Any]:
+    return {"strengths": "s", "weaknesses": "w", **dict.fromkeys(RESPONSE_CRITERIA, value)}
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def write_seeds(path: Path, rows: Sequence[dict[str, Any]] = SEEDS) -> str:
+    path.write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows))
+    return str(path)
+
+
+def mixed_script(**extra: Any) -> GraScript:
+    """Reviews that produce every outcome, decided by the request only (deterministic).
+
+    Model e scores 5 and d scores 10 (others 9): with e on the committee the mean is low
+    unless d is there too, which makes a dispute; the adjudicator keeps about half.
+    Model a fails the clarity of about one instruction in two.
+    """
+
+    def check(call: Call) -> Any:
+        if call.model == "a" and int(call.tag, 16) % 2 == 0:
+            return {"assessment": "vague", "rationality": True, "completeness": True, "clarity": False}
+        return None
+
+    def review(call: Call) -> Any:
+        return scores({"e": 5, "d": 10}.get(call.model, 9))
+
+    def adjudicate(call: Call) -> Any:
+        return {"assessment": "settled", **scores(9 if int(call.tag, 16) % 2 else 7)}
+
+    handlers = {"review_instruction": check, "review_response": review, "adjudicate": adjudicate}
+    return GraScript(**{**handlers, **extra})
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[GraScript], SimServer]]:
+    servers: list[SimServer] = []
+
+    def start(script: GraScript) -> SimServer:
+        server = SimServer(reply=script).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def run(config: Any, out: Path, **kwargs: Any) -> Any:
+    return anyio.run(lambda: run_gra(config, out_dir=out, **kwargs))
+
+
+# -- outputs and provenance ---------------------------------------------------------------------
+
+
+def test_outputs_carry_provenance_and_the_report_adds_up(serve: Any, tmp_path: Path) -> None:
+    script = mixed_script()
+    sim = serve(script)
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    config = pool_config(sim.url, gra={"seed_data": seeds})
+    result = run(config, tmp_path / "out", target=12, seed=3)
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} >= {
+        "accepted.jsonl",
+        "rejected.jsonl",
+        "pool.jsonl",
+        "report.json",
+        JOURNAL_NAME,
+    }
+    accepted, rejected = read(out / "accepted.jsonl"), read(out / "rejected.jsonl")
+    report = orjson.loads((out / "report.json").read_bytes())
+    assert result.accepted == len(accepted) >= 12 and result.target_reached
+    assert report["accepted"] == len(accepted) and report["stopped"] == "target_reached"
+    assert report["candidates"] == len(accepted) + len(rejected) == result.candidates
+    assert sum(report["rejected"].values()) == len(rejected)
+    for row in accepted:
+        names = [row["generator"], *row["reviewers"]]
+        assert len(set(names)) == 4 and row["mu"] >= 8
+        assert row["decision"] in ("consensus", "adjudicated")
+        assert len(row["review"]["reviews"]) == 3 and len(row["review"]["checks"]) == 3
+        assert row["keywords"] and row["summary"] and row["summarized_by"] in "abcde"
+        assert row["domain"] in report["domains"] and row["round"] >= 1
+        assert row["tokens"]["in"] > 0 and row["requests"] >= 8
+        if row["decision"] == "adjudicated":
+            assert row["adjudicator"] not in names and row["review"]["adjudication"]["keep"]
+        else:
+            assert row["adjudicator"] is None and row["sigma"] <= 1.5
+    assert {r["reason"] for r in rejected} <= REASONS
+    assert {"instruction_fail", "low_mean", "adjudicator_reject"} <= {r["reason"] for r in rejected}
+    for row in rejected:
+        if row["reason"] == "adjudicator_reject":
+            assert row["adjudicator"] and not row["review"]["adjudication"]["keep"]
+        if row["reason"] == "instruction_fail":
+            assert row["stage"] == "review_instruction" and row["response"] is None
+    adj = report["adjudication"]
+    assert adj["kept"] == sum(r["decision"] == "adjudicated" for r in accepted)
+    assert adj["rejected"] == report["rejected"]["adjudicator_reject"]
+    models = report["models"]
+    assert models["e"]["reviewer"]["score"]["mean"] == 5
+    assert models["e"]["reviewer"]["score_histogram"]["5"] == models["e"]["reviewer"]["reviews"]
+    assert sum(m["generator"]["accepted"] for m in models.values()) == len(accepted)
+    assert report["tokens"]["per_accepted"] > 0
+    assert report["pool"]["annotation"] == {"needed": 2, "annotated": 2, "failures": []}
+    assert script.count("annotate") == 2  # the seeds lacking keywords and summary
+    pool = read(out / "pool.jsonl")
+    # The seed's own domain wins over the annotator's ("coding", first of the list).
+    assert [p["domain"] for p in pool[:3]] == ["math", "creative writing", "coding"]
+    assert pool[0]["model"] is None and pool[0]["keywords"] == SEEDS[0]["keywords"]
+    assert pool[1]["model"] in "abcde" and pool[2]["model"] in "abcde"
+    assert len(pool) == 3 + len(accepted)
+
+
+def test_same_seed_same_outputs_other_seed_other_outputs(serve: Any, tmp_path: Path) -> None:
+    sim = serve(mixed_script())
+    config = pool_config(sim.url)
+    for name, seed in (("one", 7), ("two", 7), ("three", 8)):
+        run(config, tmp_path / name, target=8, seed=seed)
+    files = ("accepted.jsonl", "rejected.jsonl", "pool.jsonl")
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes()
+    assert (tmp_path / "one" / "accepted.jsonl").read_bytes() != (
+        tmp_path / "three" / "accepted.jsonl"
+    ).read_bytes()
+
+
+# -- dedup --------------------------------------------------------------------------------------
+
+
+def test_dedup_keeps_the_highest_mean(serve: Any, tmp_path: Path) -> None:
+    quality = {"a": 10, "b": 9.5, "c": 9, "d": 8.5, "e": 8.2}
+    script = GraScript(
+        generate=lambda call: {"keywords": ["x", "y", "z"], "instruction": "The same task."},
+        respond=lambda call: f"answer by {call.model}",
+        review_response=lambda call: scores(quality[call.field("Response")[-1]]),
+    )
+    sim = serve(script)
+    config = pool_config(sim.url, gra={"max_rounds": 1})
+    result = run(config, tmp_path / "out", target=1, round_size=8)
+    accepted, rejected = read(tmp_path / "out" / "accepted.jsonl"), read(
+        tmp_path / "out" / "rejected.jsonl"
+    )
+    assert result.accepted == 1 and len(rejected) == 7
+    best = max(accepted + rejected, key=lambda r: (r["mu"], -int(r["id"][4:])))
+    assert accepted[0]["id"] == best["id"]
+    assert accepted[0]["mu"] == quality[best["generator"]]
+    for row in rejected:
+        assert row["reason"] == "duplicate" and row["stage"] == "dedup"
+        assert row["duplicate_of"] == best["id"] and row["similarity"] == 1.0
+        assert row["mu"] <= best["mu"]
+
+
+def test_semantic_dedup_in_the_pipeline(serve: Any, tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+
+    class OneDirection:
+        def embed(self, texts: Sequence[str]) -> Any:
+            return np.ones((len(texts), 4), np.float32) / 2
+
+    sim = serve(GraScript())
+    config = pool_config(sim.url, gra={"max_rounds": 2})
+    result = run(config, tmp_path / "out", target=3, round_size=3, embedder=OneDirection())
+    assert result.accepted == 1 and result.stopped == "max_rounds"
+    rejected = read(tmp_path / "out" / "rejected.jsonl")
+    assert len(rejected) == 5 and {r["reason"] for r in rejected} == {"duplicate"}
+
+
+# -- rounds and the pool ------------------------------------------------------------------------
+
+
+def test_pool_grows_across_rounds(serve: Any, tmp_path: Path) -> None:
+    script = GraScript()
+    sim = serve(script)
+    config = pool_config(sim.url, gra={"examples_per_prompt": 2})
+    result = run(config, tmp_path / "out", target=6, round_size=3)
+    assert result.rounds == 2
+    pool = read(tmp_path / "out" / "pool.jsonl")
+    assert [p["round"] for p in pool] == [1, 1, 1, 2, 2, 2]
+    assert all(p["origin"] == "generated" and p["model"] in "abcde" for p in pool)
+    round1 = {p["id"]: p["summary"] for p in pool if p["round"] == 1}
+    generations = [c for c in script.log if c.stage == "generate"]
+    empty = load_prompt("gra/no_examples").parts[0][1]
+    assert all(empty in c.user for c in generations[:3])  # round 1: nothing in the pool yet
+    for call in generations[3:]:  # round 2 reads round 1's summaries
+        shown = [s for s in round1.values() if s in call.user]
+        assert 1 <= len(shown) <= 2  # two of the domain's, or all the domain has
+    accepted = read(tmp_path / "out" / "accepted.jsonl")
+    for row in accepted:
+        if row["round"] == 2:
+            assert set(row["generation"]["examples"]) <= set(round1)
+    report = orjson.loads((tmp_path / "out" / "report.json").read_bytes())
+    assert [r["pool_size"] for r in report["rounds"]] == [3, 6]
+
+
+def test_rounds_are_sized_from_the_acceptance_rate(serve: Any, tmp_path: Path) -> None:
+    sim = serve(mixed_script())
+    result = run(pool_config(sim.url, gra={"rounds": 2}), tmp_path / "out", target=10, seed=1)
+    report = result.report
+    first = report["rounds"][0]
+    assert first["candidates"] == 10  # a quota of 5 at the assumed 50% acceptance
+    rate = first["accepted"] / first["candidates"]
+    if len(report["rounds"]) > 1:
+        second = report["rounds"][1]["candidates"]
+        need = min(5, 10 - first["accepted"])
+        assert second == -(-need // max(rate, 0.1))
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+
+def test_unparseable_generation_is_rejected_with_its_reply(serve: Any, tmp_path: Path) -> None:
+    script = GraScript(
+        generate=lambda call: "Here is a task: tell me a joke" if call.model == "a" else None
+    )
+    sim = serve(script)
+    result = run(pool_config(sim.url, gra={"reasks": 2}), tmp_path / "out", target=6, seed=2)
+    rejected = read(tmp_path / "out" / "rejected.jsonl")
+    mine = [r for r in rejected if r["generator"] == "a"]
+    assert mine and all(r["reason"] == "parse_failure" and r["stage"] == "generate" for r in mine)
+    assert mine[0]["failures"][0]["raw"] == "Here is a task: tell me a joke"
+    assert script.count("generate", "a") == 3 * len(mine)  # ask + 2 re-asks each
+    assert result.report["models"]["a"]["failures"]["parse_failure"] == len(mine)
+    assert result.accepted >= 6
+
+
+def test_every_request_failing_stops_after_one_round(serve: Any, tmp_path: Path) -> None:
+    script = GraScript(generate=lambda call: Reply(status=403, content="no key"))
+    sim = serve(script)
+    result = run(pool_config(sim.url, engine={"max_attempts": 1}), tmp_path / "out", target=5)
+    assert result.stopped == "all_requests_failed" and result.rounds == 1
+    rejected = read(tmp_path / "out" / "rejected.jsonl")
+    assert {r["reason"] for r in rejected} == {"request_error"}
+    assert "no key" in rejected[0]["failures"][0]["message"]
+
+
+# -- resume -------------------------------------------------------------------------------------
+
+
+def test_resume_after_an_interrupt_sends_only_what_was_missing(
+    serve: Any, tmp_path: Path
+) -> None:
+    reference_sim = serve(mixed_script(latency={"*": 0.002}))
+    config = pool_config(reference_sim.url, concurrency=4)
+    run(config, tmp_path / "reference", target=20, seed=5)
+    total = reference_sim.stats.requests
+
+    sim = serve(mixed_script(latency={"*": 0.002}))
+    config = pool_config(sim.url, concurrency=4)
+    out = tmp_path / "resumed"
+
+    async def interrupted() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_midway() -> None:
+                await sim.wait_for_requests_async(total // 2)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_midway)
+            await run_gra(config, out_dir=out, target=20, seed=5)
+            pytest.fail("the run should have been interrupted")
+
+    anyio.run(interrupted)
+    with Journal(out / JOURNAL_NAME) as journal:
+        saved = len(journal)
+    assert 0 < saved < total
+    before = sim.stats.requests
+    result = run(config, out, target=20, seed=5)
+    assert sim.stats.requests - before == total - saved
+    assert result.report["engine"]["cached"] == saved
+    for f in ("accepted.jsonl", "rejected.jsonl", "pool.jsonl"):
+        assert (out / f).read_bytes() == (tmp_path / "reference" / f).read_bytes()
+
+
+def test_a_finished_run_repeated_sends_nothing(serve: Any, tmp_path: Path) -> None:
+    script = mixed_script()
+    sim = serve(script)
+    config = pool_config(sim.url, gra={"seed_data": write_seeds(tmp_path / "s.jsonl")})
+    run(config, tmp_path / "out", target=6)
+    first = (tmp_path / "out" / "accepted.jsonl").read_bytes()
+    sent = sim.stats.requests
+    run(config, tmp_path / "out", target=6)
+    assert sim.stats.requests == sent  # seeds annotated once, everything from the journal
+    assert (tmp_path / "out" / "accepted.jsonl").read_bytes() == first
+
+
+# -- refine mode --------------------------------------------------------------------------------
+
+
+def test_refine_rewrites_seed_responses_and_retries_rejected_ones(
+    serve: Any, tmp_path: Path
+) -> None:
+    script = mixed_script()
+    sim = serve(script)
+    seeds = [{"instruction": f"Question {i}?", "response": f"draft {i}"} for i in range(6)]
+    config = pool_config(
+        sim.url,
+        gra={"seed_data": write_seeds(tmp_path / "s.jsonl", seeds), "refine_attempts": 3},
+    )
+    result = run(config, tmp_path / "out", mode="refine", seed=4)
+    accepted = read(tmp_path / "out" / "accepted.jsonl")
+    rejected = read(tmp_path / "out" / "rejected.jsonl")
+    assert result.target == 6 and result.accepted == len(accepted)
+    for row in accepted:
+        i = int(row["id"].split("-")[1])
+        assert row["mode"] == "refine" and row["instruction"] == f"Question {i}?"
+        assert row["generation"]["original_response"] == f"draft {i}"
+        assert row["response"].startswith("A better answer to: Question")
+    assert len({r["id"].rsplit("-", 1)[0] for r in accepted}) == len(accepted)  # one per seed
+    # A rejected seed gets another draw (new roles), up to refine_attempts in all.
+    assert any(r["generation"]["attempt"] > 0 for r in accepted)
+    assert max(r["generation"]["attempt"] for r in accepted + rejected) <= 2
+    assert script.count("generate") == 0 and script.count("summarize") == 0
+    assert script.count("refine") == len(accepted) + sum(
+        r["stage"] not in ("generate", "review_instruction") for r in rejected
+    )
+
+
+def test_refine_needs_seeds(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs seed data"):
+        run(pool_config("http://127.0.0.1:9/v1"), tmp_path, mode="refine")
+
+
+def test_bad_seed_line_is_named(tmp_path: Path) -> None:
+    seeds = write_seeds(tmp_path / "s.jsonl", [SEEDS[0], {"instruction": "no answer"}])
+    config = pool_config("http://127.0.0.1:9/v1", gra={"seed_data": seeds})
+    with pytest.raises(InputError, match=r"s\.jsonl:2: missing or empty field 'response'"):
+        run(config, tmp_path / "out", target=1)
+
+
+def test_target_is_required(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="give a target"):
+        run(pool_config("http://127.0.0.1:9/v1"), tmp_path)
+
+
+# -- small pools --------------------------------------------------------------------------------
+
+
+def test_shared_roles_are_reported(serve: Any, tmp_path: Path) -> None:
+    sim = serve(GraScript())
+    config = pool_config(sim.url, ("a", "b"), gra={"allow_shared_roles": True, "reviewers": 2})
+    result = run(config, tmp_path / "out", target=3)
+    committee = result.report["committee"]
+    assert committee["samples_with_shared_roles"] == result.candidates
+    assert "two roles" in committee["note"]
+    for row in read(tmp_path / "out" / "accepted.jsonl"):
+        assert row["shared_roles"] is True and row["generator"] not in row["reviewers"][:1]
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def _config_file(tmp_path: Path, url: str, **gra: Any) -> Path:
+    lines = ["[engine]", "backoff_base = 0.001", "max_attempts = 1", ""]
+    for m in "abcde":
+        lines += [f"[endpoints.{m}]", f'base_url = "{url}"', f'model = "{m}"', ""]
+    lines += ["[gra]", 'embedding_model = "none"']
+    lines += [f"{k} = {orjson.dumps(v).decode()}" for k, v in gra.items()]
+    path = tmp_path / "gra.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_runs_and_summarises(serve: Any, tmp_path: Path) -> None:
+    sim = serve(GraScript())
+    write_seeds(tmp_path / "seeds.jsonl")
+    config = _config_file(tmp_path, sim.url, seed_data="seeds.jsonl")  # relative to the file
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["gra", str(config), "--target", "4", "--out", str(out), "--seed", "1", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "GRA: 4 accepted of 4 candidates" in result.output
+    assert len(read(out / "accepted.jsonl")) == 4
+    assert orjson.loads((out / "report.json").read_bytes())["pool"]["seeds"] == 3
+
+
+def test_cli_exit_codes(serve: Any, tmp_path: Path) -> None:
+    sim = serve(GraScript(review_response=lambda call: scores(3)))
+    config = _config_file(tmp_path, sim.url, max_rounds=1)
+    out = str(tmp_path / "out")
+    missed = CliRunner().invoke(main, ["gra", str(config), "--target", "2", "--out", out, "-q"])
+    assert missed.exit_code == 1 and "Target not reached (max_rounds)" in missed.output
+    bad = _config_file(tmp_path, sim.url, tau=12)
+    refused = CliRunner().invoke(main, ["gra", str(bad), "--target", "2", "--out", out])
+    assert refused.exit_code == 2 and "gra.tau" in refused.output
