@@ -29,6 +29,7 @@ from .pipelines.gra import (
     review_sample,
     run_gra,
 )
+from .pipelines.s3 import S3Error, S3Event, S3Settings, load_s3_settings, run_s3
 
 __version__ = "0.1.0"
 
@@ -54,12 +55,17 @@ __all__ = [
     "RequestError",
     "RequestTimeout",
     "Result",
+    "S3Error",
+    "S3Event",
+    "S3Settings",
     "ServerError",
     "StatusError",
     "TransportError",
     "Verdict",
     "load_config",
+    "load_s3_settings",
     "review_sample",
     "run_gra",
+    "run_s3",
     "single_endpoint_config",
 ]

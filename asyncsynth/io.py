@@ -22,10 +22,9 @@ from typing import IO, Any
 
 import orjson
 
-from .config import ConfigError, check_params
+from .config import PARAM_KEYS, ConfigError, check_params
 from .engine import InputError, Request, Result
 
-_BATCH_KEYS = ("custom_id", "body")
 _RESERVED = ("completion", "finish_reason", "usage", "model", "latency_s", "attempts", "error")
 
 
@@ -52,6 +51,10 @@ def parse_row(row: Any, line: int) -> list[Request]:
         messages = _messages(body.pop("messages", None), "body.messages")
         body.pop("model", None)  # the endpoint decides the model
         n = body.pop("n", 1)
+        # Keys asyncsynth does not model (tools, user, max_completion_tokens...) pass through.
+        extra = {k: body.pop(k) for k in list(body) if k not in PARAM_KEYS}
+        if extra:
+            body["extra_body"] = {**extra, **(body.get("extra_body") or {})}
         params = body
         ident = str(row["custom_id"])
     else:

@@ -164,7 +164,12 @@ def _free_port() -> int:
 
 
 def server_command(ep: EndpointConfig, gguf: Path, port: int) -> list[str]:
-    """The child process's command line."""
+    """The child process's command line.
+
+    Gemma GGUFs get llama-cpp-python's own ``gemma`` chat format: with the template
+    embedded in the Gemma 3 file its server answers every chat with an empty message.
+    """
+    chat_format = ["--chat_format", "gemma"] if "gemma" in gguf.name.lower() else []
     return [
         sys.executable,
         "-c",
@@ -179,6 +184,7 @@ def server_command(ep: EndpointConfig, gguf: Path, port: int) -> list[str]:
         str(port),
         "--n_ctx",
         str(ep.n_ctx),
+        *chat_format,
     ]
 
 
@@ -202,8 +208,8 @@ async def start_local_endpoint(
     the error if the server fails to start.
     """
     where = f"endpoints.{ep.name}"
-    check_extra(where)
     gguf = await anyio.to_thread.run_sync(resolve_gguf, ep.gguf, f"{where}.gguf")
+    check_extra(where)
     log_fd, log_name = tempfile.mkstemp(prefix=f"asyncsynth-local-{ep.name}-", suffix=".log")
     log_path = Path(log_name)
     clean = False

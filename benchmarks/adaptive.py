@@ -60,14 +60,14 @@ def _capacity_line(m: Measure, server_rate: float) -> str:
     )
 
 
-def replica_death(n: int, latency: float) -> None:
+def replica_death(n: int, latency: float, per_replica: int = 16) -> None:
     first, url_a = start_process({"latency": latency})
     second, url_b = start_process({"latency": latency})
     config = config_from_dict(
         {
             "endpoints": {
-                "a": {"base_url": url_a, "model": "sim"},
-                "b": {"base_url": url_b, "model": "sim"},
+                "a": {"base_url": url_a, "model": "sim", "max_concurrency": per_replica},
+                "b": {"base_url": url_b, "model": "sim", "max_concurrency": per_replica},
             },
             "roles": {"gen": ["a", "b"]},
             "engine": {"backoff_base": 0.05, "backoff_max": 1.0},
@@ -75,11 +75,11 @@ def replica_death(n: int, latency: float) -> None:
     )
     answered: Counter[str] = Counter()
     by_endpoint: Counter[str | None] = Counter()
-    failed = 0
+    failed = moved = 0
     killed_at = 0.0
 
     async def main() -> None:
-        nonlocal failed, killed_at
+        nonlocal failed, moved, killed_at
         async with Engine(config) as engine:
             requests = (Request.from_prompt(f"prompt {i}", id=str(i)) for i in range(n))
             done = 0
@@ -88,6 +88,7 @@ def replica_death(n: int, latency: float) -> None:
                 if result.ok and result.completion == f"echo: prompt {result.request.id}":
                     answered[result.request.id or ""] += 1
                     by_endpoint[result.endpoint] += 1
+                    moved += killed_at > 0 and result.attempts > 1
                 else:
                     failed += 1
                 if done == n // 2:
@@ -106,12 +107,12 @@ def replica_death(n: int, latency: float) -> None:
     lost = n - len(answered)
     twice = sum(1 for count in answered.values() if count > 1)
     print(
-        f"replica death: {n:,} requests over 2 replicas ({latency * 1000:.0f} ms), "
-        f"replica a killed (SIGKILL) after {n // 2:,} results"
+        f"replica death: {n:,} requests over 2 replicas ({latency * 1000:.0f} ms, "
+        f"max_concurrency {per_replica} each), replica a killed (SIGKILL) after {n // 2:,} results"
     )
     print(
-        f"  finished in {wall:.2f}s ({time.perf_counter() - killed_at:.2f}s after the kill); "
-        f"served by a: {by_endpoint['a']:,}, by b: {by_endpoint['b']:,}; "
+        f"  finished in {wall:.2f}s; served by a: {by_endpoint['a']:,}, by b: "
+        f"{by_endpoint['b']:,} ({moved} cut off by the kill, answered by b on a retry); "
         f"failed {failed}, rows lost {lost}, answered twice {twice} (target: 0 lost)"
     )
 
@@ -120,8 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["capacity", "replicas"])
     parser.add_argument("--capacity", type=int, default=64)
-    parser.add_argument("--latency", type=float, default=0.05)
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--replica-requests", type=int, default=4000)
     args = parser.parse_args()
     if args.only in (None, "capacity"):

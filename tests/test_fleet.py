@@ -8,17 +8,21 @@ counter, a failed probe), never by sleeping.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
 
 from asyncsynth import Engine, Request, Result
-from asyncsynth.config import Config, config_from_dict
+from asyncsynth.config import Config, EndpointConfig, config_from_dict
 from asyncsynth.engine import fleet as fleet_module
 from asyncsynth.engine.client import Completion, Transport, make_transport
-from asyncsynth.engine.errors import DeadlineExceeded, RequestError
+from asyncsynth.engine.errors import DeadlineExceeded, RateLimited, RequestError
+from asyncsynth.engine.fleet import EndpointState, Fleet
+from asyncsynth.engine.limits import DECREASE_FACTOR, AdaptiveLimit
 from asyncsynth.testing import SimServer
 
 pytestmark = pytest.mark.anyio
@@ -250,3 +254,78 @@ async def test_an_endpoint_answering_5xx_is_cooled_down(sim_factory: SimFactory)
     _assert_all_answered(results, 100)
     assert all(r.endpoint == "good" for r in results)
     assert bad.stats.requests < 30  # a few per cool-down cycle, not one per row
+
+
+# -- adaptive concurrency -----------------------------------------------------------------------
+
+
+async def test_an_unknown_capacity_is_found_with_few_429s(sim_factory: SimFactory) -> None:
+    sim = sim_factory(capacity=32, latency=0.02)  # 429 beyond 32 in flight
+    config = _config({"a": {"base_url": sim.url}})  # no max_concurrency: learn it
+    async with Engine(config) as engine:
+        results = await _run(engine, 800)
+        ep = engine.endpoints["a"]
+    _assert_all_answered(results, 800)
+    assert sim.stats.responses_by_status[429] <= 0.05 * 800
+    assert 20 <= ep.limit.limit <= 36  # close to the hidden capacity, from 8 and a cap of 1024
+    assert ep.paused_until == 0.0  # "too many at once" cut the limit; it did not stop the endpoint
+
+
+def _state(**config: Any) -> EndpointState:
+    """An endpoint's run-time state, for tests that never send (no transport)."""
+    return EndpointState(EndpointConfig(name="a", model="m", **config), cast(Transport, None))
+
+
+def _limited(**headers: str) -> RateLimited:
+    return RateLimited("HTTP 429", status=429, headers={"retry-after": "1", **headers})
+
+
+def test_only_a_429_about_a_quota_or_a_known_capacity_pauses_the_whole_endpoint() -> None:
+    learning = _state()
+    assert not learning.pauses_on(_limited())
+    assert learning.pauses_on(_limited(**{"x-ratelimit-reset-requests": "2s"}))
+    assert _state(max_concurrency=8).pauses_on(_limited())
+    assert _state(adaptive=False).pauses_on(_limited())
+    assert _state(rpm=600).pauses_on(_limited())
+
+
+def test_refusals_sent_before_a_cut_do_not_cut_again() -> None:
+    limit = AdaptiveLimit(None)
+    for _ in range(56):
+        limit.on_success(0.05, 1.0)
+    assert limit.limit == 64
+    limit.on_congestion(2.0, sent=1.95)
+    assert limit.limit == pytest.approx(64 * DECREASE_FACTOR)
+    limit.on_congestion(2.001, sent=1.96)  # already in flight when the limit was cut
+    assert limit.limit == pytest.approx(64 * DECREASE_FACTOR)
+    limit.on_congestion(2.003, sent=2.002)  # sent at the cut limit and still refused
+    assert limit.limit == pytest.approx(64 * DECREASE_FACTOR**2)
+    limit.on_congestion(2.004)  # no send time: at most one cut per round trip
+    assert limit.limit == pytest.approx(64 * DECREASE_FACTOR**2)
+    # A burst refused together: the server took no more than what is still out.
+    limit.on_congestion(2.005, sent=2.0025, in_flight=40)
+    assert limit.limit == 40
+    limit.on_congestion(2.006, sent=2.0025, in_flight=45)
+    assert limit.limit == 40
+
+
+async def test_a_burst_of_releases_wakes_one_waiter_per_free_slot() -> None:
+    ep = _state(max_concurrency=4)
+    fleet = Fleet("gen", [ep], lambda fn: None)
+    got: list[EndpointState] = []
+
+    async def take() -> None:
+        got.append(await fleet.acquire(time.monotonic() + 10))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(take)
+        await wait_all_tasks_blocked()
+        assert (len(got), len(fleet._waiters)) == (4, 16)
+        for _ in range(3):  # three answers arrive in the same tick
+            fleet.release(ep, None, 0.05)
+        assert (fleet._woken, len(fleet._waiters)) == (3, 13)  # not 1 + 2 + 3
+        await wait_all_tasks_blocked()
+        assert (len(got), fleet._woken, ep.in_flight) == (7, 0, 4)
+        tg.cancel_scope.cancel()
+    assert not fleet._waiters and fleet._woken == 0

@@ -160,7 +160,7 @@ async def test_dispute_then_adjudicator_keeps(pool: Any) -> None:
 
 @pytest.mark.anyio
 async def test_dispute_then_adjudicator_rejects(pool: Any) -> None:
-    script, server = pool(
+    _, server = pool(
         review_response=by_model({"b": scores(10), "c": scores(10), "d": scores(6)}),
         adjudicate=lambda call: {"assessment": "d is right", **scores(7.9)},
     )
@@ -214,7 +214,7 @@ async def test_request_error_is_recorded(pool: Any) -> None:
 
 @pytest.mark.anyio
 async def test_review_sample_draws_roles_and_is_reproducible(pool: Any) -> None:
-    script, server = pool()
+    _, server = pool()
     config = pool_config(server.url)
     settings = CommitteeSettings.from_config(config)
     async with Engine(config) as engine:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,12 @@ def mixed_script(**extra: Any) -> GraScript:
 
     def check(call: Call) -> Any:
         if call.model == "a" and int(call.tag, 16) % 2 == 0:
-            return {"assessment": "vague", "rationality": True, "completeness": True, "clarity": False}
+            return {
+                "assessment": "vague",
+                "rationality": True,
+                "completeness": True,
+                "clarity": False,
+            }
         return None
 
     def review(call: Call) -> Any:
@@ -184,8 +191,9 @@ def test_dedup_keeps_the_highest_mean(serve: Any, tmp_path: Path) -> None:
     sim = serve(script)
     config = pool_config(sim.url, gra={"max_rounds": 1})
     result = run(config, tmp_path / "out", target=1, round_size=8)
-    accepted, rejected = read(tmp_path / "out" / "accepted.jsonl"), read(
-        tmp_path / "out" / "rejected.jsonl"
+    accepted, rejected = (
+        read(tmp_path / "out" / "accepted.jsonl"),
+        read(tmp_path / "out" / "rejected.jsonl"),
     )
     assert result.accepted == 1 and len(rejected) == 7
     best = max(accepted + rejected, key=lambda r: (r["mu"], -int(r["id"][4:])))
@@ -242,14 +250,15 @@ def test_pool_grows_across_rounds(serve: Any, tmp_path: Path) -> None:
 def test_rounds_are_sized_from_the_acceptance_rate(serve: Any, tmp_path: Path) -> None:
     sim = serve(mixed_script())
     result = run(pool_config(sim.url, gra={"rounds": 2}), tmp_path / "out", target=10, seed=1)
-    report = result.report
-    first = report["rounds"][0]
-    assert first["candidates"] == 10  # a quota of 5 at the assumed 50% acceptance
-    rate = first["accepted"] / first["candidates"]
-    if len(report["rounds"]) > 1:
-        second = report["rounds"][1]["candidates"]
-        need = min(5, 10 - first["accepted"])
-        assert second == -(-need // max(rate, 0.1))
+    rounds = result.report["rounds"]
+    assert rounds[0]["candidates"] == 10  # half the target at the assumed 50% acceptance
+    accepted = rounds[0]["accepted"]
+    assert 0 < accepted < 10
+    rate = accepted / 10
+    remaining = 10 - accepted
+    # The last planned round: all that remains, plus two standard deviations of margin.
+    need = remaining + 2 * math.sqrt(remaining * (1 - rate))
+    assert rounds[1]["candidates"] == math.ceil(need / rate)
 
 
 # -- failures -----------------------------------------------------------------------------------
@@ -260,7 +269,8 @@ def test_unparseable_generation_is_rejected_with_its_reply(serve: Any, tmp_path:
         generate=lambda call: "Here is a task: tell me a joke" if call.model == "a" else None
     )
     sim = serve(script)
-    result = run(pool_config(sim.url, gra={"reasks": 2}), tmp_path / "out", target=6, seed=2)
+    config = pool_config(sim.url, gra={"reasks": 2})
+    result = run(config, tmp_path / "out", target=6, seed=0, round_size=12)
     rejected = read(tmp_path / "out" / "rejected.jsonl")
     mine = [r for r in rejected if r["generator"] == "a"]
     assert mine and all(r["reason"] == "parse_failure" and r["stage"] == "generate" for r in mine)
@@ -283,9 +293,7 @@ def test_every_request_failing_stops_after_one_round(serve: Any, tmp_path: Path)
 # -- resume -------------------------------------------------------------------------------------
 
 
-def test_resume_after_an_interrupt_sends_only_what_was_missing(
-    serve: Any, tmp_path: Path
-) -> None:
+def test_resume_after_an_interrupt_sends_only_what_was_missing(serve: Any, tmp_path: Path) -> None:
     reference_sim = serve(mixed_script(latency={"*": 0.002}))
     config = pool_config(reference_sim.url, concurrency=4)
     run(config, tmp_path / "reference", target=20, seed=5)
@@ -430,3 +438,34 @@ def test_cli_exit_codes(serve: Any, tmp_path: Path) -> None:
     bad = _config_file(tmp_path, sim.url, tau=12)
     refused = CliRunner().invoke(main, ["gra", str(bad), "--target", "2", "--out", out])
     assert refused.exit_code == 2 and "gra.tau" in refused.output
+
+
+def test_progress_line_shows_rounds_and_acceptance(serve: Any, tmp_path: Path) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    sim = serve(GraScript())
+    stream = Terminal()
+    config = pool_config(sim.url)
+    anyio.run(lambda: run_gra(config, out_dir=tmp_path, target=3, progress=True, stream=stream))
+    last = stream.getvalue().rstrip("\n").split("\r\x1b[2K")[-1]
+    assert "req/s" in last and "| round" in last and "accepted 3/3" in last
+
+
+def test_seeds_from_a_datasets_folder(tmp_path: Path) -> None:
+    pytest.importorskip("datasets")
+    from asyncsynth.pipelines.gra import load_seeds
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = [{"prompt": "Q1", "answer": "A1", "kw": "x, y, z"}, {"prompt": "Q2", "answer": "A2"}]
+    write_seeds(folder / "train.jsonl", rows)
+    fields = {"instruction": "prompt", "response": "answer", "keywords": "kw"}
+    fields |= {"domain": "domain", "summary": "summary"}
+    seeds = load_seeds(f"hf:{folder}:train", fields, domains=["QA"])
+    assert [(s.instruction, s.response, s.keywords) for s in seeds] == [
+        ("Q1", "A1", ("x", "y", "z")),
+        ("Q2", "A2", None),
+    ]
+    assert seeds[1].source.endswith(":train#1") and not seeds[0].annotated

@@ -187,3 +187,21 @@ def test_a_byte_order_mark_is_ignored(tmp_path: Path) -> None:
     assert [r.messages[0]["content"] for r in requests] == ["a", "b"]
     assert bad == []
     assert [row for _, row in read_jsonl(path)] == [{"prompt": "a"}, {"prompt": "b"}]
+
+
+def test_batch_body_keys_asyncsynth_does_not_model_pass_through_as_extra_body() -> None:
+    row = {
+        "custom_id": "r1",
+        "body": {
+            "model": "x",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_completion_tokens": 20,
+            "user": "u-1",
+            "temperature": 0.2,
+        },
+    }
+    (request,) = parse_row(row, 1)
+    assert request.params == {
+        "temperature": 0.2,
+        "extra_body": {"max_completion_tokens": 20, "user": "u-1"},
+    }

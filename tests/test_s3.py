@@ -194,7 +194,7 @@ def _context_of(message: str) -> str:
 
 
 def kind_of(message: str) -> str:
-    if "different reasons why" in message:
+    if "reasons why" in message:
         return "rationales"
     if "Write a new" in message or "Write another" in message:
         return "extrapolate"
@@ -869,7 +869,7 @@ def test_three_labels_with_junk_answers_cleaned_and_counted(tmp_path: Path) -> N
         "review_rejected": len(rejected),
     }
     assert cleaning["dropped"] == {k: v for k, v in expected.items() if v}
-    assert cleaning["fixed"].get("quotes", 0) == log["quoted"]
+    assert cleaning["fixed"].get("quotes", 0) == log["quoted"] + log["empty"]  # '""' too
     assert cleaning["fixed"].get("preamble", 0) == log["preamble"]
     assert cleaning["received"] == sum(log.values()) and cleaning["kept"] == (
         cleaning["received"] - sum(expected.values())
@@ -955,3 +955,78 @@ def test_too_many_failed_requests_stop_the_step(tmp_path: Path) -> None:
             run(config, tmp_path / "out")
     state = json.loads((tmp_path / "out/state.json").read_text())
     assert state["steps"] == {}
+
+
+@needs_student
+def test_review_gra_passes_new_examples_through_the_committee(tmp_path: Path) -> None:
+    from asyncsynth.pipelines.gra.committee import RESPONSE_CRITERIA
+    from asyncsynth.pipelines.gra.simulate import GraScript, pool_config
+
+    def review(call: Any) -> dict[str, Any] | None:
+        if "meadow" in call.field("Response"):  # the committee rejects these (mean 3 < tau)
+            return {"strengths": "-", "weaknesses": "-", **dict.fromkeys(RESPONSE_CRITERIA, 3)}
+        return None
+
+    script = GraScript(review_response=review)
+
+    def reply(body: dict[str, Any], ctx: Any) -> Any:
+        return (
+            script(body, ctx) if script.stage_of(body) != "unknown" else sentiment_reply(body, ctx)
+        )
+
+    table = sentiment_s3(tmp_path, rounds=1, seed_size=40, llm="a", review="gra")
+    with SimServer(reply=reply) as sim:
+        pool = pool_config(sim.url)
+        config = replace(pool, sections={**pool.sections, "s3": table})
+        report = run(config, tmp_path / "out")
+    out = tmp_path / "out"
+    reviews = read_jsonl(out / "round_1/reviews.jsonl")
+    added = read_jsonl(out / "round_1/added.jsonl")
+    assert len(reviews) == report["rounds"][0]["errors"] > 0
+    rejected = {r["id"] for r in reviews if not r["accepted"]}
+    dropped = [
+        d for d in read_jsonl(out / "round_1/dropped.jsonl") if d["reason"] == "review_rejected"
+    ]
+    assert rejected and rejected == {d["id"] for d in dropped}
+    assert all("meadow" in d["text"] for d in dropped)
+    assert {row["id"] for row in added} == {r["id"] for r in reviews} - rejected
+    assert all("meadow" not in row["text"] and row["review"]["mu"] == 9 for row in added)
+    assert report["cleaning"]["dropped"].get("review_rejected", 0) == len(rejected)
+    assert all(r["generator"] == "a" and "a" not in r["reviewers"] for r in reviews)
+    assert script.count("review_response", "a") == 0  # the writer never reviews its own text
+    assert not (out / "seed.reviews.jsonl").exists()  # seed is reviewed only with review_seed
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((ROOT / "examples" / "s3").glob("*/s3*.toml")),
+    ids=lambda p: p.parent.name + "/" + p.name,
+)
+def test_example_configs_load_with_their_data_and_prompts(path: Path) -> None:
+    from asyncsynth.config import load_config
+    from asyncsynth.pipelines.s3 import load_gold
+
+    settings = load_s3_settings(load_config(path))
+    gold = load_gold(settings)
+    assert gold.mining and gold.dev and gold.test
+    assert not {r["text"] for r in gold.test} & {r["text"] for r in gold.mining + gold.dev}
+    assert load_prompt_set(settings).extrapolate
+
+
+def test_cli_reports_bad_config_and_failed_steps(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "gold.jsonl", gold_rows(20, 1, ["positive", "negative"]))
+    cli = CliRunner()
+    with SimServer(reply=lambda body, ctx: Reply(status=400, content="no")) as sim:
+        head = (
+            f'[endpoints.llm]\nbase_url = "{sim.url}"\nmodel = "sim"\n[engine]\nmax_attempts = 1\n'
+        )
+        labels = '[s3.labels]\npositive = "liked it"\nnegative = "did not"\n'
+        config = tmp_path / "s3.toml"
+        config.write_text(head + '[s3]\ngold = "gold.jsonl"\nseed_sise = 4\n' + labels)
+        result = cli.invoke(main, ["s3", str(config), "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and "s3.toml: s3.seed_sise: unknown key" in result.output
+        config.write_text(head + '[s3]\ngold = "gold.jsonl"\n' + labels)
+        result = cli.invoke(main, ["s3", str(config), "--out", str(tmp_path / "o")])
+        assert result.exit_code == 1, result.output
+        assert "Error: rationales: 4 of 4 requests failed (first: HTTP 400: no)" in result.output
+        assert sim.stats.requests == 4  # default rationales: 2 samples per label

@@ -49,7 +49,7 @@ FAST = {"backoff_base": 0.001, "backoff_max": 0.01, "max_attempts": 1}
         f"Sure! Here is my review:\n\n{GOOD_TEXT}\n\nLet me know if you need more.",
         f"```\n{GOOD_TEXT}\n```",
         '{"reason": "fine", "score": 7, "ok": true, "tags": ["a", "b"],}',
-        '{“reason”: “fine”, “score”: 7, “ok”: true, “tags”: [“a”, “b”]}',
+        "{“reason”: “fine”, “score”: 7, “ok”: true, “tags”: [“a”, “b”]}",
         f"[{GOOD_TEXT}]",
         f'{{"review": {GOOD_TEXT}}}',
         'noise {not json} then {"reason": "fine", "score": 7, "ok": true, "tags": ["a","b"]}',

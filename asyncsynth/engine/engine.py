@@ -278,7 +278,7 @@ class Engine:
     ) -> tuple[Completion, EndpointState, float]:
         ep = await fleet.acquire(deadline)
         error: RequestError | None = None
-        latency = 0.0
+        latency = start = 0.0
         tokens = 0.0
         stats = ep.stats
         stats.attempts += 1
@@ -313,6 +313,8 @@ class Engine:
             return completion, ep, latency
         except RequestError as exc:
             error = exc
+            if start:  # how long it was out: tells the limit whether it left before a cut
+                latency = time.monotonic() - start
             stats.errors += 1
             if isinstance(exc, RateLimited):
                 stats.rate_limited += 1

@@ -182,16 +182,17 @@ class Fleet:
             ep.cooldown = 0.0
             ep.limit.on_success(latency, now)
         else:
-            self._learn(ep, error, now)
+            self._learn(ep, error, now, latency)
         for fleet in ep.fleets:
             fleet.wake()
 
-    def _learn(self, ep: EndpointState, error: RequestError, now: float) -> None:
+    def _learn(self, ep: EndpointState, error: RequestError, now: float, latency: float) -> None:
         congested = isinstance(error, RateLimited | RequestTimeout) or (
             isinstance(error, ServerError) and error.status == 503
         )
         if congested:
-            ep.limit.on_congestion(now)
+            sent = now - latency if latency > 0 else None
+            ep.limit.on_congestion(now, sent, ep.in_flight)
         if isinstance(error, RateLimited):
             return  # the server is alive; the pause is handled by the retry wait
         if not error.retryable:

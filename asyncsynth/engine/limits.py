@@ -93,12 +93,32 @@ class AdaptiveLimit:
         else:
             self.limit = min(self.cap, self.limit + 1.0 / self.limit)
 
-    def on_congestion(self, now: float) -> None:
-        """A 429, 503 or timeout: cut once per round trip, leave slow start."""
+    def on_congestion(
+        self, now: float, sent: float | None = None, in_flight: int | None = None
+    ) -> None:
+        """A 429, 503 or timeout (or latency far past its baseline): cut, leave slow start.
+
+        For a refused request sent at ``sent`` with ``in_flight`` others still out:
+
+        - sent after the last cut: refused even at the reduced limit, so cut again at
+          once (refusals come back fast; waiting a round trip would let a burst of
+          doomed requests through);
+        - sent before it: that cut answered for it; but the server took no more than
+          what is still out, so the limit never stays above ``in_flight``. After a
+          burst past the capacity (slow start overshoots while answers are on their
+          way) the limit so falls to what the server accepted, sending nothing more
+          while the refusals come back.
+
+        Without ``sent``, the limit is cut at most once per round trip.
+        """
         if not self.adaptive:
             return
-        window = max(self._lat_mean, 0.01)
-        if now - self._last_cut < window:
+        if sent is not None:
+            if sent < self._last_cut:
+                if in_flight is not None:
+                    self.limit = max(1.0, min(self.limit, float(in_flight)))
+                return
+        elif now - self._last_cut < max(self._lat_mean, 0.01):
             return
         self._last_cut = now
         self.slow_start = False

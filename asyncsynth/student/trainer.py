@@ -153,6 +153,23 @@ def _optimizer(model: torch.nn.Module, config: StudentConfig) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+def _train_step(
+    model: PreTrainedModel,
+    batch: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> float:
+    """One optimiser step with gradient clipping; returns the batch loss."""
+    loss = F.cross_entropy(model(**batch).logits, target)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), _MAX_GRAD_NORM)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def _predict_ids(
     model: PreTrainedModel,
     feats: Sequence[_Features],
@@ -178,7 +195,12 @@ def _predict_ids(
 
 
 class TrainedStudent:
-    """A fine-tuned classifier with its tokenizer, label names and training history."""
+    """A fine-tuned classifier with its tokenizer, label names and training history.
+
+    ``history`` holds one dict per dev evaluation; ``best_epoch``/``best_step`` locate the
+    restored checkpoint (None without dev); ``train_seconds`` is the wall time of the
+    training loop, dev evaluations included, model loading and tokenization excluded.
+    """
 
     def __init__(
         self,
@@ -254,6 +276,32 @@ class TrainedStudent:
         )
 
 
+class _Best:
+    """Best dev score so far, a CPU copy of its weights, and the early-stopping count."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self.score = -math.inf
+        self.state: dict[str, torch.Tensor] | None = None
+        self.epoch: int | None = None
+        self.step: int | None = None
+        self.bad_evals = 0
+
+    def update(self, score: float, model: torch.nn.Module, epoch: int, step: int) -> bool:
+        """Record one evaluation; return whether it strictly improved on the best."""
+        if score <= self.score:
+            self.bad_evals += 1
+            return False
+        self.score, self.epoch, self.step, self.bad_evals = score, epoch, step, 0
+        self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return True
+
+    @property
+    def stop(self) -> bool:
+        """Whether ``patience`` evaluations in a row brought no improvement."""
+        return self.patience is not None and self.bad_evals >= self.patience
+
+
 def _check_labels(examples: Sequence[Example], label_ids: dict[str, int], what: str) -> None:
     unknown = {ex.label for ex in examples} - label_ids.keys()
     if unknown:
@@ -291,7 +339,6 @@ def train_student(
     _check_labels(train, label_ids, "train")
     _check_labels(dev, label_ids, "dev")
 
-    started = time.perf_counter()
     device = _pick_device(config.device)
     torch.manual_seed(config.seed)
     model, tokenizer = _load(config, labels)
@@ -312,84 +359,56 @@ def train_student(
     warmup = round(config.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
     rng = random.Random(config.seed)
+    started = time.perf_counter()
 
     history: list[dict[str, Any]] = []
-    best_score = -math.inf
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch: int | None = None
-    best_step: int | None = None
-    bad_evals = 0
+    best = _Best(config.patience)
     loss_sum, loss_steps, step = 0.0, 0, 0
-
-    def evaluate(epoch: int) -> bool:
-        """Record one evaluation; return True when early stopping triggers."""
-        nonlocal best_score, best_state, best_epoch, best_step, bad_evals, loss_sum, loss_steps
-        t0 = time.perf_counter()
-        pred = [labels[i] for i in _predict_ids(model, dev_feats, pad_id, config, device)]
-        m = compute_metrics(dev_gold, pred, labels)
-        score = m.accuracy if config.metric == "accuracy" else m.macro_f1
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch, best_step, bad_evals = score, epoch, step, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        else:
-            bad_evals += 1
-        entry = {
-            "event": "eval",
-            "epoch": epoch,
-            "step": step,
-            "steps": total,
-            "loss": loss_sum / max(1, loss_steps),
-            "lr": scheduler.get_last_lr()[0],
-            "dev_accuracy": m.accuracy,
-            "dev_macro_f1": m.macro_f1,
-            "best": improved,
-            "eval_seconds": time.perf_counter() - t0,
-            "elapsed": time.perf_counter() - started,
-        }
-        history.append(entry)
-        loss_sum, loss_steps = 0.0, 0
-        if progress is not None:
-            progress(dict(entry))
-        return config.patience is not None and bad_evals >= config.patience
-
-    stop = False
     for epoch in range(1, config.epochs + 1):
         for idx in _train_batches(lengths, config.batch_size, rng, pad_to is None):
             if cancel is not None and cancel.is_set():
                 raise TrainingCancelled(f"training cancelled at step {step}/{total}")
             batch = _collate([train_feats[i] for i in idx], pad_id, pad_to, device)
             target = torch.tensor([train_y[i] for i in idx], device=device)
-            loss = F.cross_entropy(model(**batch).logits, target)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), _MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss_value = _train_step(model, batch, target, optimizer, scheduler)
             step += 1
-            loss_value = loss.item()
             loss_sum += loss_value
             loss_steps += 1
+            position = {"epoch": epoch, "step": step, "steps": total}
+            lr = scheduler.get_last_lr()[0]
             if progress is not None:
+                seq_len = batch["input_ids"].shape[1]
                 progress(
-                    {
-                        "event": "step",
-                        "epoch": epoch,
-                        "step": step,
-                        "steps": total,
-                        "loss": loss_value,
-                        "lr": scheduler.get_last_lr()[0],
-                        "seq_len": batch["input_ids"].shape[1],
-                    }
+                    {"event": "step", **position, "loss": loss_value, "lr": lr, "seq_len": seq_len}
                 )
-            if dev and (step % eval_every == 0 or step == total) and evaluate(epoch):
-                stop = True
+            if not dev or (step % eval_every and step != total):
+                continue
+            t0 = time.perf_counter()
+            pred = [labels[i] for i in _predict_ids(model, dev_feats, pad_id, config, device)]
+            m = compute_metrics(dev_gold, pred, labels)
+            improved = best.update(getattr(m, config.metric), model, epoch, step)
+            entry = {
+                "event": "eval",
+                **position,
+                "loss": loss_sum / loss_steps,
+                "lr": lr,
+                "dev_accuracy": m.accuracy,
+                "dev_macro_f1": m.macro_f1,
+                "best": improved,
+                "eval_seconds": time.perf_counter() - t0,
+                "elapsed": time.perf_counter() - started,
+            }
+            history.append(entry)
+            loss_sum, loss_steps = 0.0, 0
+            if progress is not None:
+                progress(dict(entry))
+            if best.stop:
                 break
-        if stop:
+        if best.stop:
             break
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if best.state is not None:
+        model.load_state_dict(best.state)
     model.eval()
     return TrainedStudent(
         model,
@@ -397,7 +416,7 @@ def train_student(
         labels,
         copy.deepcopy(config),
         history=history,
-        best_epoch=best_epoch,
-        best_step=best_step,
+        best_epoch=best.epoch,
+        best_step=best.step,
         train_seconds=time.perf_counter() - started,
     )

@@ -30,7 +30,7 @@ import math
 import random
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -167,11 +167,44 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (roles, every check, review, adjudication and failure)."""
-        out = asdict(self)
-        out.pop("roles")
-        out["generator"] = self.roles.generator
-        out["reviewers"] = list(self.roles.reviewers)
-        out["adjudicator"] = self.roles.adjudicator if self.disputed else None
+        adj = self.adjudication
+        out: dict[str, Any] = {
+            "status": self.status,
+            "reason": self.reason,
+            "path": self.path,
+            "generator": self.roles.generator,
+            "reviewers": list(self.roles.reviewers),
+            "adjudicator": self.roles.adjudicator if self.disputed else None,
+            "mu": self.mu,
+            "sigma": self.sigma,
+            "checks": [
+                {"model": c.model, "passed": c.passed, "criteria": dict(c.criteria)}
+                | {"assessment": c.assessment}
+                for c in self.checks
+            ],
+            "reviews": [
+                {"model": r.model, "score": r.score, "scores": dict(r.scores)}
+                | {"strengths": r.strengths, "weaknesses": r.weaknesses}
+                for r in self.reviews
+            ],
+            "adjudication": None
+            if adj is None
+            else {
+                "model": adj.model,
+                "score": adj.score,
+                "scores": dict(adj.scores),
+                "assessment": adj.assessment,
+                "keep": adj.keep,
+            },
+            "failures": [
+                {"stage": f.stage, "model": f.model, "kind": f.kind, "message": f.message}
+                | ({"raw": f.raw} if f.raw else {})
+                for f in self.failures
+            ],
+            "requests": self.requests,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+        }
         if self.roles.shared:
             out["shared_roles"] = True
         return out

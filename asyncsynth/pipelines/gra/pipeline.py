@@ -26,7 +26,7 @@ from ...config import Config
 from ...engine import Engine
 from ...engine.errors import ConfigError
 from ...io import write_json
-from ...progress import ProgressBar, summary
+from ...progress import ProgressBar, progress_line, summary
 from ...structured import known_formats
 from .committee import Failure, Roles
 from .dedup import Deduplicator, Embedder, ExactDeduplicator, SemanticDeduplicator
@@ -117,6 +117,23 @@ def make_deduplicator(settings: GraSettings, embedder: Embedder | None = None) -
     return SemanticDeduplicator(embedder, settings.dedup_threshold)
 
 
+class _Progress(ProgressBar):
+    """The engine's progress line, plus the round and the samples accepted so far."""
+
+    def __init__(self, run: _Run, **kwargs: Any) -> None:
+        super().__init__(run.engine, **kwargs)
+        self.run_state = run
+
+    def draw(self) -> None:
+        run = self.run_state
+        note = (
+            f" | round {run.round_no}: {run.passed_in_round:,} passed the committee"
+            f" | accepted {run.accepted_so_far:,}/{run.target:,}"
+        )
+        self.stream.write("\r\x1b[2K" + progress_line(self.engine) + note)
+        self.stream.flush()
+
+
 class _Run:
     """The state of one GRA run."""
 
@@ -143,6 +160,13 @@ class _Run:
         self.usage: dict[str, dict[str, int]] = {
             s: {"requests": 0, "in": 0, "out": 0} for s in ("annotate", "summarize")
         }
+        self._summaries: dict[str, tuple[str, Any]] = {}
+        self._appended = False
+        self._pool_written = 0
+        self.round_no = 0
+        self.passed_in_round = 0
+        self.accepted_so_far = 0
+        """Accepted by the end of the last finished round (for the progress line)."""
         self.limit = 1
         self.stopped = "running"
         self.started = time.monotonic()
@@ -224,18 +248,25 @@ class _Run:
     # -- rounds -------------------------------------------------------------------------------
 
     def _round_size(self, available: int | None = None) -> int:
+        """Candidates for the next round: ``round_size``, or enough at the acceptance rate
+        seen so far for the remaining target spread over the remaining planned rounds. The
+        last planned round adds two standard deviations of margin, so that a little bad luck
+        costs a few surplus samples rather than a whole extra round."""
         settings = self.settings
         if settings.round_size:
             n = settings.round_size
         else:
             made, accepted = len(self.candidates), self.accepted
-            quota = math.ceil(self.target / settings.rounds)
-            need = min(quota, self.target - accepted)
-            rate = accepted / made if made else settings.initial_acceptance
-            n = max(1, math.ceil(need / max(rate, MIN_RATE)))
+            remaining = self.target - accepted
+            rounds_left = max(1, settings.rounds - len(self.rounds))
+            need: float = math.ceil(remaining / rounds_left)
+            rate = max(accepted / made if made else settings.initial_acceptance, MIN_RATE)
+            if rounds_left == 1 and made:
+                need += 2 * math.sqrt(need * (1 - rate))
+            n = max(1, math.ceil(need / rate))
         return min(n, available) if available is not None else n
 
-    async def run(self, write: Callable[[], None]) -> None:
+    async def run(self) -> None:
         settings = self.settings
         attempts = {s.index: 0 for s in self.seeds}
         done_seeds: set[int] = set()
@@ -246,6 +277,7 @@ class _Run:
                 self.stopped = "max_rounds"
                 return
             round_no += 1
+            self.round_no, self.passed_in_round = round_no, 0
             if settings.mode == "generate":
                 pools: dict[str, list[PoolEntry]] = {}
                 for entry in self.pool:
@@ -258,7 +290,7 @@ class _Run:
                     for i in range(n)
                 ]
                 index += n
-                work = self.maker.generate
+                work = self._generate
             else:
                 pending = [
                     s
@@ -280,12 +312,14 @@ class _Run:
                         )
                     )
                     attempts[seed.index] += 1
-                work = self.maker.refine
+                work = self._refine
             started = time.monotonic()
             await self._each(batch, work)
             await self._finish_round(batch, round_no, started)
+            self._summaries.clear()  # duplicates' early summaries
+            self.accepted_so_far = self.accepted
             done_seeds.update(c.index for c in batch if c.status == "accepted" and c.seed)
-            write()
+            self._append_round(batch)
             if batch and all(c.reason == "request_error" for c in batch):
                 self.stopped = "all_requests_failed"
                 return
@@ -330,19 +364,33 @@ class _Run:
             }
         )
 
+    async def _summarize_one(self, c: Candidate) -> None:
+        model = sample_rng(self.settings.seed, "summarize", c.id).choice(
+            self.settings.committee.pool
+        )
+        answer = await self.maker.summarize(c, model)
+        self._tally("summarize", answer.results)
+        self._summaries[c.id] = (model, answer)
+
+    async def _generate(self, c: Candidate) -> None:
+        """One candidate; with ``summarize_early`` its summary is written as soon as the
+        committee passes it, so the round's end waits for no summaries (a duplicate's is
+        then wasted; the pool is the same either way)."""
+        await self.maker.generate(c)
+        if c.status == "passed":
+            self.passed_in_round += 1
+            if self.settings.summarize_early:
+                await self._summarize_one(c)
+
+    async def _refine(self, c: Candidate) -> None:
+        await self.maker.refine(c)
+        self.passed_in_round += c.status == "passed"
+
     async def _summarize(self, kept: list[Candidate], round_no: int) -> None:
-        pool = self.settings.committee.pool
-        answers: dict[str, tuple[str, Any]] = {}
-
-        async def summarize(c: Candidate) -> None:
-            model = sample_rng(self.settings.seed, "summarize", c.id).choice(pool)
-            answer = await self.maker.summarize(c, model)
-            self._tally("summarize", answer.results)
-            answers[c.id] = (model, answer)
-
-        await self._each(kept, summarize)
+        """Keywords and summary of every kept sample, into the pool (in sample order)."""
+        await self._each([c for c in kept if c.id not in self._summaries], self._summarize_one)
         for c in kept:
-            model, answer = answers[c.id]
+            model, answer = self._summaries.pop(c.id)
             if not answer.ok:
                 raw = answer.raw
                 c.failures.append(
@@ -366,12 +414,34 @@ class _Run:
 
     # -- outputs ------------------------------------------------------------------------------
 
+    def _append_round(self, batch: list[Candidate]) -> None:
+        """After a round: its rows appended (the first round of a process truncates), then
+        the report. Cheap whatever the run's size; :meth:`write` rewrites all at the end."""
+        out = self.out_dir
+        mode = "ab" if self._appended else "wb"
+        ordered = sorted(batch, key=lambda c: (c.index, c.attempt))
+        for name, status in (("accepted.jsonl", "accepted"), ("rejected.jsonl", "rejected")):
+            with open(out / name, mode) as f:
+                for c in ordered:
+                    if c.status == status:
+                        f.write(orjson.dumps(c.row(), option=orjson.OPT_APPEND_NEWLINE))
+        with open(out / "pool.jsonl", mode) as f:
+            for entry in self.pool[self._pool_written :]:
+                f.write(orjson.dumps(entry.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+        self._pool_written = len(self.pool)
+        self._appended = True
+        self._write_report()
+
     def write(self) -> dict[str, Any]:
+        """Every output, whole and sorted by sample (atomic replacements); the report."""
         out = self.out_dir
         ordered = sorted(self.candidates, key=lambda c: (c.index, c.attempt))
         _write_jsonl(out / "accepted.jsonl", [c.row() for c in ordered if c.status == "accepted"])
         _write_jsonl(out / "rejected.jsonl", [c.row() for c in ordered if c.status == "rejected"])
         _write_jsonl(out / "pool.jsonl", [e.to_dict() for e in self.pool])
+        return self._write_report()
+
+    def _write_report(self) -> dict[str, Any]:
         engine = summary(self.engine)
         engine["wall_s"] = round(time.monotonic() - self.started, 3)
         report = build_report(
@@ -387,7 +457,7 @@ class _Run:
             stopped=self.stopped,
             seeds=len(self.seeds),
         )
-        write_json(out / "report.json", report)
+        write_json(self.out_dir / "report.json", report)
         return report
 
 
@@ -437,12 +507,12 @@ async def run_gra(
     async with Engine(config, journal=out / JOURNAL_NAME) as engine:
         run = _Run(engine, settings, seeds, dedup, out, goal)
         await run.open()
-        bar = ProgressBar(engine, stream=stream or sys.stderr, enabled=progress)
+        bar = _Progress(run, stream=stream or sys.stderr, enabled=progress)
         async with anyio.create_task_group() as tg:
             tg.start_soon(bar.run)
             if settings.mode == "generate":
                 await run.annotate_seeds()
-            await run.run(run.write)
+            await run.run()
             tg.cancel_scope.cancel()
         report = run.write()
     return GraResult(

@@ -162,21 +162,24 @@ class Candidate:
         if self.truncated:
             generation["truncated"] = True
         row["generation"] = generation
-        if verdict is not None:
-            review = verdict.to_dict()
+        review = verdict.to_dict() if verdict is not None else None
+        if review is not None:
             row["adjudicator"] = review["adjudicator"]
             row["review"] = {
                 k: review[k] for k in ("checks", "reviews", "adjudication") if review[k]
             }
             if roles.shared:
                 row["shared_roles"] = True
-        failures = [*self.failures, *(verdict.failures if verdict else [])]
-        if failures:
-            row["failures"] = [
+        failures = [
+            *(
                 {"stage": f.stage, "model": f.model, "kind": f.kind, "message": f.message}
                 | ({"raw": f.raw} if f.raw else {})
-                for f in failures
-            ]
+                for f in self.failures
+            ),
+            *(review["failures"] if review is not None else []),
+        ]
+        if failures:
+            row["failures"] = failures
         if self.summarized_by:
             row["summarized_by"] = self.summarized_by
         row["requests"] = self.requests + (verdict.requests if verdict else 0)

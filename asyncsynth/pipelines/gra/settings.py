@@ -187,6 +187,9 @@ class GraSettings:
     initial_acceptance: float = 0.5
     """Acceptance rate assumed to size the first round."""
     refine_attempts: int = 1
+    summarize_early: bool = True
+    """Summarise a sample when the committee passes it, not after dedup (same pool; the
+    round's end waits for no summaries; a duplicate's summary is wasted)."""
     embedding_model: str = "all-MiniLM-L6-v2"
     dedup_threshold: float = 0.9
     dedup_text: str = "instruction"
@@ -266,6 +269,7 @@ _SPEC: dict[str, Check] = {
     "max_rounds": POSITIVE_INT,
     "initial_acceptance": _fraction,
     "refine_attempts": POSITIVE_INT,
+    "summarize_early": BOOLEAN,
     "embedding_model": STRING,
     "dedup_threshold": _fraction,
     "dedup_text": _choice("instruction", "response", "both"),

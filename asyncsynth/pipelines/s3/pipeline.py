@@ -65,8 +65,8 @@ __all__ = [
 STATE_FILE = "state.json"
 JOURNAL_FILE = "s3.journal.sqlite"
 STATE_VERSION = 1
-TOP_UP_PASSES = 2
-"""Extra seed passes asking again for what cleaning dropped."""
+SEED_REQUESTS_FACTOR = 3
+"""The seed step asks again for what cleaning dropped, up to this many times seed_size."""
 _REVIEW_SUMMARY = ("mu", "sigma", "path", "reason")
 RESUMABLE_CHANGES = frozenset({"rounds", "max_failures", "save_student", "student.device"})
 """Settings a resumed run may change: the other ones would make finished steps stale."""
@@ -487,7 +487,8 @@ class _Run:
         results: list[Result] = []
         start, want = 0, size
         self.emit("start", step, requests=size)
-        for _ in range(1 + TOP_UP_PASSES):
+        while want > 0 and start < SEED_REQUESTS_FACTOR * size:
+            want = min(want, SEED_REQUESTS_FACTOR * size - start)
             requests = [self._seed_request(i, rationales) for i in range(start, start + want)]
             answers = await self.ask(step, requests)
             results += answers
@@ -498,8 +499,6 @@ class _Run:
                 rows += [row for row, _ in candidates]
             start += want
             want = size - len(rows)
-            if want <= 0:
-                break
         _write_jsonl(self.out / "seed.dropped.jsonl", dropped)
         if review and self.reviewer is not None:
             _write_jsonl(self.out / "seed.reviews.jsonl", reviews)
@@ -659,7 +658,8 @@ class _Run:
         """Step ``final``: the student on everything, chosen on dev, then tested once."""
         step, folder = "final", self.out / "final"
         record = self.done(step)
-        if record is not None and record.get("rounds") == self.settings.rounds:
+        saved = record is not None and (record["student_saved"] or not self.settings.save_student)
+        if record is not None and record["rounds"] == self.settings.rounds and saved:
             self.emit("skip", step)
             return
         student, dev_metrics, _ = await self.train(step, rows, mine=False)
@@ -689,6 +689,7 @@ class _Run:
             step,
             {
                 "rounds": self.settings.rounds,
+                "student_saved": self.settings.save_student,
                 "train_size": len(rows),
                 "by_source": dict(Counter(row.get("source", "?") for row in rows)),
                 "dev": _metrics_summary(dev_metrics) if dev_metrics else None,

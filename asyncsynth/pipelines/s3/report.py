@@ -192,8 +192,10 @@ def describe(event: S3Event) -> tuple[str, bool] | None:
     if kind == "skip":
         return f"{step}: finished before, loaded", False
     if kind == "start":
-        what = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in data.items())
-        return f"{step}: {what}", False
+        if "train_size" in data:
+            return f"{step}: training a fresh student on {data['train_size']:,} examples", False
+        errors = f"{data['errors']:,} errors, " if "errors" in data else ""
+        return f"{step}: {errors}{data.get('requests', 0):,} requests", False
     if kind == "note":
         what = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data.items())
         return f"{step}: {what}", False
@@ -211,7 +213,8 @@ def _done_summary(data: Mapping[str, Any]) -> str:
     if "train_size" in data:
         parts.append(f"trained on {data['train_size']:,}, dev accuracy {_pct(data.get('dev'))}")
     if "errors" in data and "added" not in data:
-        parts.append(f"{data['errors']:,} errors on the mining set ({_pct(data.get('mining'))})")
+        mining = _pct(data.get("mining"))
+        parts.append(f"{data['errors']:,} errors on the mining set (accuracy {mining})")
     if "added" in data:
         parts.append(f"{data['added']:,} added for {data['errors']:,} errors")
     if data.get("test"):
