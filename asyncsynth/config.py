@@ -44,6 +44,8 @@ PARAM_KEYS = frozenset(
 )
 
 TRANSPORTS = ("aiohttp", "httpx", "openai")
+LOCAL_CONCURRENCY = 2
+"""Default ``max_concurrency`` of a ``kind = "local"`` endpoint (one answering, one waiting)."""
 KINDS = ("remote", "local")
 
 
@@ -212,17 +214,20 @@ class Config:
     source: str = "<config>"
 
     def role(self, name: str | None) -> tuple[str, ...]:
-        """Endpoint names serving ``name``; ``None`` means the only role, or every endpoint."""
+        """Endpoint names serving ``name``; ``None`` means the only role, or the only endpoint.
+
+        Several endpoints serve one role only when a ``[roles]`` entry says so.
+        """
         if name is None:
             if len(self.roles) == 1:
                 return next(iter(self.roles.values()))
             if not self.endpoints:
                 raise ConfigError(f"{self.source}: no endpoints are defined ([endpoints.NAME])")
-            if not self.roles:
+            if not self.roles and len(self.endpoints) == 1:
                 return tuple(self.endpoints)
-            raise ConfigError(
-                f"{self.source}: several roles are defined ({', '.join(self.roles)}); choose one"
-            )
+            what = "roles" if self.roles else "endpoints and no [roles]"
+            names = ", ".join(self.roles or self.endpoints)
+            raise ConfigError(f"{self.source}: several {what} are defined ({names}); choose one")
         if name in self.roles:
             return self.roles[name]
         if name in self.endpoints:
@@ -288,6 +293,8 @@ def endpoint_from_table(name: str, table: Mapping[str, Any], where: str) -> Endp
         raise _fail(f"{where}.base_url", 'missing required key (or set kind = "local")')
     if kind == "local":
         values.setdefault("model", Path(values.get("gguf", "SmolLM2-135M-Instruct")).stem)
+        # llama-cpp-python's server answers one request at a time: more would only queue there.
+        values.setdefault("max_concurrency", LOCAL_CONCURRENCY)
     elif "model" not in values:
         raise _fail(f"{where}.model", "missing required key")
     if "base_url" in values:

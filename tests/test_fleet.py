@@ -329,3 +329,19 @@ async def test_a_burst_of_releases_wakes_one_waiter_per_free_slot() -> None:
         assert (len(got), fleet._woken, ep.in_flight) == (7, 0, 4)
         tg.cancel_scope.cancel()
     assert not fleet._waiters and fleet._woken == 0
+
+
+def test_the_limit_dwells_below_the_level_the_server_refused() -> None:
+    limit = AdaptiveLimit(None)
+    for _ in range(57):
+        limit.on_success(0.05, 1.0)
+    assert limit.limit == 65
+    limit.on_congestion(2.0, sent=1.99)  # refused at 65
+    successes_to = {}
+    for n in range(1, 2000):
+        limit.on_success(0.05, 3.0)
+        successes_to.setdefault(limit.slots, n)
+    # Back up to 64 at one slot per round trip (a round trip: ~limit successes), then 5x slower
+    # past the ceiling's neighbourhood, where the server is probed only now and then.
+    assert successes_to[64] < 6 * 64
+    assert successes_to[66] - successes_to[64] > 4 * 2 * 64

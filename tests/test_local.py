@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import select
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -220,3 +223,47 @@ def test_cli_local_flag_names_the_local_model(
     assert (ep.kind, ep.model, ep.gguf) == ("local", "SmolLM2-135M-Instruct", None)
     cfg = config_from_dict({"endpoints": {"g": {"kind": "local", "gguf": "gemma3-270m"}}})
     assert cfg.endpoints["g"].model == "gemma3-270m"
+
+
+_DRIVER = """
+import anyio, os, sys
+from asyncsynth.config import EndpointConfig
+from asyncsynth.local import start_local_endpoint
+
+async def main():
+    ep = EndpointConfig(name="a", model="m", kind="local", n_ctx=512)
+    async with start_local_endpoint(ep) as url:
+        me = os.getpid()
+        children = open(f"/proc/{me}/task/{me}/children").read().split()
+        print(url, *children, flush=True)
+        await anyio.sleep_forever()
+
+anyio.run(main)
+"""
+
+
+@real_llm
+@needs_server
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfds")
+def test_a_killed_asyncsynth_leaves_no_server_behind(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER], stdout=subprocess.PIPE, env=env, cwd=tmp_path
+    )
+    try:
+        assert driver.stdout is not None
+        url, *children = driver.stdout.readline().decode().split()
+        [server] = [int(pid) for pid in children]
+        assert _port_open(url)
+        pidfd = os.pidfd_open(server)
+        driver.kill()  # kill -9: no chance to stop the server
+        driver.wait()
+        ready, _, _ = select.select([pidfd], [], [], 30)  # readable once the server exits
+        os.close(pidfd)
+        assert ready, "the llama.cpp server outlived the process that started it"
+        assert not _port_open(url)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()

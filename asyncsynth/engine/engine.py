@@ -148,10 +148,20 @@ class Engine:
         self.totals.started = time.monotonic()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+        if stack is None:
+            return
+        try:
+            await stack.__aexit__(exc_type, exc, tb)  # type: ignore[arg-type]
+        except BaseExceptionGroup as group:
+            # The engine's background task group wraps what the caller's block raised:
+            # hand that exception back as it was raised.
+            if exc is not None and group.exceptions == (exc,):
+                raise exc from None
+            raise
 
     async def _close_transports(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -19,6 +19,9 @@ DEFAULT_CONCURRENCY_CAP = 1024
 INITIAL_UNKNOWN_LIMIT = 8.0
 """Where adaptation starts when the capacity is unknown."""
 DECREASE_FACTOR = 0.9
+PROBE_SLOWDOWN = 5.0
+"""Within one slot of the limit the server last objected to, the limit grows this much slower:
+it dwells at the highest level that was accepted and probes past it only now and then."""
 LATENCY_FACTOR = 3.0
 """Mean latency this many times the baseline counts as congestion."""
 RATE_BURST_SECONDS = 0.5
@@ -52,6 +55,7 @@ class AdaptiveLimit:
     """How many requests one endpoint may have in flight now."""
 
     __slots__ = (
+        "_ceiling",
         "_last_cut",
         "_lat_base",
         "_lat_mean",
@@ -71,6 +75,7 @@ class AdaptiveLimit:
         self._lat_base = 0.0
         self._lat_mean = 0.0
         self._last_cut = 0.0
+        self._ceiling = 0.0
 
     @property
     def slots(self) -> int:
@@ -90,8 +95,11 @@ class AdaptiveLimit:
             return
         if self.slow_start:
             self.limit = min(self.cap, self.limit + 1.0)
-        else:
-            self.limit = min(self.cap, self.limit + 1.0 / self.limit)
+            return
+        step = 1.0 / self.limit
+        if self._ceiling - 1.0 <= self.limit < self._ceiling + 1.0:
+            step /= PROBE_SLOWDOWN
+        self.limit = min(self.cap, self.limit + step)
 
     def on_congestion(
         self, now: float, sent: float | None = None, in_flight: int | None = None
@@ -122,4 +130,5 @@ class AdaptiveLimit:
             return
         self._last_cut = now
         self.slow_start = False
+        self._ceiling = self.limit
         self.limit = max(1.0, self.limit * DECREASE_FACTOR)

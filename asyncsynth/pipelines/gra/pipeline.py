@@ -2,10 +2,11 @@
 
 Within a round every candidate is its own coroutine: its review starts the moment its
 generation ends and its adjudication the moment its reviews end, with as many
-candidates in flight as the pool's endpoints can serve (``max_in_flight``). The round
-ends when all its candidates are decided; then the passed ones are deduplicated (in
-descending committee mean), the kept ones summarised, and their (keywords, summary)
-pairs join the pool that the next round's generators read.
+candidates in flight as the pool's endpoints can serve (``max_in_flight``); a sample
+the committee passes is summarised at once (``summarize_early``). The round ends when all
+its candidates are decided; then the passed ones are deduplicated (in descending
+committee mean) and the (keywords, summary) pairs of the kept ones join the pool that
+the next round's generators read.
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ class _Run:
     def _round_size(self, available: int | None = None) -> int:
         """Candidates for the next round: ``round_size``, or enough at the acceptance rate
         seen so far for the remaining target spread over the remaining planned rounds. The
-        last planned round adds two standard deviations of margin, so that a little bad luck
+        last planned round adds one standard deviation of margin, so that a little bad luck
         costs a few surplus samples rather than a whole extra round."""
         settings = self.settings
         if settings.round_size:
@@ -262,7 +263,7 @@ class _Run:
             need: float = math.ceil(remaining / rounds_left)
             rate = max(accepted / made if made else settings.initial_acceptance, MIN_RATE)
             if rounds_left == 1 and made:
-                need += 2 * math.sqrt(need * (1 - rate))
+                need += math.sqrt(need * (1 - rate))
             n = max(1, math.ceil(need / rate))
         return min(n, available) if available is not None else n
 
@@ -478,10 +479,11 @@ async def run_gra(
     """Run GRA with ``config``'s ``[gra]`` section (keyword arguments override it).
 
     Writes ``accepted.jsonl``, ``rejected.jsonl``, ``pool.jsonl``, ``report.json`` and
-    the journal (``gra.journal.sqlite``) to ``out_dir``, the first four after every
-    round. Running it again with the same arguments resumes: every answered request
-    comes from the journal and the outputs are rewritten whole. ``embedder`` replaces
-    the configured embedding model (anything with ``embed(texts) -> unit vectors``).
+    the journal (``gra.journal.sqlite``) to ``out_dir``: rows are appended after every
+    round, and rewritten whole, sorted by sample, at the end. Running it again with the
+    same arguments resumes: every answered request comes from the journal. ``embedder``
+    replaces the configured embedding model (anything with ``embed(texts) -> unit
+    vectors``). Cancelling it leaves the rounds already finished on disk.
     """
     settings = (settings or GraSettings.from_config(config)).with_overrides(
         target=target, seed=seed, mode=mode, round_size=round_size, seed_data=seed_data
