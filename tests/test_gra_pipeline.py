@@ -506,3 +506,24 @@ def test_cli_ctrl_c_then_the_same_command_resumes(serve: Any, tmp_path: Path) ->
     report = orjson.loads((out / "report.json").read_bytes())
     assert report["engine"]["cached"] == saved
     assert sim.stats.requests - sent == report["engine"]["requests"] - saved
+
+
+def test_endpoints_refusing_json_schema_fall_back_and_resume_remembers(tmp_path: Path) -> None:
+    script = GraScript()
+    refused: list[int] = []
+
+    def hook(body: dict[str, Any], ctx: Any) -> Any:
+        if (body.get("response_format") or {}).get("type") == "json_schema":
+            refused.append(ctx.n)
+            return Reply(status=400, content="response_format json_schema unsupported")
+        return script(body, ctx)
+
+    with SimServer(reply=hook) as sim:
+        config = pool_config(sim.url)
+        first = run(config, tmp_path, target=4)
+        assert first.accepted >= 4 and refused
+        assert first.report["structured_formats"] == dict.fromkeys("abcde", "json_object")
+        before = len(refused)
+        again = run(config, tmp_path, target=4)
+    assert len(refused) == before  # the resumed run asked in the format that worked
+    assert again.report["engine"]["cached"] == again.report["engine"]["requests"]

@@ -462,6 +462,19 @@ class _Run:
         return report
 
 
+def _remember_formats(engine: Engine, report: Path, pool: Sequence[str]) -> None:
+    """On a resumed run, start from the response formats the last run found per endpoint
+    (no request is sent again only to be refused)."""
+    try:
+        found = orjson.loads(report.read_bytes()).get("structured_formats") or {}
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return
+    formats = known_formats(engine)
+    for target, fmt in found.items():
+        if target in pool and fmt in ("json_schema", "json_object", "off"):
+            formats.setdefault(target, fmt)
+
+
 async def run_gra(
     config: Config,
     *,
@@ -507,6 +520,7 @@ async def run_gra(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     async with Engine(config, journal=out / JOURNAL_NAME) as engine:
+        _remember_formats(engine, out / "report.json", settings.committee.pool)
         run = _Run(engine, settings, seeds, dedup, out, goal)
         await run.open()
         bar = _Progress(run, stream=stream or sys.stderr, enabled=progress)
