@@ -263,10 +263,12 @@ async def test_an_unknown_capacity_is_found_with_few_429s(sim_factory: SimFactor
     sim = sim_factory(capacity=32, latency=0.02)  # 429 beyond 32 in flight
     config = _config({"a": {"base_url": sim.url}})  # no max_concurrency: learn it
     async with Engine(config) as engine:
-        results = await _run(engine, 800)
+        results = await _run(engine, 1500)
         ep = engine.endpoints["a"]
-    _assert_all_answered(results, 800)
-    assert sim.stats.responses_by_status[429] <= 0.05 * 800
+    _assert_all_answered(results, 1500)
+    # Slow start may overshoot by up to about twice the capacity before the first refusal
+    # comes back (a one-off burst); after it, a refusal now and then as the limit probes.
+    assert sim.stats.responses_by_status[429] <= 2 * 32 + 0.02 * 1500
     assert 20 <= ep.limit.limit <= 36  # close to the hidden capacity, from 8 and a cap of 1024
     assert ep.paused_until == 0.0  # "too many at once" cut the limit; it did not stop the endpoint
 

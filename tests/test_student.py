@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import threading
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,20 @@ def test_same_seed_same_result() -> None:
     assert _untimed(runs[0].history) == _untimed(runs[1].history)
     other = train_student(train, dev, _TOY_LABELS, _tiny(epochs=3, seed=7))
     assert [h["loss"] for h in other.history] != [h["loss"] for h in runs[0].history]
+
+
+@needs_student
+def test_lr_warms_up_then_decays_to_zero_at_the_last_step() -> None:
+    from asyncsynth.student import train_student
+
+    lrs: list[float] = []
+    config = _tiny(epochs=3, lr=1e-3, warmup_ratio=0.1)
+    train_student(_toy(96, seed=5), [], _TOY_LABELS, config, progress=lambda e: lrs.append(e["lr"]))
+    # 96 / 16 = 6 steps per epoch, 18 steps in all, round(1.8) = 2 warm-up steps.
+    assert len(lrs) == 18
+    assert lrs[:3] == pytest.approx([5e-4, 1e-3, 1e-3])
+    assert all(a > b for a, b in pairwise(lrs[2:]))
+    assert lrs[-1] == pytest.approx(1e-3 / 16)  # the next step would get lr 0
 
 
 @needs_student

@@ -37,7 +37,10 @@ class TrainingCancelled(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One labelled example; ``text_pair`` is the second segment of pair tasks (e.g. NLI)."""
+    """One example; ``text_pair`` is the second segment of pair tasks (e.g. NLI).
+
+    ``label`` is a class name; it may stay empty for :meth:`TrainedStudent.predict`.
+    """
 
     text: str
     text_pair: str | None = None

@@ -38,6 +38,7 @@ _Features = dict[str, list[int]]
 
 
 def _pick_device(name: str) -> torch.device:
+    """``"auto"`` picks cuda, then mps, then cpu; anything else is passed to torch."""
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
@@ -65,6 +66,7 @@ def _quiet_transformers() -> Iterator[None]:
 def _load(
     config: StudentConfig, labels: Sequence[str]
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Tokenizer from ``config.model``; weights pretrained, or random from ``from_config``."""
     path = resolve_model(config.model)
     label_kw: dict[str, Any] = {
         "num_labels": len(labels),
@@ -73,11 +75,13 @@ def _load(
     }
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:  # decoder-only tokenizers (GPT-2 style)
+            tokenizer.pad_token = tokenizer.eos_token
+        label_kw["pad_token_id"] = tokenizer.pad_token_id
         if config.from_config is None:
             model = AutoModelForSequenceClassification.from_pretrained(path, **label_kw)
         else:
-            kw = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
-            kw |= config.from_config | label_kw
+            kw = {"vocab_size": len(tokenizer), **config.from_config, **label_kw}
             model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(**kw))
     return model, tokenizer
 
@@ -131,6 +135,8 @@ def _train_batches(
 
 
 def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """LR factor of 0-based step ``step``: linear warm-up, then linear decay to 0 at ``total``."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -370,12 +376,12 @@ def train_student(
                 raise TrainingCancelled(f"training cancelled at step {step}/{total}")
             batch = _collate([train_feats[i] for i in idx], pad_id, pad_to, device)
             target = torch.tensor([train_y[i] for i in idx], device=device)
+            lr = scheduler.get_last_lr()[0]
             loss_value = _train_step(model, batch, target, optimizer, scheduler)
             step += 1
             loss_sum += loss_value
             loss_steps += 1
             position = {"epoch": epoch, "step": step, "steps": total}
-            lr = scheduler.get_last_lr()[0]
             if progress is not None:
                 seq_len = batch["input_ids"].shape[1]
                 progress(
