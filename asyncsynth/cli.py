@@ -267,18 +267,21 @@ def cache() -> None:
     """Inspect or clear the journal of completed answers kept next to an output."""
 
 
-def _journal_path(target: str) -> Path:
+def _existing_journal(target: str) -> Path:
+    """The journal of an output file (or the journal file itself); it must exist."""
     path = Path(target)
-    return path if path.name.endswith(".journal.sqlite") else journal_path_for(path)
+    if not path.name.endswith(".journal.sqlite"):
+        path = journal_path_for(path)
+    if not path.exists():
+        raise click.ClickException(f"{path}: no journal here")
+    return path
 
 
 @cache.command("stats")
 @click.argument("target", metavar="OUTPUT_OR_JOURNAL")
 def cache_stats(target: str) -> None:
     """Entries and size of the journal of OUTPUT (or of a .journal.sqlite file)."""
-    path = _journal_path(target)
-    if not path.exists():
-        raise click.ClickException(f"{path}: no journal here")
+    path = _existing_journal(target)
     with Journal(path) as journal:
         stats = journal.stats()
     click.echo(f"{stats['path']}: {stats['entries']:,} answers, {stats['bytes'] / 1e6:,.1f} MB")
@@ -288,9 +291,7 @@ def cache_stats(target: str) -> None:
 @click.argument("target", metavar="OUTPUT_OR_JOURNAL")
 def cache_clear(target: str) -> None:
     """Forget every answer in the journal of OUTPUT, so the next run sends everything again."""
-    path = _journal_path(target)
-    if not path.exists():
-        raise click.ClickException(f"{path}: no journal here")
+    path = _existing_journal(target)
     with Journal(path) as journal:
         n = journal.clear()
     click.echo(f"{path}: cleared {n:,} answers")

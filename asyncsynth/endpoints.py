@@ -110,10 +110,11 @@ async def check_endpoint(ep: EndpointConfig, params: dict[str, Any] | None = Non
 
 async def _open(ep: EndpointConfig, stack: AsyncExitStack, check: EndpointCheck) -> Transport:
     if ep.kind == "local":
-        from .local import local_transport, start_local_endpoint
+        from .local import start_local_endpoint
 
-        check.url = await stack.enter_async_context(start_local_endpoint(ep))
-        return local_transport(make_transport(ep.transport, check.url, None, name=ep.name))
+        server = await stack.enter_async_context(start_local_endpoint(ep))
+        check.url = server.url
+        return server.transport(ep.transport)
     assert ep.base_url is not None
     return make_transport(ep.transport, ep.base_url, ep.api_key(), name=ep.name)
 

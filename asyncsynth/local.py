@@ -18,7 +18,9 @@ model server is left holding memory.
 llama-cpp-python's server takes a JSON schema as ``{"type": "json_object", "schema":
 ...}`` and answers OpenAI's ``{"type": "json_schema", ...}`` with HTTP 500, so the
 transport of a local endpoint rewrites the latter into the former on the wire
-(:func:`local_transport`); request keys are unaffected.
+(:class:`LocalTransport`); request keys are unaffected. The same transport notices a
+server that died mid-job (a crash, the OOM killer) and stops the job with the server's
+exit status and log, rather than waiting for an endpoint that will not come back.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +44,7 @@ import anyio.abc
 import orjson
 
 from .engine.client import Completion, Transport, make_transport
-from .engine.errors import ConfigError, RequestError
+from .engine.errors import ConfigError, RequestError, TransportError
 
 if TYPE_CHECKING:
     from .config import EndpointConfig
@@ -196,16 +200,58 @@ def _log_tail(path: Path) -> str:
     return "\n".join(lines[-_LOG_TAIL_LINES:]) or "(empty log)"
 
 
+def _exit_reason(code: int) -> str:
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if name == "SIGILL":
+        name += (
+            ": llama.cpp was built for CPU instructions this machine refuses; rebuild it with"
+            " CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON'"
+            " pip install --no-cache-dir --force-reinstall 'llama-cpp-python[server]'"
+        )
+    return f"killed by {name}"
+
+
+@dataclass(slots=True)
+class LocalServer:
+    """A running llama.cpp server: its base URL, process and log."""
+
+    name: str
+    gguf: Path
+    url: str
+    process: anyio.abc.Process
+    log_path: Path
+
+    def died(self) -> LocalEndpointError | None:
+        """The error to stop the job with if the server has exited, else None."""
+        code = self.process.returncode
+        if code is None:
+            return None
+        return LocalEndpointError(
+            f"endpoints.{self.name}: the llama.cpp server for {self.gguf} died "
+            f"({_exit_reason(code)}); answers received are kept, run again to resume; "
+            f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+        )
+
+    def transport(self, kind: str = "aiohttp") -> LocalTransport:
+        """A transport to this server over the HTTP client ``kind``."""
+        return LocalTransport(make_transport(kind, self.url, None, name=self.name), self)
+
+
 @contextlib.asynccontextmanager
 async def start_local_endpoint(
     ep: EndpointConfig, *, startup_timeout: float = STARTUP_TIMEOUT
-) -> AsyncIterator[str]:
-    """Run a llama.cpp server for ``ep`` on a free loopback port; yield its base URL.
+) -> AsyncIterator[LocalServer]:
+    """Run a llama.cpp server for ``ep`` on a free loopback port until the context exits.
 
-    The base URL is ``http://127.0.0.1:PORT/v1``. The server is stopped (SIGTERM, then
+    Its base URL is ``http://127.0.0.1:PORT/v1``. The server is stopped (SIGTERM, then
     SIGKILL after :data:`STOP_TIMEOUT`) when the context exits, even on cancellation.
     Its output goes to a log file, removed after a clean stop and quoted (its tail) in
-    the error if the server fails to start.
+    the error if the server fails to start or dies.
     """
     where = f"endpoints.{ep.name}"
     gguf = await anyio.to_thread.run_sync(resolve_gguf, ep.gguf, f"{where}.gguf")
@@ -223,9 +269,9 @@ async def start_local_endpoint(
                 stderr=subprocess.STDOUT,
             )
         try:
-            base_url = f"http://127.0.0.1:{port}/v1"
-            await _wait_until_ready(process, base_url, ep, gguf, log_path, startup_timeout)
-            yield base_url
+            server = LocalServer(ep.name, gguf, f"http://127.0.0.1:{port}/v1", process, log_path)
+            await _wait_until_ready(server, startup_timeout)
+            yield server
         finally:
             with anyio.CancelScope(shield=True):
                 clean = await _stop(process)
@@ -234,31 +280,25 @@ async def start_local_endpoint(
             log_path.unlink(missing_ok=True)
 
 
-async def _wait_until_ready(
-    process: anyio.abc.Process,
-    base_url: str,
-    ep: EndpointConfig,
-    gguf: Path,
-    log_path: Path,
-    timeout: float,
-) -> None:
+async def _wait_until_ready(server: LocalServer, timeout: float) -> None:
     """Poll ``/v1/models`` (backing off to :data:`_POLL_MAX`) until it answers."""
-    transport = make_transport("aiohttp", base_url, None, name=ep.name)
+    transport = make_transport("aiohttp", server.url, None, name=server.name)
     started = time.monotonic()
     pause = _POLL_FIRST
     try:
         while True:
-            if process.returncode is not None:
+            if (code := server.process.returncode) is not None:
                 raise LocalEndpointError(
-                    f"endpoints.{ep.name}: the llama.cpp server for {gguf} exited with code "
-                    f"{process.returncode} before it was ready; log {log_path}:\n"
-                    f"{_log_tail(log_path)}"
+                    f"endpoints.{server.name}: the llama.cpp server for {server.gguf} exited "
+                    f"({_exit_reason(code)}) before it was ready; log {server.log_path}:\n"
+                    f"{_log_tail(server.log_path)}"
                 )
             elapsed = time.monotonic() - started
             if elapsed > timeout:
                 raise LocalEndpointError(
-                    f"endpoints.{ep.name}: the llama.cpp server for {gguf} was not ready after "
-                    f"{timeout:g}s; log {log_path}:\n{_log_tail(log_path)}"
+                    f"endpoints.{server.name}: the llama.cpp server for {server.gguf} was not "
+                    f"ready after {timeout:g}s; log {server.log_path}:\n"
+                    f"{_log_tail(server.log_path)}"
                 )
             try:
                 await transport.models(max(1.0, timeout - elapsed))
@@ -288,26 +328,39 @@ async def _stop(process: anyio.abc.Process) -> bool:
 
 
 class LocalTransport:
-    """A transport to llama-cpp-python's server: OpenAI JSON-schema requests translated."""
+    """A transport to llama-cpp-python's server.
 
-    def __init__(self, inner: Transport) -> None:
+    OpenAI JSON-schema requests are translated to the server's form, and a request that
+    cannot reach a server which has exited raises :class:`LocalEndpointError`, which
+    stops the job (answers already received stay in the journal).
+    """
+
+    def __init__(self, inner: Transport, server: LocalServer) -> None:
         self.inner = inner
+        self.server = server
 
     async def chat(self, body: bytes, timeout: float) -> Completion:
         if b'"json_schema"' in body:
             body = _translate_response_format(body)
-        return await self.inner.chat(body, timeout)
+        try:
+            return await self.inner.chat(body, timeout)
+        except TransportError as exc:
+            self._raise_if_died(exc)
+            raise
 
     async def models(self, timeout: float) -> list[str]:
-        return await self.inner.models(timeout)
+        try:
+            return await self.inner.models(timeout)
+        except TransportError as exc:
+            self._raise_if_died(exc)
+            raise
+
+    def _raise_if_died(self, exc: TransportError) -> None:
+        if (died := self.server.died()) is not None:
+            raise died from exc
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-def local_transport(inner: Transport) -> Transport:
-    """Wrap the transport of a ``kind = "local"`` endpoint (see :class:`LocalTransport`)."""
-    return LocalTransport(inner)
 
 
 def _translate_response_format(body: bytes) -> bytes:

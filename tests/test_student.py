@@ -291,6 +291,8 @@ def test_minilm_learns_sentiment() -> None:
     """Real pretrained MiniLM, 180 train / 60 held-out reviews, each split class-balanced.
 
     Measured held-out accuracy: 0.783 (seed 42), 0.733 (seed 1), 0.75 (seed 2); chance is 0.5.
+    The bar, 0.70 (42 of 60), leaves room for other CPUs' arithmetic; by chance alone it is
+    reached with probability about 0.001.
     """
     from asyncsynth.student import train_student
 
@@ -300,4 +302,4 @@ def test_minilm_learns_sentiment() -> None:
     train, held_out = pos[:90] + neg[:90], pos[90:] + neg[90:]
     config = StudentConfig(model="minilm", max_length=64, batch_size=16, epochs=5, lr=1e-4, seed=42)
     student = train_student(train, [], ["negative", "positive"], config)
-    assert student.evaluate(held_out).accuracy >= 0.75
+    assert student.evaluate(held_out).accuracy >= 0.70

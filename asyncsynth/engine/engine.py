@@ -192,17 +192,15 @@ class Engine:
             return state
         ep = self.config.endpoints[name]
         transport = self._transports.get(name)
-        if transport is None:
-            base_url = ep.base_url
-            if ep.kind == "local":
-                from ..local import local_transport, start_local_endpoint
+        if transport is None and ep.kind == "local":
+            from ..local import start_local_endpoint
 
-                assert self._stack is not None
-                base_url = await self._stack.enter_async_context(start_local_endpoint(ep))
-            assert base_url is not None
-            transport = make_transport(ep.transport, base_url, ep.api_key(), name=name)
-            if ep.kind == "local":
-                transport = local_transport(transport)
+            assert self._stack is not None
+            server = await self._stack.enter_async_context(start_local_endpoint(ep))
+            transport = server.transport(ep.transport)
+        elif transport is None:
+            assert ep.base_url is not None
+            transport = make_transport(ep.transport, ep.base_url, ep.api_key(), name=name)
         state = EndpointState(ep, transport)
         params = self.config.params_for(name)
         extra = dict(params.pop("extra_body", None) or {})

@@ -35,7 +35,12 @@ if TYPE_CHECKING:
     from ..config import EndpointConfig
 
 FAILURES_BEFORE_COOLDOWN = 3
-"""Consecutive failed attempts (5xx, drops, timeouts) that take an endpoint out of service."""
+"""Consecutive failed attempts (5xx, drops, timeouts) that take an endpoint out of service.
+
+An endpoint with many requests in flight needs a quarter of its concurrency limit in a row,
+if that is more: a busy, healthy server answering the odd 5xx stays in service, while one
+that fails everything still goes out within a fraction of one round trip of its requests.
+"""
 COOLDOWN_FIRST = 0.5
 COOLDOWN_MAX = 30.0
 PROBE_TIMEOUT = 10.0
@@ -198,7 +203,8 @@ class Fleet:
         if not error.retryable:
             return  # the request's own fault says nothing about the endpoint
         ep.failures_in_a_row += 1
-        if isinstance(error, ConnectError) or ep.failures_in_a_row >= FAILURES_BEFORE_COOLDOWN:
+        tolerated = max(FAILURES_BEFORE_COOLDOWN, ep.limit.slots // 4)
+        if isinstance(error, ConnectError) or ep.failures_in_a_row >= tolerated:
             self._take_down(ep)
 
     def _take_down(self, ep: EndpointState) -> None:

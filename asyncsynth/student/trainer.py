@@ -50,7 +50,7 @@ def _pick_device(name: str) -> torch.device:
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports and progress bars while loading."""
+    """Silence transformers' load reports and progress bars while loading or saving."""
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -246,8 +246,9 @@ class TrainedStudent:
         """Write model, tokenizer and ``student.json`` (labels, config, history) to ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        with _quiet_transformers():
+            self.model.save_pretrained(path)
+            self.tokenizer.save_pretrained(path)
         meta = {
             "labels": self.labels,
             "config": asdict(self.config),
