@@ -391,12 +391,11 @@ class Engine:
         journal = self.journal
         if journal is None:
             return
-        for r in results:
-            if r.error is None and not r.cached and r.key is not None:
-                journal.put(
-                    r.key, Completion(r.completion, r.finish_reason, r.usage or {}, r.model)
-                )
-        journal.commit()
+        journal.record(
+            (r.key, Completion(r.completion, r.finish_reason, r.usage or {}, r.model))
+            for r in results
+            if r.error is None and not r.cached and r.key is not None
+        )
 
     # -- many requests --------------------------------------------------------------------------
 

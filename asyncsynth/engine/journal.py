@@ -27,7 +27,7 @@ import sqlite3
 import struct
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,14 @@ def _crc(key: bytes, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(key))
 
 
+def _encode(key: bytes, completion: Completion) -> bytes:
+    """A stored record: CRC-32 of key and payload, then the payload."""
+    payload = orjson.dumps(
+        [completion.content, completion.finish_reason, completion.usage, completion.model]
+    )
+    return _CRC.pack(_crc(key, payload)) + payload
+
+
 def journal_path_for(output: str | os.PathLike[str]) -> Path:
     """The journal that lives next to an output file."""
     return Path(f"{os.fspath(output)}{JOURNAL_SUFFIX}")
@@ -70,7 +78,6 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.recovered_from: Path | None = None
-        self.pending = 0
         self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -145,21 +152,19 @@ class Journal:
         )
         self._db.execute("DELETE FROM responses WHERE key = ?", (key,))
 
-    def put(self, key: bytes, completion: Completion) -> None:
-        """Record a completion; durable at the next :meth:`commit`."""
-        if not self.pending:
-            self._db.execute("BEGIN")
-        payload = orjson.dumps(
-            [completion.content, completion.finish_reason, completion.usage, completion.model]
-        )
-        value = _CRC.pack(_crc(key, payload)) + payload
-        self._db.execute("INSERT OR IGNORE INTO responses (key, value) VALUES (?, ?)", (key, value))
-        self.pending += 1
-
-    def commit(self) -> None:
-        if self.pending:
-            self._db.execute("COMMIT")
-            self.pending = 0
+    def record(self, answers: Iterable[tuple[bytes, Completion]]) -> int:
+        """Store answers by key in one transaction, durable when it returns; how many."""
+        rows = [(key, _encode(key, completion)) for key, completion in answers]
+        if rows:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                db.executemany("INSERT OR IGNORE INTO responses (key, value) VALUES (?, ?)", rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return len(rows)
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM responses").fetchone()[0])
@@ -170,14 +175,12 @@ class Journal:
 
     def clear(self) -> int:
         """Forget every entry; returns how many there were."""
-        self.commit()
         n = len(self)
         self._db.execute("DELETE FROM responses")
         self._db.execute("VACUUM")
         return n
 
     def close(self) -> None:
-        self.commit()
         self._db.close()
 
     def __enter__(self) -> Journal:
