@@ -107,6 +107,14 @@ def check_extra(where: str = "local endpoint") -> None:
         )
 
 
+def check_local_endpoint(ep: EndpointConfig) -> Path:
+    """Everything a local endpoint needs before it starts (extra, GGUF); the GGUF's path."""
+    where = f"endpoints.{ep.name}"
+    gguf = resolve_gguf(ep.gguf, f"{where}.gguf")
+    check_extra(where)
+    return gguf
+
+
 def resolve_gguf(gguf: str | None, where: str = "gguf") -> Path:
     """The GGUF file for a ``gguf`` setting: an alias (see the module doc) or a path.
 
@@ -253,9 +261,7 @@ async def start_local_endpoint(
     Its output goes to a log file, removed after a clean stop and quoted (its tail) in
     the error if the server fails to start or dies.
     """
-    where = f"endpoints.{ep.name}"
-    gguf = await anyio.to_thread.run_sync(resolve_gguf, ep.gguf, f"{where}.gguf")
-    check_extra(where)
+    gguf = await anyio.to_thread.run_sync(check_local_endpoint, ep)
     log_fd, log_name = tempfile.mkstemp(prefix=f"asyncsynth-local-{ep.name}-", suffix=".log")
     log_path = Path(log_name)
     clean = False

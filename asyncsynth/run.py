@@ -59,8 +59,13 @@ async def run_file(
     Cancelling it (Ctrl-C) stops cleanly: the journal and output hold exactly the
     answers received, and running it again resumes.
     """
-    for name in config.role(role):  # refuse an unknown role or unset key before touching files
-        config.endpoints[name].api_key()
+    for name in config.role(role):  # refuse what cannot run before touching any file
+        ep = config.endpoints[name]
+        ep.api_key()
+        if ep.kind == "local":
+            from .local import check_local_endpoint
+
+            await anyio.to_thread.run_sync(check_local_endpoint, ep)
     output_path = Path(output_path)
     report = RunReport(output=output_path, errors=errors_path_for(output_path))
     for target in (output_path, report.errors):

@@ -167,13 +167,18 @@ def test_a_missing_extra_names_what_to_install(monkeypatch: pytest.MonkeyPatch) 
         resolve_gguf(None)
 
 
-def test_run_with_a_missing_gguf_fails_with_exit_2_before_sending(tmp_path: Path) -> None:
+def test_run_with_a_missing_gguf_fails_with_exit_2_before_touching_the_output(
+    tmp_path: Path,
+) -> None:
     input_path = tmp_path / "in.jsonl"
     input_path.write_text('{"prompt": "hi"}\n')
-    args = ["run", str(input_path), "-o", str(tmp_path / "out.jsonl")]
+    output = tmp_path / "out.jsonl"
+    output.write_text('{"id": "line-1", "completion": "from an earlier run"}\n')
+    args = ["run", str(input_path), "-o", str(output)]
     result = CliRunner().invoke(main, [*args, "--gguf", str(tmp_path / "absent.gguf")])
     assert result.exit_code == 2
     assert "absent.gguf" in result.output and "not found" in result.output
+    assert "from an earlier run" in output.read_text()  # a typo loses nothing
 
 
 def test_openai_json_schema_is_rewritten_for_llama_cpp() -> None:
