@@ -514,6 +514,8 @@ def test_parse_rationales() -> None:
         "* Reason 4: Beautiful score;\n\nPros:\nAs an AI, I can't.\n"
     )
     assert parse_rationales(text) == ["great acting", "gripping plot", "beautiful score"]
+    inline = "Three reasons why it gets this label: 1. Great acting. 2) Gripping plot; 3. Music"
+    assert parse_rationales(inline) == ["great acting", "gripping plot", "music"]
 
 
 # -- config and data ------------------------------------------------------------------------
@@ -955,6 +957,35 @@ def test_too_many_failed_requests_stop_the_step(tmp_path: Path) -> None:
             run(config, tmp_path / "out")
     state = json.loads((tmp_path / "out/state.json").read_text())
     assert state["steps"] == {}
+
+
+@needs_student
+@pytest.mark.parametrize("junk_answers", [1, 99])
+def test_a_label_without_usable_reasons_is_asked_again_then_refused(
+    tmp_path: Path, junk_answers: int
+) -> None:
+    asked: Counter[str] = Counter()
+
+    def reply(body: dict[str, Any], ctx: Any) -> str:
+        message = _user(body)
+        if kind_of(message) == "rationales":
+            label = _label_of(message)
+            asked[label] += 1
+            if label == "negative" and asked[label] <= junk_answers:
+                return "Sure! Here are some reasons:"  # nothing usable
+        return sentiment_reply(body, ctx)
+
+    with SimServer(reply=reply) as sim:
+        config = make_config(sim.url, sentiment_s3(tmp_path, rounds=1))
+        if junk_answers == 1:  # the second ask answers
+            run(config, tmp_path / "out")
+            rationales = json.loads((tmp_path / "out/rationales.json").read_text())
+            assert rationales["negative"] and rationales["positive"]
+            assert asked == {"positive": 1, "negative": 2}
+        else:
+            with pytest.raises(S3Error, match=r"no usable reasons for negative in 3 tries"):
+                run(config, tmp_path / "out")
+            assert asked == {"positive": 1, "negative": 3}
 
 
 @needs_student

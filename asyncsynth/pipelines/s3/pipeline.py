@@ -67,6 +67,8 @@ JOURNAL_FILE = "s3.journal.sqlite"
 STATE_VERSION = 1
 SEED_REQUESTS_FACTOR = 3
 """The seed step asks again for what cleaning dropped, up to this many times seed_size."""
+RATIONALE_REASKS = 2
+"""Times a label whose answers held no usable reason is asked again (new samples) before failing."""
 _REVIEW_SUMMARY = ("mu", "sigma", "path", "reason")
 RESUMABLE_CHANGES = frozenset({"rounds", "max_failures", "save_student", "student.device"})
 """Settings a resumed run may change: the other ones would make finished steps stale."""
@@ -350,30 +352,41 @@ class _Run:
             return {k: list(v) for k, v in _read_json(path).items()}
         prompt = self.prompts.rationales
         assert prompt is not None
-        requests = []
-        for label in settings.labels:
-            values = {**label_values(settings, label), "count": settings.rationales.count}
-            messages = render(prompt, values)
-            for s in range(settings.rationales.samples):
-                req = self.request(messages, step, label.name, s, sample=s)
-                req.meta["label"] = label.name
-                requests.append(req)
-        self.emit("start", step, requests=len(requests))
-        results = await self.ask(step, requests)
+        messages = {
+            label.name: render(
+                prompt, {**label_values(settings, label), "count": settings.rationales.count}
+            )
+            for label in settings.labels
+        }
+        per_ask = settings.rationales.samples
         found: dict[str, list[str]] = {label.name: [] for label in settings.labels}
-        for result in results:
-            if result.ok:
-                label = result.request.meta["label"]
-                seen = {r.casefold() for r in found[label]}
-                found[label] += [
-                    r for r in parse_rationales(result.text()) if r.casefold() not in seen
-                ]
-        empty = [name for name, reasons in found.items() if not reasons]
+        results: list[Result] = []
+        empty = list(found)
+        for ask in range(1 + RATIONALE_REASKS):  # a label left with no usable reason: ask again
+            requests = []
+            for name in empty:
+                for s in range(ask * per_ask, (ask + 1) * per_ask):
+                    req = self.request(messages[name], step, name, s, sample=s)
+                    req.meta["label"] = name
+                    requests.append(req)
+            self.emit("start" if ask == 0 else "note", step, requests=len(requests), ask=ask + 1)
+            for result in await self.ask(step, requests):
+                results.append(result)
+                if result.ok:
+                    label = result.request.meta["label"]
+                    seen = {r.casefold() for r in found[label]}
+                    found[label] += [
+                        r for r in parse_rationales(result.text()) if r.casefold() not in seen
+                    ]
+            empty = [name for name, reasons in found.items() if not reasons]
+            if not empty:
+                break
         write_json(path, found)
         if empty:
             raise S3Error(
-                f"{step}: the LLM gave no usable reasons for {', '.join(empty)} (see {path}); "
-                "check the rationales prompt, or set k = 0 to write the seed without them"
+                f"{step}: the LLM gave no usable reasons for {', '.join(empty)} in "
+                f"{1 + RATIONALE_REASKS} tries (see {path}); check the rationales prompt, "
+                "or set k = 0 to write the seed without them"
             )
         self.finish(
             step,

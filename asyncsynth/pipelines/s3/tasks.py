@@ -43,6 +43,9 @@ _BULLET = re.compile(r"^\s*(?:[-*•·–]+|\(?\d{1,3}[.):]|\(?[a-zA-Z][.)]|#+)\
 _REASON_PREFIX = re.compile(r"^(?:reason|rationale)\s*\d*\s*[:.-]\s*", re.I)
 _PREAMBLE = re.compile(r"^(?:sure|certainly|of course|okay|ok|here(?:'s| is| are)|below)\b", re.I)
 _MAX_RATIONALE_CHARS = 200
+# A list run into one line ("...this label: 1. Great acting. 2. A gripping plot."):
+# each number after a colon or a sentence's end starts a line of its own.
+_INLINE_ITEM = re.compile(r"(?<=[:.;!?])\s+(?=\(?\d{1,2}[.)]\s)")
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def parse_rationales(text: str) -> list[str]:
     """The reasons listed in a completion, one a line: bullets, numbers and headers removed."""
     reasons: list[str] = []
     seen: set[str] = set()
-    for raw in text.splitlines():
+    for raw in _INLINE_ITEM.sub("\n", text).splitlines():
         line = raw.strip().replace("**", "")
         line = _BULLET.sub("", line, count=1)
         line = _REASON_PREFIX.sub("", line, count=1).strip().strip("\"'“”").strip()
