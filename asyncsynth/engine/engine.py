@@ -505,7 +505,10 @@ class Engine:
                 return
             result = await execute(request, fleet)
             try:
-                await send.send(result)
+                try:  # usually there is room: hand it over without another pass of the loop
+                    send.send_nowait(result)
+                except anyio.WouldBlock:
+                    await send.send(result)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
 
