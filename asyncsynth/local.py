@@ -234,15 +234,20 @@ class LocalServer:
     process: anyio.abc.Process
     log_path: Path
 
+    def error(self, what: str) -> LocalEndpointError:
+        """``what`` happened to the server: an error quoting the tail of its log."""
+        return LocalEndpointError(
+            f"endpoints.{self.name}: the llama.cpp server for {self.gguf} {what}; "
+            f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+        )
+
     def died(self) -> LocalEndpointError | None:
         """The error to stop the job with if the server has exited, else None."""
         code = self.process.returncode
         if code is None:
             return None
-        return LocalEndpointError(
-            f"endpoints.{self.name}: the llama.cpp server for {self.gguf} died "
-            f"({_exit_reason(code)}); answers received are kept, run again to resume; "
-            f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+        return self.error(
+            f"died ({_exit_reason(code)}); answers received are kept, run again to resume"
         )
 
     def transport(self, kind: str = "aiohttp") -> LocalTransport:
@@ -294,18 +299,10 @@ async def _wait_until_ready(server: LocalServer, timeout: float) -> None:
     try:
         while True:
             if (code := server.process.returncode) is not None:
-                raise LocalEndpointError(
-                    f"endpoints.{server.name}: the llama.cpp server for {server.gguf} exited "
-                    f"({_exit_reason(code)}) before it was ready; log {server.log_path}:\n"
-                    f"{_log_tail(server.log_path)}"
-                )
+                raise server.error(f"exited ({_exit_reason(code)}) before it was ready")
             elapsed = time.monotonic() - started
             if elapsed > timeout:
-                raise LocalEndpointError(
-                    f"endpoints.{server.name}: the llama.cpp server for {server.gguf} was not "
-                    f"ready after {timeout:g}s; log {server.log_path}:\n"
-                    f"{_log_tail(server.log_path)}"
-                )
+                raise server.error(f"was not ready after {timeout:g}s")
             try:
                 await transport.models(max(1.0, timeout - elapsed))
                 return
