@@ -37,7 +37,7 @@ from typing import Any
 import anyio
 
 from asyncsynth.pipelines.gra import RESPONSE_CRITERIA, run_gra
-from asyncsynth.pipelines.gra.simulate import Call, GraScript, pool_config
+from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 from asyncsynth.testing import SimServer
 
 MODELS = ("a", "b", "c", "d", "e")

@@ -23,7 +23,7 @@ from asyncsynth.pipelines.gra import (
     draw_roles,
     review_sample,
 )
-from asyncsynth.pipelines.gra.simulate import Call, GraScript, pool_config
+from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 from asyncsynth.testing import Reply, SimServer
 
 ROLES = Roles("a", ("b", "c", "d"), "e", seed=1)

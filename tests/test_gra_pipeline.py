@@ -21,7 +21,7 @@ from asyncsynth import ConfigError, InputError
 from asyncsynth.cli import main
 from asyncsynth.engine import Journal
 from asyncsynth.pipelines.gra import JOURNAL_NAME, RESPONSE_CRITERIA, run_gra
-from asyncsynth.pipelines.gra.simulate import Call, GraScript, pool_config
+from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 from asyncsynth.prompts import load_prompt
 from asyncsynth.testing import Reply, SimServer
 

@@ -991,7 +991,7 @@ def test_a_label_without_usable_reasons_is_asked_again_then_refused(
 @needs_student
 def test_review_gra_passes_new_examples_through_the_committee(tmp_path: Path) -> None:
     from asyncsynth.pipelines.gra.committee import RESPONSE_CRITERIA
-    from asyncsynth.pipelines.gra.simulate import GraScript, pool_config
+    from asyncsynth.testing.gra_pool import GraScript, pool_config
 
     def review(call: Any) -> dict[str, Any] | None:
         if "meadow" in call.field("Response"):  # the committee rejects these (mean 3 < tau)

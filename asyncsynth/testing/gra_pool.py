@@ -25,10 +25,10 @@ from typing import Any
 
 import orjson
 
-from ...config import Config, config_from_dict
-from ...prompts import load_prompt
-from ...testing.sim import Reply, ReplyContext
-from .committee import INSTRUCTION_CRITERIA, RESPONSE_CRITERIA
+from ..config import Config, config_from_dict
+from ..pipelines.gra.committee import INSTRUCTION_CRITERIA, RESPONSE_CRITERIA
+from ..prompts import load_prompt
+from .sim import Reply, ReplyContext
 
 STAGE_PROMPTS = {
     "generate": "gra/generate_instruction",
