@@ -3,6 +3,9 @@
 from .config import Config, EndpointConfig, EngineSettings, load_config, single_endpoint_config
 from .engine import (
     AsyncsynthError,
+    BatchError,
+    BatchSettings,
+    BudgetExceeded,
     ClientError,
     ConfigError,
     ConnectError,
@@ -12,6 +15,7 @@ from .engine import (
     InputError,
     Journal,
     MalformedResponse,
+    Price,
     RateLimited,
     Request,
     RequestError,
@@ -35,6 +39,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncsynthError",
+    "BatchError",
+    "BatchSettings",
+    "BudgetExceeded",
     "ClientError",
     "CommitteeSettings",
     "Config",
@@ -50,6 +57,7 @@ __all__ = [
     "InputError",
     "Journal",
     "MalformedResponse",
+    "Price",
     "RateLimited",
     "Request",
     "RequestError",

@@ -1,4 +1,4 @@
-"""The ``asyncsynth`` command line: run, sim, endpoints, cache, gra, s3."""
+"""The ``asyncsynth`` command line: run, sim, endpoints, cache, gra, s3, estimate, batches."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import anyio
 import click
 
 from .config import DEFAULT_CONFIG, Config, load_config, single_endpoint_config
-from .engine import AsyncsynthError, Journal
+from .engine import AsyncsynthError, BudgetExceeded, Journal
 from .engine.journal import journal_path_for
 from .io import write_json
 
@@ -21,11 +21,18 @@ T = TypeVar("T")
 
 EXIT_FAILED_ROWS = 1
 EXIT_BAD_CONFIG = 2
+EXIT_BUDGET = 5
 EXIT_INTERRUPTED = 130
 
 
 class ConfigProblem(click.ClickException):
     exit_code = EXIT_BAD_CONFIG
+
+
+class BudgetReached(click.ClickException):
+    """A hard budget stopped the job: what was answered is kept; a higher cap goes on."""
+
+    exit_code = EXIT_BUDGET
 
 
 def _run_async(fn: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
@@ -61,6 +68,8 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
         pass
     try:
         anyio.run(main, backend="asyncio", backend_options=options)
+    except BudgetExceeded as exc:
+        raise BudgetReached(str(exc)) from None
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
     except BaseExceptionGroup as group:  # task groups wrap what the work raised
@@ -69,6 +78,8 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
             raise
         while isinstance(found, BaseExceptionGroup):
             found = found.exceptions[0]
+        if isinstance(found, BudgetExceeded):
+            raise BudgetReached(str(found)) from None
         raise ConfigProblem(str(found)) from None
     return (outcome[0] if outcome else None), interrupted
 
@@ -159,10 +170,78 @@ def endpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             type=click.FloatRange(min=0, min_open=True),
             help="Seconds per request across all attempts.",
         ),
+        click.option(
+            "--price",
+            callback=_price_flag,
+            metavar="input=USD,output=USD[,cached_input=USD][,batch=X]",
+            help="USD per million tokens (batch: the Batch API's multiplier, e.g. 0.5).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _price_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from .engine.cost import parse_price
+
+    try:
+        return parse_price(value)
+    except AsyncsynthError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def budget_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Hard caps of a job (its journal's earlier runs included): exit 5 when reached."""
+    options = [
+        click.option(
+            "--max-cost",
+            type=click.FloatRange(min=0),
+            help="USD the job may spend in all (earlier runs included); exit 5 when reached.",
+        ),
+        click.option(
+            "--max-tokens-total",
+            type=click.IntRange(min=1),
+            help="Tokens (prompt + completion) the job may use in all; exit 5 when reached.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def dry_run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--pilot",
+        type=click.IntRange(min=0),
+        default=0,
+        help="With --dry-run: first send N sampled requests and measure their real lengths.",
+    )(fn)
+    return click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Send nothing: print requests, tokens, cost online vs batch and wall time.",
+    )(fn)
+
+
+def with_budget(config: Config, kw: dict[str, Any]) -> Config:
+    """Pop ``--max-cost`` and ``--max-tokens-total`` from kwargs into the config's engine."""
+    caps = {"max_cost": kw.pop("max_cost"), "max_tokens_total": kw.pop("max_tokens_total")}
+    caps = {k: v for k, v in caps.items() if v is not None}
+    return replace(config, engine=replace(config.engine, **caps)) if caps else config
+
+
+def with_batch(config: Config, role: str | None) -> Config:
+    """``--batch``: the role's endpoints answer through the Batch API (default settings)."""
+    from .engine.batch import BatchSettings
+
+    try:
+        names = tuple(n for n in config.role(role) if config.endpoints[n].batch is None)
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    return config.with_endpoint_overrides(names, batch=BatchSettings())
 
 
 def config_from_options(kw: dict[str, Any]) -> Config:
@@ -180,6 +259,7 @@ def config_from_options(kw: dict[str, Any]) -> Config:
         "max_tokens": kw.pop("max_tokens"),
         "temperature": kw.pop("temperature"),
         "transport": kw.pop("transport"),
+        "price": kw.pop("price"),
     }
     if local or gguf:
         from .local import default_model_name
@@ -220,23 +300,41 @@ def main() -> None:
 @click.option(
     "--stats-json", type=click.Path(dir_okay=False), help="Write the end-of-run summary as JSON."
 )
+@click.option(
+    "--batch",
+    "batch",
+    is_flag=True,
+    help="Answer through the endpoints' Batch API (/v1/files + /v1/batches): cheaper, slower.",
+)
+@budget_options
+@dry_run_options
 def run(
     input_path: str,
     output_path: str,
     no_cache: bool,
     quiet: bool,
     stats_json: str | None,
+    batch: bool,
+    dry_run: bool,
+    pilot: int,
     **kw: Any,
 ) -> None:
     """Send every request in INPUT.jsonl; answers go to OUTPUT, failures to OUTPUT.errors.jsonl.
 
     Input lines: {"messages": [...]}, {"prompt": "..."} or OpenAI Batch lines
-    ({"custom_id": ..., "body": {...}}). Re-running the same command resumes.
+    ({"custom_id": ..., "body": {...}}). Re-running the same command resumes. Exits 0 when
+    all succeeded, 1 when any failed, 2 for a bad config, 5 when a budget cap was reached,
+    130 when interrupted.
     """
     from .progress import format_summary
     from .run import run_file
 
-    config = config_from_options(kw)
+    config = with_budget(config_from_options(kw), kw)
+    if batch:
+        config = with_batch(config, kw["role"])
+    if dry_run:
+        _print_estimate(config, input_path, kw["role"], None if no_cache else output_path, pilot)
+        return
     report, interrupted = _run_async(
         lambda: run_file(
             config, input_path, output_path, role=kw["role"], cache=not no_cache, progress=not quiet
@@ -253,6 +351,9 @@ def run(
         write_json(stats_json, report.stats)
     if not quiet:
         click.echo(format_summary(report.stats), err=True)
+    if report.budget is not None:
+        click.echo(f"Stopped: {report.budget}", err=True)
+        sys.exit(EXIT_BUDGET)
     if report.failed or report.bad_lines:
         click.echo(
             f"{report.failed:,} requests failed and {report.bad_lines:,} input lines were bad: "
@@ -260,6 +361,216 @@ def run(
             err=True,
         )
         sys.exit(EXIT_FAILED_ROWS)
+
+
+def _print_estimate(
+    config: Config, input_path: str, role: str | None, output: str | None, pilot: int
+) -> None:
+    from .estimate import estimate_file, format_estimate
+
+    estimate, interrupted = _run_async(
+        lambda: estimate_file(config, input_path, role=role, output=output, pilot=pilot)
+    )
+    if interrupted or estimate is None:
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(format_estimate(estimate))
+
+
+@main.command("estimate")
+@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False),
+    help="The output the job will write: its journal's answers cost nothing; the pilot's go there.",
+)
+@endpoint_options
+@click.option("--batch", "batch", is_flag=True, help="Estimate batch mode (files, window).")
+@click.option(
+    "--pilot",
+    type=click.IntRange(min=0),
+    default=0,
+    help="First send N sampled requests online and measure their real lengths and latency.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+def estimate_command(
+    input_path: str, output_path: str | None, batch: bool, pilot: int, as_json: bool, **kw: Any
+) -> None:
+    """Requests, tokens, cost online vs batch and wall time of a job, before running it.
+
+    The same as `asyncsynth run INPUT -o OUTPUT --dry-run` with the same flags. For the
+    gra and s3 pipelines use their own --dry-run.
+    """
+    import orjson
+
+    from .estimate import estimate_file
+
+    config = config_from_options(kw)
+    if batch:
+        config = with_batch(config, kw["role"])
+    if not as_json:
+        _print_estimate(config, input_path, kw["role"], output_path, pilot)
+        return
+    estimate, interrupted = _run_async(
+        lambda: estimate_file(config, input_path, role=kw["role"], output=output_path, pilot=pilot)
+    )
+    if interrupted or estimate is None:
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(orjson.dumps(estimate.to_dict(), option=orjson.OPT_INDENT_2))
+
+
+@main.group()
+def batches() -> None:
+    """A job's Batch API batches (kept in its journal): list, status, cancel, download."""
+
+
+def _batch_rows(path: Path, ids: tuple[str, ...], *, live: bool = False) -> list[dict[str, Any]]:
+    with Journal(path) as journal:
+        rows = journal.batches()
+    if ids:
+        rows = [r for r in rows if r["batch_id"] in ids or str(r["id"]) in ids]
+        if missing := set(ids) - {r["batch_id"] for r in rows} - {str(r["id"]) for r in rows}:
+            raise click.ClickException(f"{path}: no batch {', '.join(sorted(missing))} here")
+    elif live:
+        rows = [r for r in rows if r["state"] in ("submitted", "ended", "creating")]
+    return rows
+
+
+def _format_batches(rows: list[dict[str, Any]]) -> str:
+    import time
+
+    if not rows:
+        return "no batches"
+    header = ("#", "endpoint", "batch id", "state", "status", "requests", "done", "failed", "age")
+    table = [header]
+    now = time.time()
+    for r in rows:
+        age = now - r["created"]
+        table.append(
+            (
+                str(r["id"]),
+                r["endpoint"],
+                r["batch_id"] or "-",
+                r["state"],
+                r["status"] or "-",
+                f"{r['requests']:,}",
+                f"{r['completed']:,}",
+                f"{r['failed']:,}",
+                f"{age / 3600:.1f}h" if age >= 3600 else f"{age / 60:.0f}m",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table
+    )
+
+
+def _admin_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.argument("ids", nargs=-1, metavar="[BATCH_ID...]")(fn)
+    fn = click.option(
+        "--api-key-env", help="Environment variable of the key of an endpoint not in the config."
+    )(fn)
+    fn = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help=f"The job's config (default: ./{DEFAULT_CONFIG} if present): endpoints and keys.",
+    )(fn)
+    return click.argument("target", metavar="OUTPUT_OR_JOURNAL")(fn)
+
+
+def _admin(
+    target: str,
+    config_path: str | None,
+    api_key_env: str | None,
+    ids: tuple[str, ...],
+    work: Callable[[Any, dict[str, Any]], Awaitable[str]],
+    *,
+    live: bool = True,
+) -> None:
+    from .config import Config as _Config
+    from .engine.batch import BatchAdmin
+
+    path = _existing_journal(target)
+    if config_path is None and Path(DEFAULT_CONFIG).exists():
+        config_path = DEFAULT_CONFIG
+    try:
+        config = load_config(config_path) if config_path else _Config(endpoints={}, roles={})
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    rows = _batch_rows(path, ids, live=live)
+
+    async def go() -> list[str]:
+        lines = []
+        with Journal(path) as journal:
+            admin = BatchAdmin(config, journal, api_key_env=api_key_env)
+            try:
+                for row in rows:
+                    lines.append(await work(admin, row))
+            finally:
+                await admin.aclose()
+        return lines
+
+    lines, interrupted = _run_async(go)
+    if interrupted or lines is None:
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo("\n".join(lines) if lines else "no batches to act on")
+
+
+@batches.command("list")
+@click.argument("target", metavar="OUTPUT_OR_JOURNAL")
+def batches_list(target: str) -> None:
+    """The batches of the journal of OUTPUT, as last recorded (no network)."""
+    click.echo(_format_batches(_batch_rows(_existing_journal(target), ())))
+
+
+@batches.command("status")
+@_admin_options
+def batches_status(
+    target: str, config_path: str | None, api_key_env: str | None, ids: tuple[str, ...]
+) -> None:
+    """Ask the provider how the job's running batches are doing (all, or BATCH_ID...)."""
+
+    async def work(admin: Any, row: dict[str, Any]) -> str:
+        return _format_batches([await admin.refresh(row)]).splitlines()[-1]
+
+    _admin(target, config_path, api_key_env, ids, work)
+
+
+@batches.command("cancel")
+@_admin_options
+def batches_cancel(
+    target: str, config_path: str | None, api_key_env: str | None, ids: tuple[str, ...]
+) -> None:
+    """Cancel running batches (all of the job's, or BATCH_ID...); answers so far are kept.
+
+    The next run of the job downloads what they answered and sends the rest again.
+    """
+
+    async def work(admin: Any, row: dict[str, Any]) -> str:
+        row = await admin.cancel(row)
+        return f"batch {row['batch_id']}: {row['status']}"
+
+    _admin(target, config_path, api_key_env, ids, work)
+
+
+@batches.command("download")
+@_admin_options
+def batches_download(
+    target: str, config_path: str | None, api_key_env: str | None, ids: tuple[str, ...]
+) -> None:
+    """Bring ended batches' answers into the journal now (the next run then has them)."""
+
+    async def work(admin: Any, row: dict[str, Any]) -> str:
+        answers, missing = await admin.download(row)
+        row = admin.journal.batch(row["id"]) or row
+        if row["state"] != "done":
+            return f"batch {row['batch_id']}: {row['status']}, not ended yet"
+        left = f", {missing:,} without an answer (the next run sends them again)" if missing else ""
+        return f"batch {row['batch_id']}: {answers:,} answers imported{left}"
+
+    _admin(target, config_path, api_key_env, ids, work)
 
 
 @main.group()

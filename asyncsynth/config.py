@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .engine.batch import BatchSettings, check_batch
+from .engine.cost import Price, check_price
 from .engine.errors import ConfigError
 from .engine.retry import (
     DEFAULT_DEADLINE,
@@ -175,6 +177,12 @@ class EndpointConfig:
     transport: str = "aiohttp"
     n_ctx: int = 2048
     params: Mapping[str, Any] = field(default_factory=dict)
+    price: Price | None = None
+    """USD per million tokens; None: cost unknown (never guessed)."""
+    max_cost: float | None = None
+    max_tokens_total: int | None = None
+    batch: BatchSettings | None = None
+    """Answer through the Batch API (``/v1/files`` + ``/v1/batches``); None: online only."""
 
     def api_key(self) -> str | None:
         """The key, read from the environment at use; it is never stored in config."""
@@ -202,6 +210,9 @@ class EngineSettings:
     backoff_base: float = INITIAL_BACKOFF
     backoff_max: float = MAX_BACKOFF
     journal: bool = True
+    max_cost: float | None = None
+    """USD the whole job (earlier runs of its journal included) may spend at most."""
+    max_tokens_total: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +284,10 @@ _ENDPOINT_SPEC: dict[str, Check] = {
     "transport": _string(choices=TRANSPORTS),
     "n_ctx": POSITIVE_INT,
     "params": check_params,
+    "price": check_price,
+    "max_cost": NON_NEGATIVE,
+    "max_tokens_total": POSITIVE_INT,
+    "batch": check_batch,
 }
 
 _ENGINE_SPEC: dict[str, Check] = {
@@ -281,6 +296,8 @@ _ENGINE_SPEC: dict[str, Check] = {
     "backoff_base": NON_NEGATIVE,
     "backoff_max": NON_NEGATIVE,
     "journal": BOOLEAN,
+    "max_cost": NON_NEGATIVE,
+    "max_tokens_total": POSITIVE_INT,
 }
 
 PIPELINE_SECTIONS = ("gra", "s3")

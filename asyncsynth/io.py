@@ -25,7 +25,17 @@ import orjson
 from .config import PARAM_KEYS, ConfigError, check_params
 from .engine import InputError, Request, Result
 
-_RESERVED = ("completion", "finish_reason", "usage", "model", "latency_s", "attempts", "error")
+_RESERVED = (
+    "completion",
+    "finish_reason",
+    "usage",
+    "model",
+    "latency_s",
+    "attempts",
+    "error",
+    "cost_usd",
+    "first_cost_usd",
+)
 
 
 def _messages(value: Any, where: str) -> list[dict[str, Any]]:
@@ -147,8 +157,12 @@ def output_row(result: Result) -> dict[str, Any]:
     row["model"] = result.model
     row["latency_s"] = round(result.latency_s, 4)
     row["attempts"] = result.attempts
+    row["cost_usd"] = result.cost  # None: the endpoint has no price
+    if result.batch:
+        row["batch"] = True
     if result.cached:
         row["cached"] = True
+        row["first_cost_usd"] = result.first_cost
     return row
 
 

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 import anyio
 
 from .engine import Engine
+from .engine.cost import usd
 
 REFRESH_SECONDS = 0.2
 
@@ -39,8 +40,25 @@ def progress_line(engine: Engine, width: int = 24) -> str:
     cached = f" cached {t.cached}" if t.cached else ""
     return (
         f"{head} {rate:,.0f} req/s {tokens:,.0f} tok/s retries {t.retries} "
-        f"errors {t.failed}{cached} {_duration(elapsed)}{tail}"
+        f"errors {t.failed}{cached}{cost_part(engine)} {_duration(elapsed)}{tail}"
     )
+
+
+def cost_part(engine: Engine) -> str:
+    """`` $0.42 (-> $1.30)``: spent and projected, when a price is known; batches waited on."""
+    t = engine.totals
+    costs = engine.ledger.summary(t.done, t.total)
+    part = ""
+    if costs["spent_usd"] is not None:
+        projected = costs["projected_usd"]
+        part = f" {usd(costs['spent_usd'])}" + (f" (-> {usd(projected)})" if projected else "")
+    if engine.ledger.waiting:
+        part += f" budget wait {engine.ledger.waiting}"
+    if (batches := engine.batches) is not None and (state := batches.state())["batches"]:
+        done = sum(b["completed"] for b in state["batches"])
+        total = sum(b["total"] for b in state["batches"])
+        part += f" batches {len(state['batches'])} ({done}/{total})"
+    return part
 
 
 class ProgressBar:
@@ -82,7 +100,11 @@ def summary(engine: Engine) -> dict[str, Any]:
         "tokens_in": t.tokens_in,
         "tokens_out": t.tokens_out,
         "req_per_s": round(t.done / wall, 2) if wall > 0 else None,
-        "endpoints": [ep.stats.to_dict() for ep in engine.endpoints.values()],
+        "cost": engine.ledger.summary(t.done, t.total),
+        "endpoints": [
+            {**ep.stats.to_dict(), "cost_usd": engine.ledger.endpoint_cost(name)}
+            for name, ep in engine.endpoints.items()
+        ],
     }
 
 
@@ -100,6 +122,7 @@ def format_summary(data: dict[str, Any]) -> str:
         "failed",
         "tok in",
         "tok out",
+        "cost",
         "p50",
         "p95",
         "p99",
@@ -115,6 +138,7 @@ def format_summary(data: dict[str, Any]) -> str:
                 f"{ep['failures']:,}",
                 f"{ep['tokens_in']:,}",
                 f"{ep['tokens_out']:,}",
+                usd(ep.get("cost_usd")),
                 ms(ep["latency_p50"]),
                 ms(ep["latency_p95"]),
                 ms(ep["latency_p99"]),
@@ -133,4 +157,25 @@ def format_summary(data: dict[str, Any]) -> str:
         f"{data['requests']:,} requests in {_duration(data['wall_s'])} "
         f"({data['req_per_s'] or 0:,.1f} req/s), {data['failed']:,} failed{cached}"
     )
+    if (cost := data.get("cost")) is not None:
+        lines.append(format_cost(cost))
     return "\n".join(lines)
+
+
+def format_cost(cost: dict[str, Any]) -> str:
+    """``cost: $1.23 spent (batch $0.40); cached: 4,000 answers, $0 now, $1.20 when first made``."""
+    spent = cost["spent_usd"]
+    parts = [f"cost: {usd(spent)} spent" if spent is not None else "cost: unknown (no price)"]
+    if spent is not None and cost["batch_usd"]:
+        parts[0] += f" (batch {usd(cost['batch_usd'])})"
+    if spent is not None and cost["unknown_answers"]:
+        parts[0] += f" + {cost['unknown_answers']:,} answers at an unknown price"
+    if cost["before_usd"]:
+        parts.append(f"{usd(cost['before_usd'] + (spent or 0))} on this job in all")
+    if (projected := cost["projected_usd"]) is not None and spent is not None and projected > spent:
+        parts.append(f"{usd(projected)} projected for the whole job")
+    cached = cost["cached"]
+    if cached["answers"]:
+        first = usd(cached["first_usd"]) if not cached["unknown"] else "unknown"
+        parts.append(f"cached: {cached['answers']:,} answers, $0 now, {first} when first made")
+    return "; ".join(parts)

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import anyio
 
 from .config import Config
-from .engine import Engine, InputError, Journal, Request
+from .engine import BudgetExceeded, Engine, InputError, Journal, Request
 from .engine.journal import journal_path_for
 from .io import JsonlWriter, count_lines, error_row, input_error_row, output_row, read_requests
 from .progress import ProgressBar, summary
@@ -31,11 +31,13 @@ class RunReport:
     failed: int = 0
     bad_lines: int = 0
     interrupted: bool = False
+    budget: BudgetExceeded | None = None
+    """Set when a cap stopped the run (what was answered is written; re-run to go on)."""
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not (self.failed or self.bad_lines or self.interrupted)
+        return not (self.failed or self.bad_lines or self.interrupted or self.budget)
 
 
 def errors_path_for(output: str | os.PathLike[str]) -> Path:
@@ -57,7 +59,8 @@ async def run_file(
     """Answer every request in ``input_path``; write answers, errors, and return a report.
 
     Cancelling it (Ctrl-C) stops cleanly: the journal and output hold exactly the
-    answers received, and running it again resumes.
+    answers received, and running it again resumes. A budget cap reached stops it the
+    same way, with ``report.budget`` set.
     """
     for name in config.role(role):  # refuse what cannot run before touching any file
         ep = config.endpoints[name]
@@ -84,8 +87,7 @@ async def run_file(
         async with Engine(config, journal=journal) as engine:
             totals = engine.totals
             bar = ProgressBar(engine, stream=stream, enabled=progress)
-            if bar.enabled:
-                totals.total = count_lines(input_path)
+            totals.total = count_lines(input_path)  # for the ETA and the cost projection
 
             def on_bad_line(error: InputError, raw: bytes) -> None:
                 report.bad_lines += 1
@@ -113,6 +115,8 @@ async def run_file(
                             report.failed += 1
                             errors.write(error_row(result))
                     tg.cancel_scope.cancel()
+            except BudgetExceeded as exc:
+                report.budget = exc
             except anyio.get_cancelled_exc_class():
                 report.interrupted = True
                 raise

@@ -1,9 +1,13 @@
 """The request engine: knows endpoints, limits, retries and journals; nothing of GRA or S3."""
 
+from .batch import BatchSettings
 from .client import Completion, Transport
+from .cost import Ledger, Price
 from .engine import Engine, Request, Result, Totals
 from .errors import (
     AsyncsynthError,
+    BatchError,
+    BudgetExceeded,
     ClientError,
     ConfigError,
     ConnectError,
@@ -22,6 +26,9 @@ from .journal import Journal, journal_path_for, request_key
 
 __all__ = [
     "AsyncsynthError",
+    "BatchError",
+    "BatchSettings",
+    "BudgetExceeded",
     "ClientError",
     "Completion",
     "ConfigError",
@@ -31,7 +38,9 @@ __all__ = [
     "Engine",
     "InputError",
     "Journal",
+    "Ledger",
     "MalformedResponse",
+    "Price",
     "RateLimited",
     "Request",
     "RequestError",

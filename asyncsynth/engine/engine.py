@@ -24,8 +24,10 @@ import anyio
 import anyio.abc
 import orjson
 
+from .batch import BatchRunner
 from .client import Completion, Transport, make_transport
-from .errors import DeadlineExceeded, RateLimited, RequestError
+from .cost import Hold, Ledger
+from .errors import BudgetExceeded, ConfigError, DeadlineExceeded, RateLimited, RequestError
 from .fleet import EndpointState, Fleet
 from .journal import Journal, request_key
 from .retry import retrying, wait_for
@@ -75,6 +77,12 @@ class Result:
     error: RequestError | None = None
     key: bytes | None = None
     """The journal key, when the engine keeps a journal."""
+    cost: float | None = None
+    """USD this answer cost in this run (0 from the journal; None: the price is unknown)."""
+    first_cost: float | None = None
+    """For an answer from the journal: what it cost when it was first made."""
+    batch: bool = False
+    """Answered through the Batch API."""
 
     @property
     def ok(self) -> bool:
@@ -127,6 +135,10 @@ class Engine:
         self._body_params: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self.ledger = Ledger.for_config(config)
+        """What the job spent and holds in flight; its caps (``max_cost``, ``max_tokens_total``)."""
+        self.batches: BatchRunner | None = None
+        """Batch API mode, when an endpoint uses it or the journal holds running batches."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -138,6 +150,12 @@ class Engine:
                 journal = self._journal_arg
                 self.journal = journal if isinstance(journal, Journal) else Journal(journal)
                 stack.callback(self.journal.close)
+                self.ledger.resume(self.journal.spent())
+                if self.journal.batch_held() or any(
+                    ep.batch is not None for ep in self.config.endpoints.values()
+                ):
+                    self.batches = BatchRunner(self, self.journal)
+                    stack.push_async_callback(self.batches.aclose)
             stack.push_async_callback(self._close_transports)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._tg.cancel_scope.cancel)
@@ -183,7 +201,14 @@ class Engine:
                 states = [await self._endpoint(name) for name in names]
                 tg = self._tg
                 assert tg is not None
-                self._fleets[role] = Fleet(role or names[0], states, tg.start_soon)
+                fleet = self._fleets[role] = Fleet(role or names[0], states, tg.start_soon)
+                if self.batches is not None:
+                    self.batches.serve(fleet)
+                elif any(ep.config.batch is not None for ep in states):
+                    raise ConfigError(
+                        f"role {role or names[0]!r} uses the Batch API, which keeps its batches "
+                        "in the journal: give the engine a journal (not --no-cache)"
+                    )
         return self._fleets[role]
 
     async def _endpoint(self, name: str) -> EndpointState:
@@ -236,11 +261,22 @@ class Engine:
         key = self.key(request, fleet)
         hit = journal.get(key)
         if hit is not None:
-            self.totals.cached += 1
-            result = self._result(request, hit, None, 0.0, 0, cached=True)
+            result = self._cached(request, hit)
+        elif (batches := self.batches) is not None and (
+            fleet in batches.fleets or batches.holding(key)
+        ):
+            result = await batches.complete(request, key, fleet)
         else:
             result = await self._send(request, fleet)
         result.key = key
+        return result
+
+    def _cached(self, request: Request, hit: Completion) -> Result:
+        """A journal answer: it costs nothing now (``first_cost``: what it cost when made)."""
+        self.totals.cached += 1
+        self.ledger.from_journal(hit.cost)
+        result = self._result(request, hit, None, 0.0, 0, cached=True)
+        result.cost, result.first_cost, result.batch = 0.0, hit.cost, hit.batch
         return result
 
     async def _send(self, request: Request, fleet: Fleet) -> Result:
@@ -290,10 +326,13 @@ class Engine:
         tokens = 0.0
         stats = ep.stats
         stats.attempts += 1
+        hold: Hold | None = None
         if retry:  # counted when sent: a last failed attempt is not followed by a retry
             stats.retries += 1
             self.totals.retries += 1
         try:
+            if self.ledger.capped:  # the worst case is held until it is answered or fails
+                hold = await self.ledger.reserve(ep.name, *self._worst_case(ep, request))
             now = time.monotonic()
             if ep.rpm is not None or ep.tpm is not None or ep.paused_until > now:
                 if ep.tpm is not None:
@@ -318,6 +357,7 @@ class Engine:
             usage = completion.usage
             if ep.tpm is not None and (used := usage["prompt_tokens"] + usage["completion_tokens"]):
                 ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
+            completion.cost = self.ledger.charge(ep.name, usage)
             return completion, ep, latency
         except RequestError as exc:
             error = exc
@@ -331,7 +371,18 @@ class Engine:
                     ep.pause(wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max))
             raise
         finally:
+            if hold is not None:
+                self.ledger.release(hold)
             fleet.release(ep, error, latency)
+
+    def _worst_case(
+        self, ep: EndpointState, request: Request, *, batch: bool = False
+    ) -> tuple[float, float]:
+        """(USD, tokens) ``request`` may cost at most on ``ep``: what a budget holds for it."""
+        prompt, completion = token_estimate(request, self._body_params[ep.name][0])
+        return self.ledger.worst_case(
+            ep.name, prompt, len(request.messages), completion, batch=batch
+        )
 
     def _body(self, ep: EndpointState, request: Request) -> bytes:
         params, extra = self._body_params[ep.name]
@@ -354,6 +405,7 @@ class Engine:
         attempts: int,
         *,
         cached: bool = False,
+        batch: bool = False,
     ) -> Result:
         usage = completion.usage
         totals = self.totals
@@ -363,7 +415,8 @@ class Engine:
             stats.requests += 1
             stats.tokens_in += usage["prompt_tokens"]
             stats.tokens_out += usage["completion_tokens"]
-            stats.latency.add(latency)
+            if not batch:  # hours in a batch say nothing of the endpoint's latency
+                stats.latency.add(latency)
             totals.tokens_in += usage["prompt_tokens"]
             totals.tokens_out += usage["completion_tokens"]
         return Result(
@@ -376,6 +429,8 @@ class Engine:
             latency,
             attempts,
             cached,
+            cost=completion.cost,
+            batch=batch,
         )
 
     def _failed(self, request: Request, error: RequestError, attempts: int) -> Result:
@@ -387,15 +442,27 @@ class Engine:
         return Result(request, endpoint=error.endpoint or None, attempts=attempts, error=error)
 
     def _record(self, results: list[Result]) -> None:
-        """Journal the fresh successes among ``results``, durably, before anyone sees them."""
+        """Journal the fresh successes among ``results``, durably, before anyone sees them.
+
+        Batch answers are journaled as their batch is downloaded, not here.
+        """
         journal = self.journal
         if journal is None:
             return
-        journal.record(
-            (r.key, Completion(r.completion, r.finish_reason, r.usage or {}, r.model))
-            for r in results
-            if r.error is None and not r.cached and r.key is not None
-        )
+        answers = []
+        spend: dict[str, tuple[float, int]] = {}
+        for r in results:
+            if r.error is None and not r.cached and not r.batch and r.key is not None:
+                usage = r.usage or {}
+                made = Completion(r.completion, r.finish_reason, usage, r.model, r.cost)
+                answers.append((r.key, made))
+                if r.endpoint is not None:
+                    cost, tokens = spend.get(r.endpoint, (0.0, 0))
+                    spend[r.endpoint] = (
+                        cost + (r.cost or 0.0),
+                        tokens + usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
+                    )
+        journal.record(answers, spend=spend)
 
     # -- many requests --------------------------------------------------------------------------
 
@@ -419,7 +486,12 @@ class Engine:
         done = anyio.Event()
         failure: list[BaseException] = []
         assert self._tg is not None
-        self._tg.start_soon(self._run_workers, requests, fleet, workers, send, scope, done, failure)
+        if (batches := self.batches) is not None and fleet in batches.fleets:
+            self._tg.start_soon(batches.feed, requests, fleet, send, scope, done, failure)
+        else:
+            self._tg.start_soon(
+                self._run_workers, requests, fleet, workers, send, scope, done, failure
+            )
         try:
             async with receive:
                 if self.journal is None:
@@ -487,7 +559,7 @@ class Engine:
                 async with send, anyio.create_task_group() as tg:
                     pull = _puller(requests)
                     for _ in range(workers):
-                        tg.start_soon(self._worker, pull, fleet, send)
+                        tg.start_soon(self._worker, pull, fleet, send, failure)
         except Exception as exc:  # a bug or a failing input iterator: surface it in map()
             while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
                 exc = exc.exceptions[0]  # as raised, not wrapped by the workers' task group
@@ -496,14 +568,23 @@ class Engine:
             done.set()
 
     async def _worker(
-        self, pull: Any, fleet: Fleet, send: anyio.abc.ObjectSendStream[Result]
+        self,
+        pull: Any,
+        fleet: Fleet,
+        send: anyio.abc.ObjectSendStream[Result],
+        failure: list[BaseException],
     ) -> None:
         execute = self._execute
         while True:
             request = await pull()
             if request is _END:
                 return
-            result = await execute(request, fleet)
+            try:
+                result = await execute(request, fleet)
+            except BudgetExceeded as exc:  # the others finish what they sent; map() raises it
+                if not failure:
+                    failure.append(exc)
+                return
             try:
                 try:  # usually there is room: hand it over without another pass of the loop
                     send.send_nowait(result)
@@ -561,3 +642,13 @@ def _estimate_tokens(request: Request, params: dict[str, Any]) -> float:
             chars += len(orjson.dumps(content))
     max_tokens = request.params.get("max_tokens") or params.get("max_tokens")
     return chars / 4 + (max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE)
+
+
+def token_estimate(request: Request, params: dict[str, Any]) -> tuple[float, int]:
+    """The engine's token estimate of ``request``, split: (prompt tokens, completion budget).
+
+    ``params`` are the endpoint's request params (for its ``max_tokens``).
+    """
+    completion = request.params.get("max_tokens") or params.get("max_tokens")
+    budget = int(completion or DEFAULT_MAX_TOKENS_ESTIMATE)
+    return _estimate_tokens(request, params) - budget, budget

@@ -54,6 +54,7 @@ _ACCEPT_BATCH = 64
 _DEFAULT_MAX_TOKENS = 16
 _CHAT_PATHS = frozenset({b"/v1/chat/completions", b"/chat/completions"})
 _MODEL_PATHS = frozenset({b"/v1/models", b"/models"})
+_BATCH_PREFIXES = (b"/v1/files", b"/files", b"/v1/batches", b"/batches")
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 _RANDOM_ERRORS = (500, 502, 503)
 _MALFORMED_BODY = b'{"id": "chatcmpl-sim", "object": "chat.completion", "choices": [{"ind'
@@ -110,6 +111,8 @@ class SimConfig:
     reply: ReplyHook | None = None
     """Scripted replies; called on the server's event loop, after rate limits and faults."""
     record: bool = False
+    batch: Any = None
+    """The Files and Batches API's settings: a ``SimBatchConfig`` or its fields as a dict."""
 
     def __post_init__(self) -> None:
         if self.latency < 0 or self.jitter < 0:
@@ -432,6 +435,10 @@ class SimServer:
         self._rpm: _Bucket | None = None
         self._tpm: _Bucket | None = None
         self._reset_buckets()
+        from .sim_batch import BatchSim
+
+        self.batches = BatchSim(self, self.config.batch)
+        """The Files and Batches API (``/v1/files``, ``/v1/batches``): see ``sim_batch``."""
 
     @property
     def url(self) -> str:
@@ -666,6 +673,8 @@ class SimServer:
         path = target.partition(b"?")[0]
         if path in _CHAT_PATHS and method == b"POST":
             return self._chat(path, body, keep_alive)
+        if path.startswith(_BATCH_PREFIXES):
+            return self.batches.handle(method, target, bytes(body), keep_alive)
         if path in _MODEL_PATHS and method == b"GET":
             models = {"object": "list", "data": [{"id": self.config.model, "object": "model"}]}
             return _answer(200, orjson.dumps(models), keep_alive, admitted=False, counted=False)
