@@ -106,17 +106,18 @@ async def run_file(
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(bar.run)
-                    async for result in engine.map(
-                        counted(read_requests(input_path, on_bad_line)), role=role
-                    ):
-                        if result.ok:
-                            out.write(output_row(result))
-                        else:
-                            report.failed += 1
-                            errors.write(error_row(result))
+                    try:
+                        async for result in engine.map(
+                            counted(read_requests(input_path, on_bad_line)), role=role
+                        ):
+                            if result.ok:
+                                out.write(output_row(result))
+                            else:
+                                report.failed += 1
+                                errors.write(error_row(result))
+                    except BudgetExceeded as exc:  # what was in flight is in: stop like Ctrl-C
+                        report.budget = exc
                     tg.cancel_scope.cancel()
-            except BudgetExceeded as exc:
-                report.budget = exc
             except anyio.get_cancelled_exc_class():
                 report.interrupted = True
                 raise

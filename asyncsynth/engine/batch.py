@@ -471,15 +471,15 @@ class BatchRunner:
 
         async def deliver(result: Result | BudgetExceeded) -> None:
             nonlocal outstanding, room
-            outstanding -= 1
-            room.set()
-            room = anyio.Event()
             if isinstance(result, BudgetExceeded):
                 if not failure:
                     failure.append(result)
-            else:
+            else:  # (the stream is closed only when the map was left early)
                 with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                     await send.send(result)
+            outstanding -= 1  # only once it is in the stream: the feed then may close it
+            room.set()
+            room = anyio.Event()
             if fed and not outstanding:
                 finished.set()
 
