@@ -663,16 +663,46 @@ def endpoints_check(as_json: bool, **kw: Any) -> None:
     "--malformed-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of broken bodies."
 )
 @click.option("--seed", type=int, help="Seed for reproducible faults and jitter.")
-def sim(host: str, port: int, **settings: Any) -> None:
+@click.option(
+    "--batch-time",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Seconds a batch of the Batch API (/v1/batches) takes to answer.",
+)
+@click.option(
+    "--batch-error-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Share of batch lines answered with a 500.",
+)
+@click.option(
+    "--batch-expire-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Share of batches that expire with half their lines answered.",
+)
+def sim(
+    host: str,
+    port: int,
+    batch_time: float,
+    batch_error_rate: float,
+    batch_expire_rate: float,
+    **settings: Any,
+) -> None:
     """Serve a simulated OpenAI-compatible endpoint (echoes the last user message).
 
     For trying asyncsynth, tests and benchmarks: configurable latency, capacity,
-    rate limits and faults. Stop it with Ctrl-C.
+    rate limits and faults, and the Files + Batches API. Stop it with Ctrl-C.
     """
     from .testing.sim import SimConfig, serve
 
+    batch = {
+        "processing_time": batch_time,
+        "line_error_rate": batch_error_rate,
+        "expire_rate": batch_expire_rate,
+    }
     try:
-        config = SimConfig(**settings)
+        config = SimConfig(**settings, batch=batch)
     except ValueError as exc:
         raise ConfigProblem(str(exc)) from None
 
