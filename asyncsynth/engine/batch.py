@@ -108,6 +108,9 @@ class BatchSettings:
     """Batches a request may be in; after that it is sent online."""
     delete_files: bool = True
     """Delete the batch's files at the provider (and here) once its answers are in the journal."""
+    max_pending: int = 200_000
+    """Requests of a ``map`` waiting for batches at once (about 1 KB of memory each); the
+    input is read on as they are answered. 200,000: four full files in flight."""
 
 
 def check_batch(value: Any, where: str) -> BatchSettings | None:
@@ -131,6 +134,7 @@ def check_batch(value: Any, where: str) -> BatchSettings | None:
         "online_tail": _non_negative_int,
         "max_attempts": POSITIVE_INT,
         "delete_files": BOOLEAN,
+        "max_pending": POSITIVE_INT,
     }
     return BatchSettings(**check_table(value, spec, where))
 
@@ -340,11 +344,36 @@ class _Item:
 
     key: bytes
     fleet: Fleet
-    waiters: list[tuple[Request, Deliver]]
+    waiters: list[tuple[Request | bytes, Deliver]]
+    """(request, or the request packed by :func:`_pack`; who gets its result)."""
     attempts: int = 0
     """Batches it has been in (earlier runs included)."""
     hold: Hold | None = None
     since: float = field(default_factory=time.monotonic)
+
+    @property
+    def request(self) -> Request:
+        return _unpack(self.waiters[0][0])
+
+
+def _pack(request: Request) -> Request | bytes:
+    """A request waiting hours for its batch, in a fifth of the memory (when it is JSON)."""
+    try:
+        packed = orjson.dumps(
+            [request.messages, request.params, request.id, request.meta, request.sample]
+        )
+    except TypeError:  # meta holding objects: kept as it is
+        return request
+    return bytes(memoryview(packed))  # orjson's own result holds a 4 KB buffer whatever its size
+
+
+def _unpack(packed: Request | bytes) -> Request:
+    if isinstance(packed, bytes):
+        from .engine import Request
+
+        messages, params, ident, meta, sample = orjson.loads(packed)
+        return Request(messages, params, ident, meta, sample)
+    return packed
 
 
 @dataclass(slots=True, eq=False)
@@ -463,7 +492,7 @@ class BatchRunner:
         """``Engine.map`` over a batch fleet: results go to ``send`` as batches answer."""
         engine = self.engine
         journal = self.journal
-        limit = 2 * max(self.settings(ep.name).max_requests for ep in self._batch_eps(fleet))
+        limit = max(self.settings(ep.name).max_pending for ep in self._batch_eps(fleet))
         outstanding = 0
         fed = False
         room = anyio.Event()
@@ -499,7 +528,7 @@ class BatchRunner:
                                 await room.wait()
                             outstanding += 1
                             try:
-                                await self.submit(request, key, fleet, deliver)
+                                await self.submit(request, key, fleet, deliver, pack=True)
                             except BaseException:
                                 outstanding -= 1
                                 raise
@@ -516,13 +545,20 @@ class BatchRunner:
         finally:
             done.set()
 
-    async def submit(self, request: Request, key: bytes, fleet: Fleet, deliver: Deliver) -> None:
-        """Queue ``request`` for a batch, or attach it to the batch that already holds it."""
+    async def submit(
+        self, request: Request, key: bytes, fleet: Fleet, deliver: Deliver, *, pack: bool = False
+    ) -> None:
+        """Queue ``request`` for a batch, or attach it to the batch that already holds it.
+
+        With ``pack`` (a map's requests), it waits packed: its result then carries an equal
+        copy of it rather than the object itself.
+        """
+        kept = _pack(request) if pack else request
         item = self._items.get(key)
         if item is not None:  # the same request twice in one job: one line, both answered
-            item.waiters.append((request, deliver))
+            item.waiters.append((kept, deliver))
             return
-        item = _Item(key, fleet, [(request, deliver)])
+        item = _Item(key, fleet, [(kept, deliver)])
         held = self.journal.batch_holding(key) if self._held_before else None
         ledger = self.engine.ledger
         if held is not None:  # an earlier run submitted it: wait for that batch
@@ -548,7 +584,7 @@ class BatchRunner:
                 self._flush_now(fleet)  # what is queued holds budget: let it go and come back
                 await ledger.changed()
         self._items[key] = item
-        self._enqueue(ep, item)
+        self._enqueue(ep, item, request)
 
     # -- queues and files --------------------------------------------------------------------------
 
@@ -567,9 +603,9 @@ class BatchRunner:
 
         return min(self._batch_eps(fleet), key=load)
 
-    def _enqueue(self, ep: EndpointState, item: _Item) -> None:
+    def _enqueue(self, ep: EndpointState, item: _Item, request: Request | None = None) -> None:
         """Add the item's batch line to the endpoint's queue; cut a file when it is full."""
-        body = self.engine._body(ep, item.waiters[0][0])
+        body = self.engine._body(ep, request or item.request)
         line = b'{"custom_id":"%s","method":"POST","url":"%s","body":%s}\n' % (
             item.key.hex().encode(),
             CHAT_URL.encode(),
@@ -656,7 +692,7 @@ class BatchRunner:
         ledger = self.engine.ledger
         state = self.engine.endpoints.get(live.endpoint)
         if ledger.capped and state is not None:  # already paid for: held whatever the caps say
-            cost, tokens = self.engine._worst_case(state, item.waiters[0][0], batch=True)
+            cost, tokens = self.engine._worst_case(state, item.request, batch=True)
             item.hold = ledger.hold(live.endpoint, cost, tokens)
 
     # -- one batch, from file to answers -----------------------------------------------------------
@@ -857,8 +893,7 @@ class BatchRunner:
             self._release_hold(item)
             self._items.pop(key, None)
             latency = time.monotonic() - item.since
-            request = item.waiters[0][0]
-            result = engine._result(request, completion, state, latency, 1, batch=True)
+            result = engine._result(item.request, completion, state, latency, 1, batch=True)
             await self._hand_over(item, result)
 
     # -- what a batch did not answer ---------------------------------------------------------------
@@ -901,7 +936,7 @@ class BatchRunner:
             error_copy = BatchError(
                 error.message, code=error.code, retryable=error.retryable, endpoint=error.endpoint
             )
-            await deliver(self.engine._failed(request, error_copy, item.attempts))
+            await deliver(self.engine._failed(_unpack(request), error_copy, item.attempts))
 
     def _release_hold(self, item: _Item) -> None:
         if item.hold is not None:
@@ -924,7 +959,7 @@ class BatchRunner:
         engine = self.engine
         async with receive:
             async for item in receive:
-                request = item.waiters[0][0]
+                request = item.request
                 try:
                     result: Result | BudgetExceeded = await engine._send(request, item.fleet)
                 except BudgetExceeded as exc:
@@ -944,7 +979,7 @@ class BatchRunner:
         for other, waiter in others:  # the same request asked twice in one job: one answer
             self.engine.totals.done += 1
             twin = dataclasses.replace(
-                result, request=other, cached=True, cost=0.0, first_cost=result.cost
+                result, request=_unpack(other), cached=True, cost=0.0, first_cost=result.cost
             )
             await waiter(twin)
 
