@@ -419,6 +419,9 @@ class BatchRunner:
         self._queues: dict[str, _Queue] = {}
         self._clients: dict[str, BatchClient] = {}
         self._online: dict[Fleet, anyio.abc.ObjectSendStream[_Item]] = {}
+        self._round = 0
+        self._first_round = 0
+        """Batch requests held under a cap in this round, and in the first (see _reserve_round)."""
         self.refused: dict[str, RequestError] = {}
         """Endpoints whose Batch API refused a batch: this run goes on online there."""
         self._held_before = journal.batch_held()
@@ -572,19 +575,37 @@ class BatchRunner:
             return
         ep = self._pick(fleet)
         if ledger.capped:
-            cost, tokens = self.engine._worst_case(ep, request, batch=True)
-            while True:
-                reserved = ledger.try_reserve(ep.name, cost, tokens)
-                if isinstance(reserved, Hold):
-                    item.hold = reserved
-                    break
-                if ledger.reached is not None or not ledger.holds:
-                    ledger.stop(reserved)
-                    raise reserved
-                self._flush_now(fleet)  # what is queued holds budget: let it go and come back
-                await ledger.changed()
+            item.hold = await self._reserve_round(ep, request, fleet)
         self._items[key] = item
         self._enqueue(ep, item, request)
+
+    async def _reserve_round(self, ep: EndpointState, request: Request, fleet: Fleet) -> Hold:
+        """Hold a batch request's worst case under the caps, in rounds.
+
+        Worst cases come back smaller than held, but only when a batch ends, hours later:
+        so once the caps are full, what is queued is sent and, when every hold is back,
+        the next round fills what the caps allow again. Rounds end (the cap is reached)
+        when one holds less than a tenth of the first: the rest would trickle for days.
+        """
+        ledger = self.engine.ledger
+        cost, tokens = self.engine._worst_case(ep, request, batch=True)
+        while True:
+            reserved = ledger.try_reserve(ep.name, cost, tokens)
+            if isinstance(reserved, Hold):
+                self._round += 1
+                return reserved
+            first = self._first_round = self._first_round or self._round
+            if ledger.reached is not None or not ledger.holds or self._round < first / 10:
+                ledger.stop(reserved)
+                raise reserved
+            self._flush_now(fleet)  # the round is full: send it, then wait for all of it
+            while ledger.holds and ledger.reached is None:
+                ledger.waiting += 1
+                try:
+                    await ledger.changed()
+                finally:
+                    ledger.waiting -= 1
+            self._round = 0
 
     # -- queues and files --------------------------------------------------------------------------
 
