@@ -259,6 +259,9 @@ async def test_a_batch_job_holds_its_worst_case_under_the_cap_too(
     assert 0 < len(rows) < 300 and all(r["batch"] for r in rows)
     assert sum(r["cost_usd"] for r in rows) <= 0.001
     assert sum(sim.batches.log.submitted.values()) == len(rows)  # only what fit was submitted
+    # In rounds: what fits is sent at once, and the next round waits for all of it.
+    sizes = [len(sim.batches.batches[b].lines) for b in sim.batches.log.created]
+    assert sizes[0] == 50 and sizes[2] < sizes[0] + sizes[1] and len(sizes) <= 10, sizes
 
 
 # -- estimates ----------------------------------------------------------------------------------
