@@ -779,6 +779,7 @@ class _EventPrinter:
 )
 @click.option("--seed-data", help="Seed JSONL file or hf:NAME[:SPLIT] (default: gra.seed_data).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
+@budget_options
 def gra(
     config_path: str,
     target: int | None,
@@ -788,6 +789,7 @@ def gra(
     round_size: int | None,
     seed_data: str | None,
     quiet: bool,
+    **caps: Any,
 ) -> None:
     """GRA synthesis: a committee of LLMs generates, reviews and adjudicates samples.
 
@@ -799,7 +801,7 @@ def gra(
     from .progress import format_summary
 
     try:
-        config = load_config(config_path)
+        config = with_budget(load_config(config_path), caps)
         settings = GraSettings.from_config(config).with_overrides(
             target=target, seed=seed, mode=mode, round_size=round_size, seed_data=seed_data
         )
@@ -850,7 +852,15 @@ def gra(
 )
 @click.option("--rounds", type=click.IntRange(min=0), help="Overrides s3.rounds.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines and no summary.")
-def s3(config_path: str, out_dir: str, review: str | None, rounds: int | None, quiet: bool) -> None:
+@budget_options
+def s3(
+    config_path: str,
+    out_dir: str,
+    review: str | None,
+    rounds: int | None,
+    quiet: bool,
+    **caps: Any,
+) -> None:
     """S3: synthesize a seed set with rationales, then extrapolate a student's errors.
 
     Trains a local student (needs asyncsynth[student]) on the synthetic data, asks the LLM
@@ -863,7 +873,7 @@ def s3(config_path: str, out_dir: str, review: str | None, rounds: int | None, q
     from .pipelines.s3.report import describe, format_report
 
     try:
-        config = load_config(config_path)
+        config = with_budget(load_config(config_path), caps)
         settings = load_s3_settings(config)
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None

@@ -326,3 +326,44 @@ def test_dry_run_prints_the_estimate_and_sends_nothing(sim: SimServer, tmp_path:
     assert batch.exit_code == 0, batch.output
     data = orjson.loads(batch.output)
     assert data["endpoints"][0]["batch_files"] == 1 and data["completion_window"] == "24h"
+
+
+@pytest.mark.anyio
+async def test_a_cost_cap_over_an_endpoint_without_a_price_is_refused(sim: SimServer) -> None:
+    config = config_from_dict(
+        {"endpoints": {"a": {"base_url": sim.url, "model": "m"}}, "engine": {"max_cost": 1.0}}
+    )
+    async with Engine(config) as engine:
+        with pytest.raises(ConfigError, match=r"endpoints\.a: a max_cost applies .* no price"):
+            await engine.complete(Request.from_prompt("x"))
+    assert sim.stats.requests == 0
+
+
+def test_gra_stops_at_its_cap_with_exit_5_and_goes_on_with_a_higher_one(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    from asyncsynth.testing.gra_pool import GraScript, pool_config
+
+    sim = sim_factory(reply=GraScript())
+    base = pool_config(sim.url)
+    lines = [f"[endpoints.{name}]\nbase_url = \"{sim.url}\"\nmodel = \"{name}\"\n"
+             f"max_concurrency = 16\nadaptive = false\nprice = {{ input = 1.0, output = 2.0 }}\n"
+             for name in base.endpoints]  # fmt: skip
+    config = tmp_path / "gra.toml"
+    config.write_text(
+        "".join(lines)
+        + "[engine]\nbackoff_base = 0.001\nbackoff_max = 0.01\n"
+        + f'[gra]\npool = {list(base.endpoints)!r}\nembedding_model = "none"\n'.replace("'", '"')
+    )
+    out = str(tmp_path / "out")
+    args = ["gra", str(config), "--target", "6", "--out", out, "--seed", "1", "-q"]
+    stopped = CliRunner().invoke(main, [*args, "--max-cost", "0.002"])
+    assert stopped.exit_code == 5, stopped.output
+    assert "budget reached: max_cost = $0.002" in stopped.output
+    with Journal(Path(out) / "gra.journal.sqlite") as journal:
+        spent = sum(cost for cost, _ in journal.spent().values())
+        kept = len(journal)
+    assert 0 < spent <= 0.002 and kept > 0
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    assert "GRA: 6 accepted" in done.output

@@ -194,6 +194,16 @@ class Ledger:
             ledger.endpoints[name] = Spend(max_cost=ep.max_cost, max_tokens=ep.max_tokens_total)
         return ledger
 
+    def check(self, endpoint: str) -> None:
+        """Refuse a cost cap over an endpoint without a price: it could not be enforced."""
+        scope = self.endpoints.get(endpoint)
+        capped = self.job.max_cost is not None or (scope is not None and scope.max_cost is not None)
+        if capped and self.prices.get(endpoint) is None:
+            raise ConfigError(
+                f"endpoints.{endpoint}: a max_cost applies to it but it has no price, so the "
+                "cap could not be enforced: give it price = { input = ..., output = ... }"
+            )
+
     @property
     def capped(self) -> bool:
         """Whether any cap is set (reservations are skipped otherwise)."""

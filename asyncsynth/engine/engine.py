@@ -201,6 +201,8 @@ class Engine:
                 states = [await self._endpoint(name) for name in names]
                 tg = self._tg
                 assert tg is not None
+                for state in states:
+                    self.ledger.check(state.name)
                 fleet = self._fleets[role] = Fleet(role or names[0], states, tg.start_soon)
                 if self.batches is not None:
                     self.batches.serve(fleet)
