@@ -255,6 +255,23 @@ def test_kill_9_at_each_stage_then_resume_submits_each_request_once(
     assert set(_states(tmp_path / "out.jsonl")) <= {"done", "discarded"}
 
 
+@pytest.mark.anyio
+async def test_a_create_whose_answer_is_lost_is_found_not_created_again(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    rows = _rows(tmp_path / "in.jsonl", 20)
+    sim.batches.configure(lose={"create", "upload"})  # done, then answered 500, once each
+    report = await run_file(
+        _config(sim.url), tmp_path / "in.jsonl", tmp_path / "out.jsonl", progress=False
+    )
+    assert report.ok
+    _complete(tmp_path / "out.jsonl", rows)
+    log = sim.batches.log
+    assert log.calls["upload"] == 2  # a lost upload is simply done again (files cost nothing)
+    assert log.calls["create"] == 1 and log.calls["list"] >= 1  # a lost create: found by name
+    assert len(log.created) == 1 and not log.twice() and sim.stats.requests == 0
+
+
 def test_ctrl_c_leaves_submitted_batches_alone_and_a_run_without_batch_waits_for_them(
     sim: SimServer, tmp_path: Path
 ) -> None:

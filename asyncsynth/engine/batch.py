@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import orjson
 
 from .client import Completion, parse_completion, status_error
@@ -224,13 +225,14 @@ class BatchClient:
         return str(orjson.loads(response.content)["id"])
 
     async def create(self, file_id: str, window: str, name: str) -> dict[str, Any]:
+        """Create a batch, in one attempt (a retry could create a second one: see find)."""
         body = {
             "input_file_id": file_id,
             "endpoint": CHAT_URL,
             "completion_window": window,
             "metadata": {"asyncsynth": name},
         }
-        result: dict[str, Any] = await self._json("POST", "/batches", json=body)
+        result: dict[str, Any] = await self._json("POST", "/batches", json=body, attempts=1)
         return result
 
     async def retrieve(self, batch_id: str, *, attempts: int = API_ATTEMPTS) -> dict[str, Any]:
@@ -495,7 +497,10 @@ class BatchRunner:
         """``Engine.map`` over a batch fleet: results go to ``send`` as batches answer."""
         engine = self.engine
         journal = self.journal
-        limit = max(self.settings(ep.name).max_pending for ep in self._batch_eps(fleet))
+        limit = max(
+            (self.settings(ep.name).max_pending for ep in self._batch_eps(fleet)),
+            default=BatchSettings.max_pending,
+        )
         outstanding = 0
         fed = False
         room = anyio.Event()
@@ -535,6 +540,8 @@ class BatchRunner:
                             except BaseException:
                                 outstanding -= 1
                                 raise
+                            if not outstanding % 1024:  # queueing never waits: let others run
+                                await anyio.lowlevel.checkpoint()
                     except BudgetExceeded as exc:
                         failure.append(exc)  # raised by map() once what is in flight is in
                     fed = True
@@ -724,7 +731,6 @@ class BatchRunner:
         client = self._client(live.endpoint)
         row = journal.batch(live.id)
         assert row is not None
-        submitted = row["state"] in ("submitted", "ended")
         try:
             if row["state"] == "written":
                 file_id = await client.upload(Path(row["path"]), Path(row["path"]).name)
@@ -740,52 +746,67 @@ class BatchRunner:
                     self._requeue(list(live.items.values()))
                     return
                 self._submitted(live, created)
-                submitted = True
             row = journal.batch(live.id) or row
             if row["state"] == "submitted":
                 await self._poll(live, client, row)
             await self._collect_answers(live, client)
         except RequestError as exc:
-            self.live.pop(live.id, None)
-            if not submitted:  # the Batch API refused us (unsupported, bad key...): online
-                log.warning(
-                    "the Batch API of %s refused a batch (%s): its requests, and the rest of "
-                    "this run's, are sent online", live.endpoint, exc,
-                )  # fmt: skip
-                self.refused[live.endpoint] = exc
-                journal.batch_release(live.id, "discarded", error=str(exc))
-                for item in live.items.values():
-                    self._go_online(item)
-                return
-            # Submitted and paid for: keep it in the journal for a later run; fail the waiters.
-            log.warning("lost track of batch %s of %s: %s", row["batch_id"], live.endpoint, exc)
-            error = BatchError(
-                f"batch {row['batch_id']} could not be followed ({exc}); it is kept in the "
-                "journal: run again later, or see 'asyncsynth batches status'",
-                code="untracked", retryable=False, endpoint=live.endpoint,
+            self._lost(live, exc)
+
+    def _lost(self, live: _Live, exc: RequestError) -> None:
+        """The Batch API failed us: online if nothing can have been submitted, else wait."""
+        self.live.pop(live.id, None)
+        row = self.journal.batch(live.id)
+        assert row is not None
+        if row["state"] in ("written", "uploaded"):  # never created: nothing is paid for
+            log.warning(
+                "the Batch API of %s refused a batch (%s): its requests go online",
+                live.endpoint, exc,
             )  # fmt: skip
+            if not exc.retryable:  # unsupported, bad key...: the rest of the run goes online too
+                self.refused[live.endpoint] = exc
+            self.journal.batch_release(live.id, "discarded", error=str(exc))
             for item in live.items.values():
-                self._fail(item, error)
+                self._go_online(item)
+            return
+        # Created, or maybe created: never sent again. The journal keeps it for a later run.
+        what = row["batch_id"] or f"{row['name']} (maybe created)"
+        log.warning("lost track of batch %s of %s: %s", what, live.endpoint, exc)
+        error = BatchError(
+            f"batch {what} could not be followed ({exc}); the journal keeps it: run the same "
+            "command again later, or see 'asyncsynth batches status'",
+            code="untracked", retryable=False, endpoint=live.endpoint,
+        )  # fmt: skip
+        for item in live.items.values():
+            self._fail(item, error)
 
     async def _create(
         self, live: _Live, client: BatchClient, row: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """Create the batch, once: an earlier or a failed attempt may have created it."""
+        """Create the batch once: before any new try, look for it by name.
+
+        A create call that failed retryably (a timeout, a dropped connection) may have
+        created it anyway, so it is never simply sent again. ``None``: it does not exist.
+        """
         name = row["name"]
-        if row["state"] == "creating":  # the create call may have reached the provider
+        if row["state"] == "creating":  # an earlier run's create call may have reached it
             return await client.find(name, row["created"])
         self.journal.batch_set(live.id, state="creating")
         window = self.settings(live.endpoint).completion_window
-        try:
-            return await client.create(row["file_id"], window, name)
-        except RequestError as exc:
-            found = await client.find(name, row["created"]) if exc.retryable else None
-            if found is None and exc.retryable:
-                raise
-            if found is None:  # refused outright: nothing was created
-                self.journal.batch_set(live.id, state="uploaded", error=str(exc))
-                raise
-            return found
+        for attempt in range(1, API_ATTEMPTS + 1):
+            try:
+                return await client.create(row["file_id"], window, name)
+            except RequestError as exc:
+                if not exc.retryable:  # refused outright: nothing was created
+                    self.journal.batch_set(live.id, state="uploaded", error=str(exc))
+                    raise
+                if attempt == API_ATTEMPTS:
+                    raise
+                await anyio.sleep(backoff(attempt, base=1.0, cap=30.0))
+                found = await client.find(name, row["created"])
+                if found is not None:
+                    return found
+        raise AssertionError("unreachable")
 
     def _submitted(self, live: _Live, batch: dict[str, Any]) -> None:
         self.journal.batch_set(

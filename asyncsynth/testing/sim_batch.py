@@ -77,12 +77,18 @@ class SimBatchConfig:
     """Every batch stays where it is (status and answered lines) until this is False again."""
     hold: frozenset[str] = frozenset()
     """Calls (of :data:`STAGES`) received and never answered."""
+    lose: frozenset[str] = frozenset()
+    """The next call of these (``upload``, ``create``) is carried out, then answered 500:
+    its answer is lost (once each; later calls are answered)."""
     seed: int | None = None
 
     def __post_init__(self) -> None:
         self.hold = frozenset(self.hold)
+        self.lose = frozenset(self.lose)
         if unknown := self.hold - set(STAGES):
             raise ValueError(f"unknown hold stages {sorted(unknown)}; known: {', '.join(STAGES)}")
+        if unknown := self.lose - {"upload", "create"}:
+            raise ValueError(f"unknown lose stages {sorted(unknown)}; known: upload, create")
         for name in ("line_error_rate", "fail_rate", "expire_rate", "expire_at"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be within 0 and 1")
@@ -240,6 +246,12 @@ class BatchSim:
         self.log.calls[stage] += 1
         return stage in self.config.hold
 
+    def _lose(self, stage: str) -> bool:
+        if stage not in self.config.lose:
+            return False
+        self.config = dataclasses.replace(self.config, lose=self.config.lose - {stage})
+        return True
+
     def _id(self, prefix: str) -> str:
         self._ids += 1
         return f"{prefix}-sim{self._ids:06d}"
@@ -258,6 +270,8 @@ class BatchSim:
         filename, data = fields["file"]
         file = _File(self._id("file"), filename or "upload.jsonl", purpose, data, int(time.time()))
         self.files[file.id] = file
+        if self._lose("upload"):
+            return _lost(keep_alive)
         return _json(200, file.to_dict(), keep_alive)
 
     def _file_object(self, file_id: str, keep_alive: bool) -> _Outcome:
@@ -334,6 +348,8 @@ class BatchSim:
             self.log.submitted[custom_id] += 1
         if self._held("created"):
             return _HOLD
+        if self._lose("create"):
+            return _lost(keep_alive)
         return _json(200, self._object(batch), keep_alive)
 
     def _validate(
@@ -591,6 +607,11 @@ def _json(status: int, data: Any, keep_alive: bool) -> _Outcome:
 def _invalid(message: str, keep_alive: bool) -> _Outcome:
     body = _error_body(400, message)
     return _answer(400, body, keep_alive, admitted=False, counted=False)
+
+
+def _lost(keep_alive: bool) -> _Outcome:
+    body = _error_body(500, "simulated: done, but the answer was lost")
+    return _answer(500, body, keep_alive, admitted=False, counted=False)
 
 
 def _not_found(message: str, keep_alive: bool) -> _Outcome:
