@@ -391,6 +391,20 @@ async def test_an_endpoint_without_a_batch_api_answers_online(
 # -- the hybrid tail, the deadline, cancel ------------------------------------------------------
 
 
+async def _run_advancing(sim: SimServer, config: Config, tmp: Path, seconds: float) -> Any:
+    """run_file, moving the (paused) batch clock by ``seconds`` once the first poll came."""
+
+    async def advance() -> None:
+        await anyio.to_thread.run_sync(
+            lambda: sim.batches.wait_for(lambda log: log.calls["retrieve"] >= 1)
+        )
+        sim.batches.advance(seconds)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(advance)
+        return await run_file(config, tmp / "in.jsonl", tmp / "out.jsonl", progress=False)
+
+
 @pytest.mark.anyio
 async def test_online_tail_cancels_a_batch_with_few_stragglers_and_sends_them_online(
     sim: SimServer, tmp_path: Path
@@ -399,16 +413,7 @@ async def test_online_tail_cancels_a_batch_with_few_stragglers_and_sends_them_on
     sim.batches.configure(paused=True, processing_time=100.0)
     config = _config(sim.url, online_tail=10)
 
-    async def straggle() -> None:  # the batch answers 95 of its lines, then stalls
-        await anyio.to_thread.run_sync(
-            lambda: sim.batches.wait_for(lambda log: log.calls["retrieve"] >= 1)
-        )
-        sim.batches.advance(95.0)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(straggle)
-        report = await run_file(config, tmp_path / "in.jsonl", tmp_path / "out.jsonl",
-                                progress=False)  # fmt: skip
+    report = await _run_advancing(sim, config, tmp_path, 95.0)  # 95 answered, then it stalls
     assert report.ok
     out = _complete(tmp_path / "out.jsonl", rows)
     assert sim.batches.log.calls["cancel"] == 1
@@ -425,16 +430,7 @@ async def test_batch_deadline_cancels_the_batch_and_finishes_online(
     sim.batches.configure(paused=True, processing_time=100.0)
     config = _config(sim.url, batch_deadline=1.0)
 
-    async def quarter() -> None:  # a quarter answered, then nothing until the deadline
-        await anyio.to_thread.run_sync(
-            lambda: sim.batches.wait_for(lambda log: log.calls["retrieve"] >= 1)
-        )
-        sim.batches.advance(25.0)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(quarter)
-        report = await run_file(config, tmp_path / "in.jsonl", tmp_path / "out.jsonl",
-                                progress=False)  # fmt: skip
+    report = await _run_advancing(sim, config, tmp_path, 25.0)  # a quarter, then nothing
     assert report.ok
     out = _complete(tmp_path / "out.jsonl", rows)
     (batch_id,) = sim.batches.log.created

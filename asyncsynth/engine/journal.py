@@ -20,6 +20,7 @@ returned.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -28,7 +29,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,18 @@ class Journal:
         )
         self._db.execute("DELETE FROM responses WHERE key = ?", (key,))
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One durable transaction: committed when the block ends, rolled back if it raises."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
     def record(
         self,
         answers: Iterable[tuple[bytes, Completion]],
@@ -213,16 +226,10 @@ class Journal:
         """
         rows = [(key, _encode(key, completion)) for key, completion in answers]
         if rows:
-            db = self._db
-            db.execute("BEGIN")
-            try:
+            with self._transaction() as db:
                 db.executemany("INSERT OR IGNORE INTO responses (key, value) VALUES (?, ?)", rows)
                 if spend:
                     self._add_spend(spend)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         return len(rows)
 
     def _add_spend(self, spend: Mapping[str, tuple[float, int]]) -> None:
@@ -264,11 +271,9 @@ class Journal:
 
     def batch_new(self, fields: Mapping[str, Any], keys: Sequence[bytes]) -> int:
         """Record a batch (state ``written``) and the requests it holds, in one transaction."""
-        db = self._db
         names = ", ".join(fields)
         marks = ", ".join("?" * len(fields))
-        db.execute("BEGIN")
-        try:
+        with self._transaction() as db:
             cursor = db.execute(
                 f"INSERT INTO batches ({names}) VALUES ({marks})", tuple(fields.values())
             )
@@ -279,10 +284,6 @@ class Journal:
                 " attempts = batch_requests.attempts + 1",
                 [(key, batch) for key in keys],
             )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         return batch
 
     def batch_set(self, batch: int, **fields: Any) -> None:
@@ -331,9 +332,7 @@ class Journal:
         spend: Mapping[str, tuple[float, int]],
     ) -> None:
         """Store a batch's answers and take them off it, in one transaction."""
-        db = self._db
-        db.execute("BEGIN")
-        try:
+        with self._transaction() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO responses (key, value) VALUES (?, ?)",
                 [(key, _encode(key, completion)) for key, completion in answers],
@@ -344,22 +343,12 @@ class Journal:
             )
             if spend:
                 self._add_spend(spend)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def batch_release(self, batch: int, state: str, **fields: Any) -> None:
         """The batch holds nothing any more (answered, or sent elsewhere): set its state."""
-        db = self._db
-        db.execute("BEGIN")
-        try:
+        with self._transaction() as db:
             db.execute("DELETE FROM batch_requests WHERE batch = ?", (batch,))
             self.batch_set(batch, state=state, **fields)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
