@@ -8,6 +8,7 @@ from .engine import (
     ConnectError,
     ConnectionDropped,
     DeadlineExceeded,
+    EndpointsUnreachable,
     Engine,
     InputError,
     Journal,
@@ -30,6 +31,7 @@ from .pipelines.gra import (
     run_gra,
 )
 from .pipelines.s3 import S3Error, S3Event, S3Settings, load_s3_settings, run_s3
+from .progress import Progress
 
 __version__ = "0.1.0"
 
@@ -43,6 +45,7 @@ __all__ = [
     "ConnectionDropped",
     "DeadlineExceeded",
     "EndpointConfig",
+    "EndpointsUnreachable",
     "Engine",
     "EngineSettings",
     "GraResult",
@@ -50,6 +53,7 @@ __all__ = [
     "InputError",
     "Journal",
     "MalformedResponse",
+    "Progress",
     "RateLimited",
     "Request",
     "RequestError",

@@ -13,19 +13,38 @@ import anyio
 import click
 
 from .config import DEFAULT_CONFIG, Config, load_config, single_endpoint_config
-from .engine import AsyncsynthError, Journal
+from .engine import AsyncsynthError, EndpointsUnreachable, Journal
 from .engine.journal import journal_path_for
 from .io import write_json
+from .progress import DEFAULT_LOG_INTERVAL, Describe, Progress
 
 T = TypeVar("T")
 
 EXIT_FAILED_ROWS = 1
 EXIT_BAD_CONFIG = 2
+EXIT_UNREACHABLE = 4
 EXIT_INTERRUPTED = 130
 
 
 class ConfigProblem(click.ClickException):
     exit_code = EXIT_BAD_CONFIG
+
+
+class Unreachable(click.ClickException):
+    """No endpoint of a role answered within the start-up grace."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+def _problem(exc: AsyncsynthError) -> click.ClickException:
+    """The exit a deliberate error of the job ends in."""
+    if isinstance(exc, EndpointsUnreachable):
+        return Unreachable(
+            f"{exc}. The job stopped; every answer received is kept. Check the endpoints "
+            "(asyncsynth endpoints check), or pass --wait-for-endpoints to wait for them up "
+            "to the request deadline."
+        )
+    return ConfigProblem(str(exc))
 
 
 def _run_async(fn: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
@@ -62,14 +81,14 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
     try:
         anyio.run(main, backend="asyncio", backend_options=options)
     except AsyncsynthError as exc:
-        raise ConfigProblem(str(exc)) from None
+        raise _problem(exc) from None
     except BaseExceptionGroup as group:  # task groups wrap what the work raised
         found, rest = group.split(AsyncsynthError)
         if found is None or rest is not None:  # anything else is a bug: show it whole
             raise
         while isinstance(found, BaseExceptionGroup):
             found = found.exceptions[0]
-        raise ConfigProblem(str(found)) from None
+        raise _problem(found) from None
     return (outcome[0] if outcome else None), interrupted
 
 
@@ -165,6 +184,69 @@ def endpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def progress_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What a command shows while it runs, and how long it waits for endpoints."""
+    options = [
+        click.option(
+            "-v", "--verbose", is_flag=True, help="Also log every retry and every failed probe."
+        ),
+        click.option(
+            "--log-json",
+            type=click.Path(dir_okay=False),
+            help="Write every event, the status lines and the summary to FILE as JSON lines.",
+        ),
+        click.option(
+            "--log-interval",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULT_LOG_INTERVAL,
+            show_default=True,
+            help="Seconds between status lines when stderr is not a terminal.",
+        ),
+        click.option(
+            "--startup-grace",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Stop (exit 4) when no endpoint of a role has answered after this many "
+            "seconds (default: engine.startup_grace, else 60).",
+        ),
+        click.option(
+            "--wait-for-endpoints",
+            is_flag=True,
+            help="Wait for unreachable endpoints up to the request deadline instead.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def progress_from_options(
+    kw: dict[str, Any], *, quiet: bool, title: str, describe: Describe | None = None
+) -> Progress:
+    """Pop the display options from a command's kwargs and make its :class:`Progress`."""
+    path = kw.pop("log_json")
+    try:
+        return Progress(
+            quiet=quiet,
+            verbose=kw.pop("verbose"),
+            interval=kw.pop("log_interval"),
+            log_json=path,
+            title=title,
+            describe=describe,
+        )
+    except OSError as exc:
+        raise ConfigProblem(f"--log-json {path}: {exc.strerror or exc}") from None
+
+
+def with_wait_options(config: Config, kw: dict[str, Any]) -> Config:
+    """Pop --startup-grace and --wait-for-endpoints; the config with them applied."""
+    grace, wait = kw.pop("startup_grace"), kw.pop("wait_for_endpoints")
+    if wait and grace is not None:
+        raise ConfigProblem("give --startup-grace or --wait-for-endpoints, not both")
+    if not wait and grace is None:
+        return config
+    return replace(config, engine=replace(config.engine, startup_grace=None if wait else grace))
+
+
 def config_from_options(kw: dict[str, Any]) -> Config:
     """Pop the shared endpoint options from a command's kwargs and resolve the config."""
     local = kw.pop("local")
@@ -216,7 +298,8 @@ def main() -> None:
 @click.option(
     "--no-cache", is_flag=True, help="Neither read nor write the journal next to the output."
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
+@progress_options
 @click.option(
     "--stats-json", type=click.Path(dir_okay=False), help="Write the end-of-run summary as JSON."
 )
@@ -231,17 +314,25 @@ def run(
     """Send every request in INPUT.jsonl; answers go to OUTPUT, failures to OUTPUT.errors.jsonl.
 
     Input lines: {"messages": [...]}, {"prompt": "..."} or OpenAI Batch lines
-    ({"custom_id": ..., "body": {...}}). Re-running the same command resumes.
+    ({"custom_id": ..., "body": {...}}). Re-running the same command resumes. Exits 0 when
+    every request succeeded, 1 when some failed, 2 for a bad config, 4 when no endpoint
+    answered within the start-up grace, 130 when interrupted.
     """
-    from .progress import format_summary
     from .run import run_file
 
-    config = config_from_options(kw)
-    report, interrupted = _run_async(
-        lambda: run_file(
-            config, input_path, output_path, role=kw["role"], cache=not no_cache, progress=not quiet
+    display = progress_from_options(kw, quiet=quiet, title="run")
+    config = with_wait_options(config_from_options(kw), kw)
+    with display:
+        report, interrupted = _run_async(
+            lambda: run_file(
+                config,
+                input_path,
+                output_path,
+                role=kw["role"],
+                cache=not no_cache,
+                progress=display,
+            )
         )
-    )
     if interrupted or report is None:
         saved = ""
         if not no_cache and journal_path_for(output_path).exists():
@@ -251,8 +342,6 @@ def run(
         sys.exit(EXIT_INTERRUPTED)
     if stats_json:
         write_json(stats_json, report.stats)
-    if not quiet:
-        click.echo(format_summary(report.stats), err=True)
     if report.failed or report.bad_lines:
         click.echo(
             f"{report.failed:,} requests failed and {report.bad_lines:,} input lines were bad: "
