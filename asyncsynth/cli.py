@@ -464,40 +464,13 @@ def sim(host: str, port: int, **settings: Any) -> None:
     serve(config, host, port, ready=ready)
 
 
-class _EventPrinter:
-    """Prints a pipeline's events on stderr: transient lines redraw in place on a terminal
-    (and are left out elsewhere), the others stay."""
-
-    def __init__(
-        self,
-        describe: Callable[[Any], tuple[str, bool] | None],
-        *,
-        quiet: bool = False,
-        stream: Any = None,
-    ) -> None:
-        self.describe = describe
-        self.quiet = quiet
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.transient = False
-
-    def __call__(self, event: Any) -> None:
-        line = None if self.quiet else self.describe(event)
-        if line is None:
-            return
-        text, passing = line
-        if passing and not self.tty:
-            return
-        if self.transient:
-            self.stream.write("\r\x1b[2K")
-        self.stream.write(text if passing else text + "\n")
-        self.stream.flush()
-        self.transient = passing
-
-    def close(self) -> None:
-        if self.transient:
-            self.stream.write("\n")
-            self.transient = False
+async def _showing(display: Progress, job: Callable[[], Awaitable[T]]) -> T:
+    """Run ``job`` while ``display`` draws."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(display.run)
+        result = await job()
+        tg.cancel_scope.cancel()
+    return result
 
 
 @main.command("gra")
@@ -526,7 +499,8 @@ class _EventPrinter:
     help="Candidates per round (default: sized from the acceptance rate so far).",
 )
 @click.option("--seed-data", help="Seed JSONL file or hf:NAME[:SPLIT] (default: gra.seed_data).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
+@click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary table.")
+@progress_options
 def gra(
     config_path: str,
     target: int | None,
@@ -536,15 +510,16 @@ def gra(
     round_size: int | None,
     seed_data: str | None,
     quiet: bool,
+    **kw: Any,
 ) -> None:
     """GRA synthesis: a committee of LLMs generates, reviews and adjudicates samples.
 
     Writes OUT/accepted.jsonl, rejected.jsonl, pool.jsonl and report.json. Exits 1 when
-    the target was not reached, 130 when interrupted (run the same command to resume).
+    the target was not reached, 4 when no endpoint of a role answered within the start-up
+    grace, 130 when interrupted (run the same command to resume).
     """
     from .pipelines.gra import JOURNAL_NAME, GraSettings, run_gra
     from .pipelines.gra.report import describe
-    from .progress import format_summary
 
     try:
         config = load_config(config_path)
@@ -553,11 +528,22 @@ def gra(
         )
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
-    printer = _EventPrinter(describe, quiet=quiet)
-    result, interrupted = _run_async(
-        lambda: run_gra(config, out_dir, settings=settings, on_event=printer)
-    )
-    printer.close()
+    config = with_wait_options(config, kw)
+    display = progress_from_options(kw, quiet=quiet, title="gra", describe=describe)
+    with display:
+        goal = f"target {settings.target:,}" if settings.target else "every seed"
+        display.header(
+            f"asyncsynth gra: {settings.mode}, {goal}, seed data {settings.seed_data or 'none'}",
+            ("output", f"{out_dir} (accepted.jsonl, rejected.jsonl, pool.jsonl, report.json)"),
+        )
+        result, interrupted = _run_async(
+            lambda: _showing(
+                display,
+                lambda: run_gra(config, out_dir, settings=settings, on_event=display.on_event),
+            )
+        )
+        if result is not None:
+            display.finish(result.report["engine"])
     if interrupted or result is None:
         click.echo(
             f"Interrupted. Every answer received is kept in {Path(out_dir) / JOURNAL_NAME}; "
@@ -566,8 +552,6 @@ def gra(
         )
         sys.exit(EXIT_INTERRUPTED)
     report = result.report
-    if not quiet:
-        click.echo(format_summary(report["engine"]), err=True)
     rejected = ", ".join(f"{n:,} {reason}" for reason, n in report["rejected"].items() if n)
     adjudicated = report["adjudication"]
     click.echo(
@@ -597,18 +581,29 @@ def gra(
     help="Pass new examples through the GRA committee of [gra] (overrides s3.review).",
 )
 @click.option("--rounds", type=click.IntRange(min=0), help="Overrides s3.rounds.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines and no summary.")
-def s3(config_path: str, out_dir: str, review: str | None, rounds: int | None, quiet: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
+@progress_options
+def s3(
+    config_path: str,
+    out_dir: str,
+    review: str | None,
+    rounds: int | None,
+    quiet: bool,
+    **kw: Any,
+) -> None:
     """S3: synthesize a seed set with rationales, then extrapolate a student's errors.
 
     Trains a local student (needs asyncsynth[student]) on the synthetic data, asks the LLM
     for new examples like each gold example it gets wrong, and repeats for the [s3]
     rounds. Writes datasets, metrics, report.json and report.png to --out; running the
-    same command again resumes at the last finished step.
+    same command again resumes at the last finished step. Exits 1 when the run cannot go
+    on, 4 when no endpoint of a role answered within the start-up grace, 130 when
+    interrupted.
     """
     from .pipelines.errors import PipelineError
     from .pipelines.s3 import load_s3_settings, run_s3
     from .pipelines.s3.report import describe, format_report
+    from .progress import summary
 
     try:
         config = load_config(config_path)
@@ -617,16 +612,24 @@ def s3(config_path: str, out_dir: str, review: str | None, rounds: int | None, q
         raise ConfigProblem(str(exc)) from None
     overrides = {"review": review, "rounds": rounds}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    printer = _EventPrinter(describe, quiet=quiet)
+    config = with_wait_options(config, kw)
+    display = progress_from_options(kw, quiet=quiet, title="s3", describe=describe)
 
     async def go() -> Any:
         try:
-            return await run_s3(config, out_dir, settings=settings, on_event=printer)
+            return await run_s3(config, out_dir, settings=settings, on_event=display.on_event)
         except PipelineError as exc:
             return exc
 
-    result, interrupted = _run_async(go)
-    printer.close()
+    with display:
+        display.header(
+            f"asyncsynth s3: {settings.task} task, {settings.rounds} rounds, "
+            f"review {settings.review}",
+            ("output", f"{out_dir} (datasets, metrics, report.json, report.png)"),
+        )
+        result, interrupted = _run_async(lambda: _showing(display, go))
+        if result is not None and display.engine is not None:
+            display.finish(summary(display.engine))
     if interrupted or result is None:
         click.echo(
             f"Interrupted. Finished steps are saved in {out_dir}; "

@@ -101,6 +101,8 @@ def failure_reason(error_type: str, message: str) -> str:
     if error_type == "ConnectError":
         if "refused" in text or "errno 111" in text:
             return "connection refused"
+        if "reset" in text or "errno 104" in text:
+            return "connection reset"
         if any(s in text for s in ("name or service", "nodename", "name resolution", "getaddr")):
             return "DNS lookup failed"
         if "ssl" in text or "certificate" in text or "tls" in text:
@@ -323,13 +325,18 @@ class Progress:
             self._say(line[0])
 
     def _pipeline_event(self, event: Any) -> None:
+        """A pipeline's event: a step that starts becomes the stage, ``describe`` says more."""
         if self._json is not None:
             data = event.to_dict() if hasattr(event, "to_dict") else _plain(event)
             self._write_json({"event": "pipeline", **data})
+        if getattr(event, "kind", None) == "start" and getattr(event, "step", None):
+            self.stage = event.step
         line = self.describe(event) if self.describe is not None else None
         if line is None:
             return
         text, transient = line
+        if not text:
+            return
         if transient:
             self.stage = text.strip()
         else:
@@ -378,6 +385,9 @@ class Progress:
             else _endpoint_status(ep, now, 0.0)
             for ep in endpoints
         ]
+        for ep in data["endpoints"]:  # the roles it serves, when they are not just itself
+            roles = [r for r, names in self._roles.items() if ep["endpoint"] in names]
+            ep["roles"] = [] if roles == [ep["endpoint"]] else roles
         data["roles_down"] = {
             role: round(max(0.0, min(engine.endpoints[n].next_probe_at for n in names) - now), 1)
             for role, names in self._roles.items()
@@ -490,7 +500,7 @@ class Progress:
             header = ("endpoint", "state", "in flight", "req/s", "429s", "p50")
             rows = [
                 (
-                    ep["endpoint"],
+                    _named(ep),
                     ep["state"] + (f": {ep['detail']}" if ep["detail"] else ""),
                     f"{ep['in_flight']}/{ep['limit']}",
                     f"{ep['req_per_s']:,.0f}",
@@ -581,6 +591,12 @@ def _overall(data: Mapping[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def _named(ep: Mapping[str, Any]) -> str:
+    """An endpoint's name, with the roles it serves when they have names of their own."""
+    roles = ep.get("roles")
+    return f"{ep['endpoint']} [{', '.join(roles)}]" if roles else ep["endpoint"]
+
+
 def status_line(title: str, data: Mapping[str, Any]) -> str:
     """One line of plain text with the figures of :meth:`Progress.status`."""
     head = f"{title}: {data['stage']}" if "stage" in data else title
@@ -589,11 +605,11 @@ def status_line(title: str, data: Mapping[str, Any]) -> str:
     parts = [f"{head} {_overall(data)}"]
     for ep in data["endpoints"]:
         if ep["state"] == "down":
-            parts.append(f"{ep['endpoint']} down ({ep['detail']})")
+            parts.append(f"{_named(ep)} down ({ep['detail']})")
             continue
         state = "" if ep["state"] == "ok" else f"{ep['state']} ({ep['detail']}), "
         parts.append(
-            f"{ep['endpoint']} {state}{ep['in_flight']}/{ep['limit']} in flight, "
+            f"{_named(ep)} {state}{ep['in_flight']}/{ep['limit']} in flight, "
             f"{ep['req_per_s']:,.0f} req/s, {ep['rate_limited']:,} 429s, "
             f"p50 {_ms(ep['latency_p50'])}"
         )
@@ -671,53 +687,3 @@ def format_summary(data: Mapping[str, Any]) -> str:
     console.print(summary_table(data))
     table = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines() if line.strip())
     return f"{table}\n{summary_sentence(data)}"
-
-
-# -- the line drawn by hand, until the pipelines use Progress -----------------------------------
-
-
-def progress_line(engine: Engine, width: int = 24) -> str:
-    t = engine.totals
-    elapsed = max(time.monotonic() - t.started, 1e-9)
-    rate = t.done / elapsed
-    tokens = (t.tokens_in + t.tokens_out) / elapsed
-    if t.total:
-        frac = min(1.0, t.done / t.total)
-        filled = int(frac * width)
-        bar = "█" * filled + "·" * (width - filled)
-        eta = (t.total - t.done) / rate if rate > 0 else None
-        head = f"{bar} {t.done}/{t.total}"
-        tail = f" ETA {_duration(eta)}"
-    else:
-        head, tail = f"{t.done} done", ""
-    cached = f" cached {t.cached}" if t.cached else ""
-    return (
-        f"{head} {rate:,.0f} req/s {tokens:,.0f} tok/s retries {t.retries} "
-        f"errors {t.failed}{cached} {_duration(elapsed)}{tail}"
-    )
-
-
-class ProgressBar:
-    """Redraws one status line while a job runs; silent unless ``stream`` is a terminal."""
-
-    def __init__(self, engine: Engine, *, stream: TextIO | None = None, enabled: bool = True):
-        self.engine = engine
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and self.stream.isatty()
-
-    async def run(self) -> None:
-        """Redraw until cancelled (run it in a task group and cancel it when done)."""
-        if not self.enabled:
-            return
-        try:
-            while True:
-                self.draw()
-                await anyio.sleep(REFRESH_SECONDS)
-        finally:
-            self.draw()
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def draw(self) -> None:
-        self.stream.write("\r\x1b[2K" + progress_line(self.engine))
-        self.stream.flush()

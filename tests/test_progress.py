@@ -29,7 +29,7 @@ from asyncsynth.engine.events import (
     RoleStarted,
     Wait,
 )
-from asyncsynth.progress import failure_reason, format_summary
+from asyncsynth.progress import failure_reason, format_summary, status_line
 from asyncsynth.run import run_file
 from asyncsynth.testing import Reply, ReplyContext, SimServer
 
@@ -206,7 +206,7 @@ async def test_an_endpoint_down_mid_run_is_named_in_the_plain_log(
     assert report.ok and report.written == 60
     lines = log.getvalue().splitlines()
     [down] = [line for line in lines if "endpoint 'a':" in line and "probing again in" in line]
-    assert "connection refused" in down or "connection dropped" in down
+    assert any(f"connection {what}" in down for what in ("refused", "reset", "dropped"))
     assert any("role 'r': every endpoint is down" in line for line in lines)
     assert any("endpoint 'a' is back" in line for line in lines)
     assert not any("\x1b[" in line for line in lines)  # plain text, not a terminal's codes
@@ -269,7 +269,7 @@ async def test_the_periodic_line_appears_at_the_configured_interval(
     assert report.ok and log.seen.is_set()
     status = [line for line in log.getvalue().splitlines() if " in flight" in line]
     assert len(status) >= 3
-    assert "run 0/1 0%" in status[0] and "a 1/" in status[0] and "ETA" in status[0]
+    assert "run 0/1 0%" in status[0] and "a [r] 1/" in status[0] and "ETA" in status[0]
 
 
 def test_verbose_adds_a_line_per_retry(sim: SimServer, tmp_path: Path) -> None:
@@ -323,6 +323,112 @@ def test_a_log_json_path_that_cannot_be_written_is_refused(sim: SimServer, tmp_p
     flags = ["--base-url", sim.url, "--model", "m"]
     result = invoke("run", source, "-o", tmp_path / "o.jsonl", *flags, "--log-json", blocker / "x")
     assert result.exit_code == 2 and f"--log-json {blocker / 'x'}" in result.stderr
+
+
+# -- the pipelines --------------------------------------------------------------------------------
+
+
+async def test_gra_shows_its_round_candidates_in_flight_and_acceptance(tmp_path: Path) -> None:
+    from asyncsynth.pipelines.gra import GraSettings, run_gra
+    from asyncsynth.pipelines.gra.report import describe
+    from asyncsynth.testing.gra_pool import GraScript, pool_config
+
+    seen: list[str] = []
+
+    class Snapshots(Progress):
+        """The status line as it would be printed, right after each decided candidate."""
+
+        def on_event(self, event: Any) -> None:
+            super().on_event(event)
+            if getattr(event, "kind", None) == "request":
+                seen.append(status_line(self.title, self.status()))
+
+    log = Log()
+    display = Snapshots(stream=log, title="gra", describe=describe)
+    with SimServer(reply=GraScript()) as sim:
+        config = pool_config(sim.url)
+        settings = GraSettings.from_config(config).with_overrides(target=3, round_size=3)
+        result = await run_gra(config, tmp_path, settings=settings, on_event=display.on_event)
+    assert result.accepted == 3 and len(seen) == 3
+    line = seen[1]
+    assert line.startswith("gra: round_1: 2/3 candidates decided, 1 in flight, ")
+    assert "passed the committee; accepted 0/3" in line  # accepted before the round's end
+    for model in "abcde":  # every endpoint of the pool, with its state
+        assert f" | {model} " in line and f" | {model} down" not in line
+    text = log.getvalue()
+    assert "round_1: 3 candidates (accepted so far 0 of 3)" in text  # the round began
+    assert "round_1: 3 accepted of 3" in text
+    for model in "abcde":  # the start block named every role
+        assert f"  role     {model}: {model}  {sim.url}  model {model}" in text
+
+
+async def test_s3_shows_its_step_and_its_endpoint(sim: SimServer, tmp_path: Path) -> None:
+    from asyncsynth.pipelines.s3 import S3Error, load_s3_settings, run_s3
+    from asyncsynth.pipelines.s3.report import describe
+
+    gold = tmp_path / "gold.jsonl"
+    rows = [
+        {"text": f"review number {i}", "label": ("positive", "negative")[i % 2]} for i in range(20)
+    ]
+    gold.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    table = {
+        "endpoints": {"llm": {"base_url": sim.url, "model": "sim"}},
+        "engine": {**FAST_ENGINE, "max_attempts": 1},
+        "s3": {"gold": str(gold), "labels": {"positive": "liked it", "negative": "did not"}},
+    }
+    s3_config = config_from_dict(table)
+    log = Log(watch="s3: rationales", times=1)
+
+    def held(body: dict[str, Any], ctx: ReplyContext) -> Reply:
+        if ctx.n == 1:
+            log.seen.wait(10)  # answered once a status line showed the step
+        return Reply(status=400, content="no")
+
+    sim.config.reply = held
+    display = Progress(stream=log, interval=0.02, title="s3", describe=describe)
+    settings = load_s3_settings(s3_config)
+
+    async def job() -> S3Error | None:
+        try:
+            await run_s3(s3_config, tmp_path / "o", settings=settings, on_event=display.on_event)
+        except S3Error as exc:
+            return exc
+        return None
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(display.run)
+        failure = await job()
+        tg.cancel_scope.cancel()
+    assert failure is not None and "rationales: 4 of 4 requests failed" in str(failure)
+    assert log.seen.is_set()
+    [line] = [x for x in log.getvalue().splitlines() if "s3: rationales" in x][:1]
+    assert "llm " in line and " in flight" in line
+
+
+def s3_gold(folder: Path) -> Path:
+    gold = folder / "gold.jsonl"
+    rows = [
+        {"text": f"review number {i}", "label": ("positive", "negative")[i % 2]} for i in range(20)
+    ]
+    gold.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return gold
+
+
+def test_s3_stops_with_exit_4_when_its_endpoint_is_unreachable(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    gold = s3_gold(tmp_path)
+    sim.down()
+    path = tmp_path / "s3.toml"
+    path.write_text(
+        f'[endpoints.llm]\nbase_url = "{sim.url}"\nmodel = "sim"\n'
+        "[engine]\nstartup_grace = 0.2\n"
+        f'[s3]\ngold = "{gold}"\n[s3.labels]\npositive = "liked it"\nnegative = "did not"\n'
+    )
+    result = invoke("s3", path, "--out", tmp_path / "o2")
+    assert result.exit_code == EXIT_UNREACHABLE
+    assert f"endpoint 'llm': connection refused at {sim.url}" in result.stderr
+    assert "role 'llm': no endpoint answered within the start-up grace of 0.2s" in result.stderr
 
 
 # -- the start block, the live display, the summary ---------------------------------------------
@@ -463,6 +569,7 @@ def test_the_summary_table_has_a_cost_column_only_when_costs_are_known() -> None
             "TLS failed",
         ),
         ("RequestTimeout", "no answer within 10s", "no answer within 10s"),
+        ("ConnectError", "cannot connect: [Errno 104] Connect call failed", "connection reset"),
         ("ConnectionDropped", "connection dropped: Server disconnected", "connection dropped"),
     ],
 )
