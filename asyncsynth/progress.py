@@ -483,13 +483,16 @@ class Progress:
         from rich.console import Group
         from rich.text import Text
 
+        def one_line(text: str = "", style: str = "") -> Text:  # cut, never wrapped
+            return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+
         lines: list[RenderableType] = []
         if self.stage is not None:
-            lines.append(Text(f"{self.title}: {self.stage}", style="bold"))
+            lines.append(one_line(f"{self.title}: {self.stage}", "bold"))
         if "done" not in data:
-            return Group(*lines) if lines else Text(f"{self.title}: starting")
+            return Group(*lines) if lines else one_line(f"{self.title}: starting")
         total, done = data["total"], data["done"]
-        head = Text()
+        head = one_line()
         if total:
             filled = int(BAR_WIDTH * min(1.0, done / total))
             head.append("━" * filled, "bar.finished" if done >= total else "bar.complete")
@@ -516,14 +519,14 @@ class Progress:
                 right = [c.rjust(w) for c, w in zip(cells[2:], widths[2:], strict=True)]
                 return "  " + "  ".join(left + right)
 
-            lines.append(Text(line(header), style="dim"))
+            lines.append(one_line(line(header), "dim"))
             for ep, row in zip(data["endpoints"], rows, strict=True):
-                lines.append(Text(line(row), style=_STATE_STYLES.get(ep["state"], "yellow")))
+                lines.append(one_line(line(row), _STATE_STYLES.get(ep["state"], "yellow")))
         for role, wait in data["roles_down"].items():
             message = f"  role {role}: every endpoint is down; next probe in {_seconds(wait)}"
-            lines.append(Text(message, style="red"))
+            lines.append(one_line(message, "red"))
         for message in data["waits"]:
-            lines.append(Text(f"  {message}", style="yellow"))
+            lines.append(one_line(f"  {message}", "yellow"))
         return Group(*lines)
 
 

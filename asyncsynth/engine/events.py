@@ -202,7 +202,9 @@ class Unreachable(Event):
 class Wait(Event):
     """A wait chosen for the whole job: ``reason`` is e.g. ``budget`` or ``batch``.
 
-    ``seconds`` is how long it will last when known; ``message`` is shown as it is.
+    ``message`` is shown as it is, once as a log line and then in the display while the
+    wait lasts: ``seconds`` when known, else until the next ``Wait`` of the same reason
+    (one with ``seconds=0`` ends it).
     """
 
     kind: ClassVar[str] = "wait"
