@@ -18,7 +18,7 @@ from click.testing import Result as CliResult
 from asyncsynth import EndpointsUnreachable, Engine, Progress, Request
 from asyncsynth.cli import EXIT_UNREACHABLE, main
 from asyncsynth.config import Config, config_from_dict
-from asyncsynth.engine import ConfigError, Journal, journal_path_for
+from asyncsynth.engine import ConfigError, Journal, RequestTimeout, journal_path_for
 from asyncsynth.engine.events import (
     EndpointDown,
     EndpointUp,
@@ -164,6 +164,38 @@ async def test_told_to_wait_it_waits_past_the_grace_until_an_endpoint_answers(
     assert kinds.index("endpoint_down") < kinds.index("probe_failed") < kinds.index("endpoint_up")
     text = log.getvalue()
     assert "endpoint 'a': connection refused" in text and "endpoint 'a' is back" in text
+
+
+class Silent:
+    """A transport whose server accepted the connection and never answers (within timeouts)."""
+
+    async def chat(self, body: bytes, timeout: float) -> Any:
+        await anyio.sleep_forever()
+
+    async def models(self, timeout: float) -> list[str]:
+        await anyio.sleep(timeout)
+        raise RequestTimeout(f"no answer within {timeout:g}s", endpoint="a")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_an_endpoint_silent_on_its_first_probe_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asyncsynth.engine import fleet
+
+    monkeypatch.setattr(fleet, "PROBE_TIMEOUT", 0.05)
+    log = Log()
+    display = Progress(stream=log)
+    silent = config("http://10.255.255.1:8000/v1", startup_grace=0.3)
+    with pytest.raises(EndpointsUnreachable, match=r"no answer within 0\.05s"):
+        async with Engine(silent, on_event=display.on_event, transports={"a": Silent()}) as e:
+            await e.complete(Request.from_prompt("hi"), role="r")  # hangs: the grace ends it
+    assert (
+        "endpoint 'a': first probe: no answer within 0.05s at http://10.255.255.1:8000/v1; "
+        "probing again in" in log.getvalue()
+    )
 
 
 def test_wait_for_endpoints_and_startup_grace_options(sim: SimServer, tmp_path: Path) -> None:
