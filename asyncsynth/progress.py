@@ -38,6 +38,7 @@ import orjson
 from .engine.events import (
     CostUpdate,
     EndpointDown,
+    EndpointTakenOut,
     EndpointUp,
     EngineStarted,
     Event,
@@ -149,6 +150,8 @@ def describe_event(event: Event) -> tuple[str, bool] | None:
             f"next probe in {_seconds(event.next_probe_in)}",
             True,
         )
+    if isinstance(event, EndpointTakenOut):
+        return f"{event.message}; taken out for the rest of the run", False
     if isinstance(event, EndpointUp):
         return f"endpoint {event.endpoint!r} is back (down {_seconds(event.down_for)})", False
     if isinstance(event, RoleDown):
@@ -530,7 +533,7 @@ class Progress:
         return Group(*lines)
 
 
-_STATE_STYLES = {"ok": "", "down": "red"}
+_STATE_STYLES = {"ok": "", "down": "red", "out": "red"}
 BAR_WIDTH = 28
 
 
@@ -550,7 +553,9 @@ def _bucket_waits(bucket: Any, now: float) -> bool:
 
 def _endpoint_status(ep: EndpointState, now: float, rate: float) -> dict[str, Any]:
     state, detail = "ok", ""
-    if ep.down:
+    if (out := getattr(ep, "taken_out", None)) is not None:
+        state, detail = "out", f"HTTP {out.status}" if getattr(out, "status", None) else str(out)
+    elif ep.down:
         error = ep.last_error
         reason = failure_reason(error.kind, error.message) if error is not None else "down"
         state, detail = "down", f"{reason}; probe in {_seconds(max(0.0, ep.next_probe_at - now))}"

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CostUpdate",
     "EndpointDown",
+    "EndpointTakenOut",
     "EndpointUp",
     "EngineStarted",
     "Event",
@@ -141,6 +142,19 @@ class EndpointUp(Event):
 
     endpoint: str
     down_for: float
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointTakenOut(Event):
+    """An endpoint was taken out for the rest of the run: its answers say no request to it
+    can succeed (a refused key, an unknown model or URL). ``message`` says why and what to
+    check."""
+
+    kind: ClassVar[str] = "endpoint_taken_out"
+
+    endpoint: str
+    status: int | None
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
