@@ -199,7 +199,7 @@ class Engine:
                 assert tg is not None
                 roles = self.config.roles
                 name = role or (next(iter(roles)) if len(roles) == 1 else names[0])
-                fleet = Fleet(name, states, tg.start_soon, self._emit)
+                fleet = Fleet(name, states, tg.start_soon, emit=self._emit)
                 self._fleets[role] = fleet
                 grace = self.settings.startup_grace or self.settings.deadline
                 self._emit(RoleStarted(fleet.role, tuple(map(_describe, states)), grace))

@@ -130,7 +130,7 @@ class Fleet:
     """The endpoints serving one role."""
 
     def __init__(
-        self, role: str, endpoints: list[EndpointState], spawn: Spawn, emit: Listener = ignore
+        self, role: str, endpoints: list[EndpointState], spawn: Spawn, *, emit: Listener = ignore
     ) -> None:
         self.role = role
         self.endpoints = endpoints
