@@ -11,6 +11,7 @@ from .engine import (
     ConnectError,
     ConnectionDropped,
     DeadlineExceeded,
+    EndpointsUnreachable,
     Engine,
     InputError,
     Journal,
@@ -36,6 +37,7 @@ from .pipelines.gra import (
     run_gra,
 )
 from .pipelines.s3 import S3Error, S3Result, S3Settings, load_s3_settings, run_s3
+from .progress import Progress
 
 __version__ = "0.1.0"
 
@@ -52,6 +54,7 @@ __all__ = [
     "ConnectionDropped",
     "DeadlineExceeded",
     "EndpointConfig",
+    "EndpointsUnreachable",
     "Engine",
     "EngineSettings",
     "GraResult",
@@ -62,6 +65,7 @@ __all__ = [
     "PipelineError",
     "PipelineEvent",
     "Price",
+    "Progress",
     "RateLimited",
     "Request",
     "RequestError",

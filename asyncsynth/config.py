@@ -22,6 +22,7 @@ from .engine.errors import ConfigError
 from .engine.retry import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_STARTUP_GRACE,
     DEFAULT_TIMEOUT,
     INITIAL_BACKOFF,
     MAX_BACKOFF,
@@ -210,6 +211,9 @@ class EngineSettings:
     backoff_base: float = INITIAL_BACKOFF
     backoff_max: float = MAX_BACKOFF
     journal: bool = True
+    startup_grace: float | None = DEFAULT_STARTUP_GRACE
+    """Seconds a role may go without any endpoint answering before the job stops;
+    ``None`` waits up to the request ``deadline``."""
     max_cost: float | None = None
     """USD the whole job (earlier runs of its journal included) may spend at most."""
     max_tokens_total: int | None = None
@@ -296,6 +300,7 @@ _ENGINE_SPEC: dict[str, Check] = {
     "backoff_base": NON_NEGATIVE,
     "backoff_max": NON_NEGATIVE,
     "journal": BOOLEAN,
+    "startup_grace": POSITIVE,
     "max_cost": NON_NEGATIVE,
     "max_tokens_total": POSITIVE_INT,
 }

@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -127,7 +128,7 @@ async def test_batch_answers_cost_the_multiplier_times_the_online_price(
     spent_online = online.stats["cost"]["spent_usd"]
     assert batched.stats["cost"]["spent_usd"] == pytest.approx(spent_online * 0.5)
     assert batched.stats["cost"]["batch_usd"] == batched.stats["cost"]["spent_usd"]
-    assert online.stats["endpoints"][0]["cost_usd"] == pytest.approx(spent_online)
+    assert online.stats["endpoints"][0]["cost"] == pytest.approx(spent_online)
 
 
 @pytest.mark.anyio
@@ -367,3 +368,53 @@ def test_gra_stops_at_its_cap_with_exit_5_and_goes_on_with_a_higher_one(
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
     assert "GRA: 6 accepted" in done.output
+
+
+@pytest.mark.anyio
+async def test_budget_waits_batch_polls_and_spending_are_told_to_the_listener(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    from asyncsynth.engine.events import CostUpdate, Event, Wait
+
+    sim = sim_factory(latency=0.01, reply=_fixed_reply)
+    events: list[Event] = []
+    config = _config(
+        sim.url, engine={"max_cost": 0.0005}, params={"max_tokens": 8}, max_concurrency=16
+    )
+    async with Engine(config, on_event=events.append) as engine:
+        with pytest.raises(BudgetExceeded):
+            async for _ in engine.map(Request.from_prompt(f"p {i}") for i in range(200)):
+                pass
+    waits = [e for e in events if isinstance(e, Wait) and e.reason == "budget"]
+    assert waits and "budget: requests wait for room under max_cost" in waits[0].message
+    assert waits[-1].seconds == 0  # the wait ended
+    costs = [e for e in events if isinstance(e, CostUpdate)]
+    assert costs and costs[-1].budget == 0.0005
+    assert costs[-1].spent == pytest.approx(engine.ledger.job.total_cost())
+
+    events.clear()
+    sim.batches.configure(paused=True, processing_time=10.0)
+    batch = {"poll_interval": 0.01, "poll_max": 0.01, "collect": 0.01}
+    journal = tmp_path / "j.journal.sqlite"
+    config = _config(sim.url, batch=batch)
+
+    async def advance() -> None:  # half answered after two polls, all after four
+        for polls in (2, 4):
+            await anyio.to_thread.run_sync(
+                lambda n=polls: sim.batches.wait_for(lambda log: log.calls["retrieve"] >= n)
+            )
+            sim.batches.advance(5.0)
+
+    async with (
+        Engine(config, journal=journal, on_event=events.append) as engine,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(advance)
+        results = [r async for r in engine.map(Request.from_prompt(f"q {i}") for i in range(10))]
+    assert len(results) == 10
+    polls = [e for e in events if isinstance(e, Wait) and e.reason.startswith("batch")]
+    messages = [e.message for e in polls]
+    assert "in_progress, 0/10 answered" in messages[0] and "on 'a'" in messages[0]
+    assert any("in_progress, 5/10 answered" in m for m in messages)
+    assert polls[-1].seconds == 0  # told once more when it ended
+    assert len(polls) <= 4  # told when something changed, not at every poll

@@ -62,6 +62,7 @@ from .errors import (
     RequestError,
     RequestTimeout,
 )
+from .events import Wait
 from .journal import JOURNAL_SUFFIX, Journal
 from .retry import backoff
 
@@ -606,12 +607,12 @@ class BatchRunner:
                 ledger.stop(reserved)
                 raise reserved
             self._flush_now(fleet)  # the round is full: send it, then wait for all of it
-            while ledger.holds and ledger.reached is None:
-                ledger.waiting += 1
-                try:
+            ledger.wait_begins(reserved)
+            try:
+                while ledger.holds and ledger.reached is None:
                     await ledger.changed()
-                finally:
-                    ledger.waiting -= 1
+            finally:
+                ledger.wait_ends()
             self._round = 0
 
     # -- queues and files --------------------------------------------------------------------------
@@ -835,10 +836,12 @@ class BatchRunner:
             self.polls += 1
             status = str(batch.get("status"))
             counts = batch.get("request_counts") or {}
+            told = (live.status, live.completed + live.failed)
             live.status, live.next_poll = status, None
             live.completed = int(counts.get("completed") or 0)
             live.failed = int(counts.get("failed") or 0)
             live.total = int(counts.get("total") or live.total)
+            self._tell(live, row["batch_id"], told, wait)
             if status in TERMINAL:
                 errors = (batch.get("errors") or {}).get("data") or []
                 self.journal.batch_set(
@@ -864,6 +867,24 @@ class BatchRunner:
                 await client.cancel(row["batch_id"])
                 cancelled = live.online = True
                 wait = settings.poll_interval
+
+    def _tell(self, live: _Live, batch_id: str, told: tuple[str | None, int], wait: float) -> None:
+        """A batch wait for the display: when its status changes or a tenth more is answered."""
+        reason = f"batch {live.id}"
+        if live.status in TERMINAL:
+            self.engine._emit(Wait(reason, "", seconds=0, endpoint=live.endpoint))
+            return
+        done = live.completed + live.failed
+        if live.status == told[0] and done - told[1] < max(1, live.total // 10):
+            return
+        self.engine._emit(
+            Wait(
+                reason,
+                f"batch {batch_id} on {live.endpoint!r}: {live.status}, {done:,}/{live.total:,} "
+                f"answered; polled every {wait:.0f}s or less",
+                endpoint=live.endpoint,
+            )
+        )
 
     async def _collect_answers(self, live: _Live, client: BatchClient) -> None:
         """Download the output and error files, journal the answers, retry the rest."""
@@ -927,6 +948,7 @@ class BatchRunner:
         spend[live.endpoint] = (cost, tokens)
         self.journal.batch_answers(live.id, chunk, spend)
         engine = self.engine
+        engine.ledger.report(engine.totals.done + len(chunk), engine.totals.total)
         state = engine.endpoints.get(live.endpoint)
         for key, completion in chunk:
             item = live.items.get(key)

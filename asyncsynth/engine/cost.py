@@ -25,6 +25,7 @@ from where the last one stopped, and answers taken from the journal cost nothing
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,10 @@ from typing import Any
 import anyio
 
 from .errors import BudgetExceeded, ConfigError
+from .events import CostUpdate, Listener, Wait, ignore
 
+COST_UPDATE_SECONDS = 1.0
+"""Spending is told to the listener (``CostUpdate``) at most this often."""
 PROMPT_MARGIN = 1.25
 """A reservation counts prompt tokens at this many times the engine's estimate..."""
 MESSAGE_OVERHEAD = 4
@@ -112,7 +116,7 @@ def parse_price(text: str, where: str = "--price") -> Price:
 
 
 def usd(value: float | None) -> str:
-    """``$1.23``, ``$0.0042``; ``unknown`` for None."""
+    """``$1.23``, ``$0.50``, ``$0.045``, ``$0.0042``; ``unknown`` for None."""
     if value is None:
         return "unknown"
     if value == 0:
@@ -121,7 +125,10 @@ def usd(value: float | None) -> str:
         return f"${value:,.0f}"
     if abs(value) >= 1:
         return f"${value:,.2f}"
-    return f"${value:.2g}" if abs(value) < 0.01 else f"${value:.3f}".rstrip("0")
+    if abs(value) < 0.01:
+        return f"${value:.2g}"
+    text = f"{value:.3g}"  # cents and below: three significant digits, never fewer than cents
+    return f"${text}{'0' * max(0, 4 - len(text))}"
 
 
 @dataclass(slots=True)
@@ -181,7 +188,11 @@ class Ledger:
     holds: int = 0
     waiting: int = 0
     """Requests waiting for room under a cap (what the display shows as a budget wait)."""
+    emit: Listener = ignore
+    """Hears ``CostUpdate`` (spending, now and then) and ``Wait`` (a budget wait begins, ends)."""
     _changed: anyio.Event | None = None
+    _told: float = 0.0
+    _progress: tuple[int, int | None] = (0, None)
 
     @classmethod
     def for_config(cls, config: Any) -> Ledger:
@@ -306,11 +317,7 @@ class Ledger:
             if isinstance(outcome, Hold):
                 return outcome
             if self.reached is None and self.holds > 0:
-                self.waiting += 1
-                try:
-                    await self.changed()
-                finally:
-                    self.waiting -= 1
+                await self.wait_for_room(outcome)
                 continue
             self.stop(outcome)
             raise outcome
@@ -329,11 +336,54 @@ class Ledger:
             self._changed = anyio.Event()
         await self._changed.wait()
 
+    async def wait_for_room(self, refusal: BudgetExceeded) -> None:
+        """Wait for the next change, counted (and told) as a budget wait."""
+        self.wait_begins(refusal)
+        try:
+            await self.changed()
+        finally:
+            self.wait_ends()
+
+    def wait_begins(self, refusal: BudgetExceeded) -> None:
+        """A request waits for room under a cap: the first one tells the listener."""
+        self.waiting += 1
+        if self.waiting == 1:
+            held = f", {usd(self.job.held_cost)} held in flight" if self.job.held_cost else ""
+            self.emit(
+                Wait(
+                    "budget",
+                    f"budget: requests wait for room under {refusal.cap} "
+                    f"({usd(refusal.spent)} spent{held})",
+                )
+            )
+
+    def wait_ends(self) -> None:
+        self.waiting -= 1
+        if not self.waiting:
+            self.emit(Wait("budget", "", seconds=0))
+
+    def report(self, done: int, total: int | None, *, force: bool = False) -> None:
+        """Tell the listener what the job has spent (at most once a second unless ``force``)."""
+        self._progress = (done, total)
+        now = time.monotonic()
+        if not force and now < self._told + COST_UPDATE_SECONDS:
+            return
+        if not any(p is not None for p in self.prices.values()):
+            return
+        self._told = now
+        job = self.job
+        known = job.answers - job.unknown
+        projected = None
+        if total is not None and known and not job.unknown:
+            projected = job.total_cost() + max(0, total - done) * job.cost / known
+        self.emit(CostUpdate(job.total_cost(), job.max_cost, projected=projected))
+
     def stop(self, refusal: BudgetExceeded) -> None:
         """Declare the cap reached (no request fits and nothing in flight can free room)."""
         if self.reached is None:
             self.reached = refusal
             self._wake()
+            self.report(*self._progress, force=True)
 
     def release(self, hold: Hold) -> None:
         """Give a hold back (the request was answered and charged, or it failed)."""

@@ -760,7 +760,7 @@ async def run_s3(
     run = _Run(config, out, settings, gold, prompts, on_event, reviewer)
     run.open_state()
     failure: Exception | None = None
-    async with Engine(config, journal=run.folder.journal) as engine:
+    async with Engine(config, journal=run.folder.journal, on_event=on_event) as engine:
         try:
             if run.reviewer is None and settings.review == "gra":
                 from .review import gra_reviewer
