@@ -41,24 +41,49 @@ __all__ = [
 _WORD = re.compile(r"\w+")
 _QUOTES = {'"': '"', "“": "”", "„": "“", "«": "»", "‘": "’", "'": "'", "`": "`"}
 _FENCE = re.compile(r"\A```[\w+-]*[ \t]*\n?(.*?)\n?```\Z", re.S)
-_BOLD = re.compile(r"\A\*\*(.+)\*\*\Z", re.S)
-_PREAMBLE_START = re.compile(
-    r"^(?:sure|certainly|of course|absolutely|okay|ok|alright|great|here(?:'s| is| are)|"
-    r"below is|the following is|i'd be happy|i would be happy)\b",
+_BOLD = re.compile(r"\A\*\*([^*]+)\*\*\Z", re.S)
+# What a chat model says before the text it was asked for. Each form is anchored to the
+# assistant's own way of speaking ("Sure! Here is ...", "Here's a positive review:"): words
+# that texts use every day ("Okay, so ...", "Absolutely loved it: ...", "The verdict:",
+# "Here's the thing: ...") never suffice.
+_TOPIC = (
+    r"(?:reviews?|sentences?|questions?|hypothes[ie]s|texts?|examples?|versions?|responses?|"
+    r"answers?|statements?|passages?|paragraphs?|one|attempt|take|draft)"
+)
+_INTRO = r"(?:sure|certainly|of course|absolutely|okay|ok|alright|great)(?:[,!.]+|\s*[-–—])"
+_HERE = r"here(?:'s| is| are| goes)"
+_PREAMBLE_LINE = re.compile(
+    rf"^(?:{_INTRO}\s*)?(?:{_HERE}\b[^\n]{{0,100}}?\b{_TOPIC}\b[^\n]{{0,80}}|"
+    rf"below (?:is|are)\b[^\n]{{0,100}}|the following (?:is|are)\b[^\n]{{0,100}}|"
+    rf"i(?:'ve| have) (?:written|created|come up with)\b[^\n]{{0,100}}|"
+    rf"i(?:'d| would) be (?:happy|glad) to\b[^\n]{{0,120}})$"
+    r"|^(?:sure|certainly|of course)(?:[,!.]+\s*(?:sure|certainly|of course))?[!.]*$",
     re.I,
 )
 _PREAMBLE_INLINE = re.compile(
-    r"\A(?:sure|certainly|of course|absolutely|okay|ok|alright|here(?:'s| is| are))\b"
-    r"[^:\n]{0,120}:\s+(?=\S)",
+    rf"\A(?:{_INTRO}\s*)?{_HERE}\b[^:\n]{{0,100}}?\b{_TOPIC}\b[^:\n]{{0,60}}:\s+(?=\S)",
     re.I,
 )
-_PREAMBLE_TOPIC = re.compile(
-    r"\b(?:here|review|sentence|question|text|example|writ(?:e|ten|ing)|wrote)\b", re.I
-)
 _TITLE = re.compile(r"^(?:\*\*)?title(?:\*\*)?\s*:", re.I)
+# What a chat model says after the text: about its own answer, never about the subject.
+_PRODUCT = r"(?:review|text|sentence|question|hypothesis|example|response|answer|output)"
+_WRITING = (
+    r"\b(?:fictional|fictitious|made[- ]up|as requested|the prompt|word count|the label|"
+    r"the instructions|you asked for)\b"
+    rf"|\bi (?:kept|wrote|made|chose|aimed to (?:keep|make|write)|tried to (?:keep|make|write)|"
+    rf"focused on making) (?:it|the|this|my) (?:\w+ )?{_PRODUCT}"
+    rf"|\b(?:this|the above|the|my) (?:new |generated |rewritten )?{_PRODUCT} (?:is|was|has been) "
+    r"(?:written|fictional|generated|intended|designed|meant|crafted|created|made up|based on|"
+    r"an example|a sample|not (?:based|about|real))\b"
+)
 _TRAILER = re.compile(
-    r"^\(?(?:note|notes|explanation|disclaimer)\b\s*:?|^(?:i hope (?:this|that|you)|"
-    r"let me know|feel free|hope this helps)\b",
+    rf"^\(?(?:note|notes|disclaimer|p\.?s\.?)\s*:.*(?:{_WRITING})"
+    r"|^\(?(?:explanation|word count|label|sentiment)\s*:"
+    r"|^(?:i hope (?:this|that|it) (?:helps|meets|works|fits|is (?:what|helpful|useful|okay|ok|"
+    r"good|suitable))|hope this helps|let me know if|feel free to (?:ask|let me|modify|adjust|"
+    r"change|edit|use)|is there anything else|would you like (?:me|another|a different|more)|"
+    r"if you(?:'d| would) like (?:me|another|a different|more|any)|"
+    r"i can (?:also )?(?:write|make|provide|adjust|create) (?:another|more|a different|it))\b",
     re.I,
 )
 _PREFIX_NOUNS = (
@@ -73,18 +98,58 @@ _PREFIX_NOUNS = (
     "response",
     "statement",
 )
-_REFUSALS = (
-    r"\bas an? (?:ai|artificial intelligence|language model)\b",
-    r"\bi(?:'m| am) (?:an ai|a language model|just an ai)\b",
-    r"^(?:i'm|i am) (?:sorry|afraid),? (?:but )?(?:i|as an?)\b",
-    r"^(?:sorry|i apologi[sz]e|unfortunately),? (?:but )?i\b",
-    r"^i (?:cannot|can't|can not|won't|will not|am unable to|am not able to|must decline)"
-    r"\b.{0,40}\b(?:help|assist|write|provide|create|generate|comply|fulfil+|do that|"
-    r"produce|complete)",
-    r"\bi (?:cannot|can't|can not|am unable to|won't) (?:fulfil+|comply with|help with|"
-    r"assist with) (?:this|that|your)\b",
+# Refusals: an assistant declining, or talking about itself as a model. Each pattern is
+# anchored to that form (the request, the model, a whole sentence of declining); the words
+# reviews, questions and hypotheses use every day ("unfortunately", "sorry", "I can't",
+# "I'm afraid", "as an AI researcher") never suffice on their own.
+_DECLINE = (
+    r"i(?: can't| cannot| can not| won't| will not| am unable to|'m unable to| am not able to|"
+    r"'m not able to| must (?:respectfully )?decline to| am not comfortable|'m not comfortable|"
+    r" do not feel comfortable| don't feel comfortable| am not going to|'m not going to|"
+    r" won't be able to| will not be able to)"
 )
-_REFUSAL = re.compile("|".join(_REFUSALS), re.I)
+_VERB = (
+    r"(?:fulfil+(?:ing)?|comply(?:ing)? with|assist(?:ing)? with|help(?:ing)?(?: you)? with|"
+    r"provid(?:e|ing)|creat(?:e|ing)|generat(?:e|ing)|writ(?:e|ing)|produc(?:e|ing)|"
+    r"complet(?:e|ing)|do(?:ing)?|continu(?:e|ing)|engag(?:e|ing) with|respond(?:ing)? to|"
+    r"process(?:ing)?)"
+)
+_APOLOGY = (
+    r"(?:(?:i'm|i am) (?:really |so )?(?:sorry|afraid)|sorry|my apologies|i apologi[sz]e|"
+    r"unfortunately)"
+)
+_REQUEST = r"(?:request|task|prompt|instructions?|query|assignment)"
+_REFUSALS = (
+    # the model names itself
+    r"\bas an? (?:ai|artificial intelligence)(?: (?:language )?model| assistant| chatbot)?"
+    r"(?=\s*[,.;:!]|\s+(?:i|developed|created|trained|designed|made)\b)",
+    r"\bas an? (?:ai |artificial intelligence )?(?:large )?language model\b",
+    r"\bi(?:'m| am) (?:just |only |merely )?(?:an ai|an artificial intelligence|a chatbot|"
+    r"a virtual assistant|an ai (?:language model|model|assistant|chatbot)|"
+    r"a (?:large )?language model)(?=\s*(?:[,.;:!]|$)|\s+(?:and|so|i|with|developed|created|"
+    r"trained|designed|made|that|who|without)\b)",
+    r"\bi (?:don't|do not) have (?:personal (?:opinions|feelings|experiences|preferences|beliefs)|"
+    r"the (?:ability|capacity) to (?:watch|see|view|experience|access|browse|form))\b",
+    r"\bmy (?:training data|knowledge cutoff|programming|guidelines)\b",
+    # declining the request
+    rf"\b{_DECLINE} (?:\w+ ){{0,3}}?{_VERB}\b[^.!?\n]{{0,60}}?\b(?:this|that|your|the|such|these) "
+    rf"(?:(?:kind|type) of )?{_REQUEST}\b",
+    rf"\b{_DECLINE} (?:help(?:ing)?|assist(?:ing)?)(?: you)? with (?:that|this|your|creating|"
+    r"writing|generating|producing)\b",
+    rf"\b{_DECLINE} assist you\b",
+    rf"\b{_DECLINE} {_VERB} (?:this|that|such) (?:(?:kind|type|sort) of )?content\b",
+    # a whole sentence of declining, with nothing after the object ("I can't do that.")
+    rf"^(?:{_APOLOGY},? (?:but )?)?{_DECLINE}(?: to)? (?:help(?! but)|assist|comply|"
+    r"(?:do|fulfil+|write|provide|create|generate|produce|complete|answer) (?:that|this|it)|"
+    r"help(?: you)? with (?:that|this|it))(?: for you)?(?: right now| at this time)?\s*"
+    r"(?:[.!]|$)",
+    rf"^(?:{_APOLOGY},? (?:but )?)?{_DECLINE}(?: to)? (?:write|create|generate|produce) "
+    r"(?:reviews?|content|texts?|stories|examples?|questions?|sentences?) "
+    r"(?:about|of|for|involving|depicting|on) (?:real|actual|specific|copyrighted|existing)\b",
+    rf"^{_APOLOGY},? (?:but )?(?:i (?:can't|cannot|won't) (?:do|help with) that|"
+    r"that(?:'s| is) not something i can)\b",
+)
+_REFUSAL = re.compile("|".join(_REFUSALS), re.I | re.M)
 _APOSTROPHES = str.maketrans({"’": "'", "‘": "'"})
 
 
@@ -104,13 +169,22 @@ def _line_key(line: str) -> str:
 
 
 def _unquote(text: str) -> str:
+    """``text`` without quotes wrapped around the whole of it (never half a pair of quotes)."""
     while len(text) >= 2 and text[0] in _QUOTES and text[-1] == _QUOTES[text[0]]:
         opening, closing = text[0], text[-1]
         inner = text[1:-1]
-        if opening != "'" and (opening in inner or closing in inner):
+        if opening == "'":
+            # Apostrophes inside words are fine ("it's"); any other straight single quote
+            # may close the opening one ("'Jaws' is ... 'Duel'"), so the text stays whole.
+            if _STRAY_SINGLE.search(inner):
+                break
+        elif opening in inner or closing in inner:
             break
         text = inner.strip()
     return text
+
+
+_STRAY_SINGLE = re.compile(r"(?<![^\W\d_])'|'(?![^\W\d_])")
 
 
 def strip_wrappers(
@@ -182,13 +256,13 @@ def strip_wrappers(
 
 
 def _is_preamble(line: str) -> bool:
-    if len(line) > 150:
-        return False
-    if line.endswith(":"):
-        return True
-    return bool(_PREAMBLE_START.match(line) and _PREAMBLE_TOPIC.search(line))
+    return len(line) <= 200 and bool(_PREAMBLE_LINE.match(line))
 
 
+_PREFIX_WORDS = (
+    "new|generated|rewritten|revised|modified|improved|extrapolated|synthetic|sample|final|"
+    "similar|another|positive|negative|neutral|movie|film|your|my|the|a|an|example|second"
+)
 _PREFIX_CACHE: dict[tuple[str, ...], re.Pattern[str]] = {}
 
 
@@ -198,7 +272,8 @@ def _prefix_pattern(nouns: tuple[str, ...]) -> re.Pattern[str]:
         extra = [re.escape(n.lower()) for noun in nouns for n in noun.split()[-1:]]
         alternatives = "|".join(sorted({*_PREFIX_NOUNS, *extra}, key=len, reverse=True))
         pattern = re.compile(
-            rf"\A(?:\*\*)?(?:[a-z]+ ){{0,2}}(?:{alternatives})(?: ?\d+)?(?:\*\*)?\s*:(?:\*\*)?\s+",
+            rf"\A(?:\*\*)?(?:(?:{_PREFIX_WORDS}) ){{0,2}}(?:{alternatives})(?: ?#?\d+)?(?:\*\*)?"
+            r"\s*:(?:\*\*)?\s+",
             re.I,
         )
         _PREFIX_CACHE[nouns] = pattern
