@@ -72,6 +72,7 @@ _WRITING = (
     r"the instructions|you asked for)\b"
     rf"|\bi (?:kept|wrote|made|chose|aimed to (?:keep|make|write)|tried to (?:keep|make|write)|"
     rf"focused on making) (?:it|the|this|my) (?:\w+ )?{_PRODUCT}"
+    r"|\bi (?:kept|made) (?:it|this) (?:short|brief|concise|simple|under \d+)\b"
     rf"|\b(?:this|the above|the|my) (?:new |generated |rewritten )?{_PRODUCT} (?:is|was|has been) "
     r"(?:written|fictional|generated|intended|designed|meant|crafted|created|made up|based on|"
     r"an example|a sample|not (?:based|about|real))\b"
@@ -365,8 +366,17 @@ class NearDuplicateIndex:
 
 @dataclass(frozen=True, slots=True)
 class CleaningSettings:
-    """Knobs of :class:`Cleaner` (the ``[s3.cleaning]`` table)."""
+    """Knobs of :class:`Cleaner` (the ``[s3.cleaning]`` table, or ``cleaning = "none"``)."""
 
+    enabled: bool = True
+    """False: keep every answer as it came (the paper's setup); only failed requests and
+    empty answers are dropped."""
+    strip: bool = True
+    """Strip wrappers (echoed prompt, preambles, trailers, prefixes, quotes, fences)."""
+    builtin_refusals: bool = True
+    """Drop refusals recognised by the built-in patterns (``refusal_patterns`` still apply)."""
+    dedup: bool = True
+    """Drop copies of gold examples and exact or near duplicates of kept texts."""
     min_chars: int = 5
     max_chars: int = 2000
     near_duplicate: float = 0.9
@@ -378,6 +388,11 @@ class CleaningSettings:
     refusal_patterns: tuple[str, ...] = ()
     """Extra regular expressions (case-insensitive) that mark a refusal."""
 
+    @classmethod
+    def none(cls) -> CleaningSettings:
+        """No cleaning at all, as the paper did."""
+        return cls(enabled=False, strip=False, builtin_refusals=False, dedup=False)
+
 
 @dataclass(slots=True)
 class CleaningCounts:
@@ -387,24 +402,58 @@ class CleaningCounts:
     kept: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     fixed: Counter[str] = field(default_factory=Counter)
+    received_by_label: Counter[str] = field(default_factory=Counter)
+    """Answers received per label they were asked for (classification tasks)."""
+    kept_by_label: Counter[str] = field(default_factory=Counter)
+
+    def count_label(self, label: str | None, kept: bool) -> None:
+        """Record one answer asked for ``label`` (``None``: a task without labels)."""
+        if label is None:
+            return
+        self.received_by_label[label] += 1
+        if kept:
+            self.kept_by_label[label] += 1
+
+    def unkeep(self, reason: str, label: str | None) -> None:
+        """A kept text was dropped after all (a reviewer rejected it)."""
+        self.kept -= 1
+        self.dropped[reason] += 1
+        if label is not None:
+            self.kept_by_label[label] -= 1
 
     def add(self, other: CleaningCounts) -> None:
         self.received += other.received
         self.kept += other.kept
         self.dropped.update(other.dropped)
         self.fixed.update(other.fixed)
+        self.received_by_label.update(other.received_by_label)
+        self.kept_by_label.update(other.kept_by_label)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "received": self.received,
             "kept": self.kept,
             "dropped": dict(sorted(self.dropped.items())),
             "fixed": dict(sorted(self.fixed.items())),
         }
+        if self.received_by_label:
+            out["by_label"] = {
+                label: {"received": n, "kept": self.kept_by_label[label]}
+                for label, n in sorted(self.received_by_label.items())
+            }
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CleaningCounts:
-        return cls(data["received"], data["kept"], Counter(data["dropped"]), Counter(data["fixed"]))
+        by_label = data.get("by_label", {})
+        return cls(
+            data["received"],
+            data["kept"],
+            Counter(data["dropped"]),
+            Counter(data["fixed"]),
+            Counter({k: v["received"] for k, v in by_label.items()}),
+            Counter({k: v["kept"] for k, v in by_label.items()}),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,7 +483,7 @@ class Cleaner:
         self.settings = settings
         self.nouns = tuple(nouns)
         self._extra = (
-            re.compile("|".join(f"(?:{p})" for p in settings.refusal_patterns), re.I)
+            re.compile("|".join(f"(?:{p})" for p in settings.refusal_patterns), re.I | re.M)
             if settings.refusal_patterns
             else None
         )
@@ -459,8 +508,12 @@ class Cleaner:
         scope: str = "",
         finish_reason: str | None = None,
         counts: CleaningCounts | None = None,
+        label: str | None = None,
     ) -> Cleaned:
-        """Clean one completion (``None`` for a failed request) and count the outcome."""
+        """Clean one completion (``None`` for a failed request) and count the outcome.
+
+        ``label`` is the label the text was asked for (counted per label).
+        """
         result = self._clean(completion, prompt, scope, finish_reason)
         if counts is not None:
             counts.received += 1
@@ -469,7 +522,13 @@ class Cleaner:
                 counts.dropped[result.reason or "dropped"] += 1
             else:
                 counts.kept += 1
+            counts.count_label(label, result.text is not None)
         return result
+
+    def _refusal(self, text: str) -> bool:
+        if self.settings.builtin_refusals and is_refusal(text):
+            return True
+        return self._extra is not None and bool(self._extra.search(text))
 
     def _clean(
         self, completion: str | None, prompt: str, scope: str, finish_reason: str | None
@@ -477,22 +536,35 @@ class Cleaner:
         if completion is None:
             return Cleaned(None, "failed")
         settings = self.settings
-        text, fixes = strip_wrappers(completion, prompt, nouns=self.nouns)
+        if not settings.enabled:
+            return Cleaned(completion, None) if completion.strip() else Cleaned(None, "empty")
+        fixes: list[str] = []
+        text = completion.strip()
+        if settings.strip:
+            text, fixes = strip_wrappers(completion, prompt, nouns=self.nouns)
         fixed = tuple(fixes)
-        if is_refusal(text, self._extra):
+        if self._refusal(text):
             return Cleaned(None, "refusal", fixed)
-        if not text:
-            return Cleaned(None, "echo" if "echo" in fixes else "empty", fixed)
-        if len(text) < settings.min_chars:
-            return Cleaned(None, "too_short", fixed)
-        if len(text) > settings.max_chars:
-            return Cleaned(None, "too_long", fixed)
-        if settings.drop_truncated and finish_reason == "length":
-            return Cleaned(None, "truncated", fixed)
-        if self._reference.match(text, scope) is not None:
-            return Cleaned(None, "copies_gold", fixed)
-        duplicate = self._kept.match(text, scope)
-        if duplicate is not None:
-            return Cleaned(None, duplicate, fixed)
-        self._kept.add(text, scope)
+        reason = self._size(text, fixes, finish_reason)
+        if reason is not None:
+            return Cleaned(None, reason, fixed)
+        if settings.dedup:
+            if self._reference.match(text, scope) is not None:
+                return Cleaned(None, "copies_gold", fixed)
+            duplicate = self._kept.match(text, scope)
+            if duplicate is not None:
+                return Cleaned(None, duplicate, fixed)
+            self._kept.add(text, scope)
         return Cleaned(text, None, fixed)
+
+    def _size(self, text: str, fixes: list[str], finish_reason: str | None) -> str | None:
+        settings = self.settings
+        if not text:
+            return "echo" if "echo" in fixes else "empty"
+        if len(text) < settings.min_chars:
+            return "too_short"
+        if len(text) > settings.max_chars:
+            return "too_long"
+        if settings.drop_truncated and finish_reason == "length":
+            return "truncated"
+        return None
