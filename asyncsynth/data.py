@@ -91,7 +91,9 @@ def _hf_rows(source: str, label_field: str | None) -> tuple[Iterator[dict[str, A
         ) from None
     name, subset, split = _parse_hf(source)
     try:
-        dataset = datasets.load_dataset(name, subset, split=split)
+        dataset = _hf_load(datasets, name, subset, split)
+    except ConfigError:
+        raise
     except Exception as exc:  # the library raises many kinds; all mean "cannot load"
         raise ConfigError(f"{source}: could not load the dataset: {exc}") from None
     names: list[str] = []
@@ -99,6 +101,32 @@ def _hf_rows(source: str, label_field: str | None) -> tuple[Iterator[dict[str, A
     if feature is not None and hasattr(feature, "names"):
         names = list(feature.names)
     return iter(dataset), names
+
+
+def _saved(folder: Path) -> bool:
+    """Whether ``folder`` holds a dataset written by ``save_to_disk``."""
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
+def _hf_load(datasets: Any, name: str, subset: str | None, split: str) -> Any:
+    """The split of a hub dataset, or of a local ``save_to_disk`` folder of that name.
+
+    A folder at ``NAME`` (or ``NAME/SUBSET``) holding a saved dataset is read with
+    ``load_from_disk``, as ``load_dataset`` reads a local folder of data files: handy for
+    offline copies (and tests) under the hub's names.
+    """
+    for folder in (Path(name, subset) if subset else None, Path(name)):
+        if folder is not None and folder.is_dir() and _saved(folder):
+            saved = datasets.load_from_disk(str(folder))
+            if isinstance(saved, datasets.DatasetDict):
+                if split not in saved:
+                    raise ConfigError(
+                        f"hf:{name}: the saved dataset in {folder} has no split {split!r} "
+                        f"(splits: {', '.join(saved)})"
+                    )
+                return saved[split]
+            return saved
+    return datasets.load_dataset(name, subset, split=split)
 
 
 def _file_rows(path: str) -> Iterator[tuple[int, Any]]:

@@ -108,7 +108,6 @@ class _Head(Protocol):
     """A student's task: its model class, its inputs, its predictions and its metrics."""
 
     kind: str
-    metrics_names: tuple[str, ...]
 
     def load(self, path: str, config: StudentConfig) -> tuple[PreTrainedModel, Any]: ...
 
@@ -159,7 +158,6 @@ def _pad(
 
 class _Classification:
     kind = "classification"
-    metrics_names = CLASSIFICATION_METRICS
 
     def __init__(self, labels: Sequence[str]) -> None:
         self.labels = list(labels)
@@ -220,7 +218,6 @@ class _Classification:
 
 class _QA:
     kind = "qa"
-    metrics_names = QA_METRICS
 
     def load(self, path: str, config: StudentConfig) -> tuple[PreTrainedModel, Any]:
         return _from_pretrained_or_config(AutoModelForQuestionAnswering, path, config)
@@ -318,9 +315,9 @@ class _StudentTrainer(Trainer):
     ) -> Any:
         if self.lr_scheduler is None:
             schedule = _linear_schedule(self._warmup(num_training_steps), num_training_steps)
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer or self.optimizer, schedule
-            )
+            optimizer = optimizer or self.optimizer
+            assert optimizer is not None
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return self.lr_scheduler
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:

@@ -188,24 +188,14 @@ def _unquote(text: str) -> str:
 _STRAY_SINGLE = re.compile(r"(?<![^\W\d_])'|'(?![^\W\d_])")
 
 
-def strip_wrappers(
-    completion: str, prompt: str = "", *, nouns: Iterable[str] = ()
-) -> tuple[str, list[str]]:
-    """The text inside a completion, and the fixes applied (e.g. ``["preamble", "quotes"]``).
-
-    ``prompt`` is the prompt's text (its echoed lines are removed); ``nouns`` adds words
-    recognised as a label prefix ("Tweet:") to the built-in ones ("Review:", "Sentence:").
-    """
-    fixes: list[str] = []
-    text = completion.replace("\r\n", "\n").strip()
-    prompt = prompt.strip()
+def _strip_echo(text: str, prompt: str, fixes: list[str]) -> list[str]:
+    """The lines of ``text`` without an echoed prompt (as a prefix, or any of its lines)."""
     if prompt and text.startswith(prompt):
         text = text[len(prompt) :].strip()
         fixes.append("echo")
     if m := _FENCE.match(text):
         text = m.group(1).strip()
         fixes.append("fence")
-
     lines = [line.strip() for line in text.split("\n")]
     if prompt:
         echoed = {key for line in prompt.splitlines() if len(key := _line_key(line)) >= 12}
@@ -214,21 +204,26 @@ def strip_wrappers(
             lines = kept
             if "echo" not in fixes:
                 fixes.append("echo")
+    return lines
 
-    def content() -> list[str]:
-        return [line for line in lines if line]
+
+def _strip_lines(lines: list[str], fixes: list[str]) -> list[str]:
+    """Without a first line of preamble or title and last lines of trailer."""
+
+    def several() -> bool:
+        return sum(1 for line in lines if line) > 1
 
     while lines and not lines[0]:
         lines.pop(0)
-    if len(content()) > 1 and _is_preamble(lines[0]):
+    if several() and _is_preamble(lines[0]):
         lines.pop(0)
         fixes.append("preamble")
         while lines and not lines[0]:
             lines.pop(0)
-    if len(content()) > 1 and _TITLE.match(lines[0]):
+    if several() and _TITLE.match(lines[0]):
         lines.pop(0)
         fixes.append("title")
-    while len(content()) > 1:
+    while several():
         while lines and not lines[-1]:
             lines.pop()
         if not _TRAILER.match(lines[-1]):
@@ -236,14 +231,15 @@ def strip_wrappers(
         lines.pop()
         if "trailer" not in fixes:
             fixes.append("trailer")
+    return lines
 
-    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-    text = re.sub(r"[ \t]+", " ", text)
+
+def _strip_inline(text: str, nouns: tuple[str, ...], fixes: list[str]) -> str:
+    """Without an inline preamble, a label prefix, whole-text bold and wrapping quotes."""
     if m := _PREAMBLE_INLINE.match(text):
         text = text[m.end() :]
         fixes.append("preamble")
-    prefix = _prefix_pattern(tuple(nouns))
-    if m := prefix.match(text):
+    if m := _prefix_pattern(nouns).match(text):
         text = text[m.end() :].strip()
         fixes.append("prefix")
     if m := _BOLD.match(text):
@@ -253,7 +249,23 @@ def strip_wrappers(
     if unquoted != text:
         text = unquoted
         fixes.append("quotes")
-    return text, fixes
+    return text
+
+
+def strip_wrappers(
+    completion: str, prompt: str = "", *, nouns: Iterable[str] = ()
+) -> tuple[str, list[str]]:
+    """The text inside a completion, and the fixes applied (e.g. ``["preamble", "quotes"]``).
+
+    ``prompt`` is the prompt's text (its echoed lines are removed); ``nouns`` adds words
+    recognised as a label prefix ("Tweet:") to the built-in ones ("Review:", "Sentence:").
+    """
+    fixes: list[str] = []
+    lines = _strip_echo(completion.replace("\r\n", "\n").strip(), prompt.strip(), fixes)
+    lines = _strip_lines(lines, fixes)
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    text = re.sub(r"[ \t]+", " ", text)
+    return _strip_inline(text, tuple(nouns), fixes), fixes
 
 
 def _is_preamble(line: str) -> bool:

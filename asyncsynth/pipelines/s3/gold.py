@@ -152,7 +152,7 @@ def gold_duplicates(
             across[f"{a}/{b}"] = sum(k in other for k in keys[a])
     report: dict[str, Any] = {"within": within, "across": across, "removed": {}}
     if not remove:
-        return dict(parts), report
+        return {k: list(v) if v is not None else None for k, v in parts.items()}, report
     out: dict[str, list[Row] | None] = {}
     later: set[str] = set()
     for name in reversed(names):  # test first: it stays whole across parts

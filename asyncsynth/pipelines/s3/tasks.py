@@ -79,7 +79,6 @@ class Task(Protocol):
 
     name: str
     labelled: bool
-    metric_names: tuple[str, ...]
 
     def new_text(self, row: Mapping[str, Any]) -> str:
         """The text the LLM writes."""
@@ -132,11 +131,10 @@ class ClassificationTask:
     """Single texts (``single``) or text pairs (``pair``) with labels."""
 
     labelled = True
-    metric_names = ("accuracy", "macro_f1")
 
     def __init__(self, settings: S3Settings, contexts: Sequence[str] | None) -> None:
         self.settings = settings
-        self.name = settings.task
+        self.name: str = settings.task
         self.pair = settings.task == "pair"
         self.contexts = list(contexts or ())
         self.labels: dict[str, LabelSpec] = {lab.name: lab for lab in settings.labels}
@@ -242,7 +240,6 @@ class QATask:
 
     name = "qa"
     labelled = False
-    metric_names = ("exact_match", "f1")
 
     def __init__(
         self,
