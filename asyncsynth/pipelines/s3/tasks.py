@@ -266,17 +266,19 @@ class QATask:
         meta: dict[str, Any] = {"context": context, "scope": scope_of(context)}
         if answers:
             meta.update(answer=answers[0], answer_start=starts[0])
+        else:
+            meta["span"] = True  # the LLM picks the answer (seed_span.md)
         return Draw(qa_values(self.settings, context, meta.get("answer")), meta)
 
     def seed_prompt(self, prompts: PromptSet, draw: Draw) -> Prompt:
-        if "answer" in draw.meta:
+        if not draw.meta.get("span"):
             return prompts.seed
         assert prompts.seed_span is not None
         return prompts.seed_span
 
     def parse(self, meta: Mapping[str, Any], completion: str | None) -> Parsed:
         """The question; when the LLM picked the span, its answer too, checked in the context."""
-        if completion is None or "answer" in meta:
+        if completion is None or not meta.get("span"):
             return Parsed(completion)
         answer, question = _SPAN_ANSWER.search(completion), _SPAN_QUESTION.search(completion)
         if answer is None or question is None:
