@@ -168,6 +168,13 @@ def _label(
         raise InputError(
             f"label must be a string or an integer, got {value!r}", source=source, line=line
         )
+    if value == -1 and class_names:
+        raise InputError(
+            "label -1: this split hides its labels (as GLUE's test splits do); "
+            "use the validation split as the test set",
+            source=source,
+            line=line,
+        )
     keys = [str(value)]
     if isinstance(value, int) and 0 <= value < len(class_names):
         keys.append(class_names[value])
