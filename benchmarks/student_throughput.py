@@ -87,9 +87,7 @@ def _hf_trainer(train: list[Example], dev: list[Example], config: StudentConfig)
     ids = {name: i for i, name in enumerate(_LABELS)}
 
     def features(examples: list[Example]) -> list[dict[str, Any]]:
-        enc = tokenizer(
-            [ex.text for ex in examples], truncation=True, max_length=config.max_length
-        )
+        enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=config.max_length)
         return [
             {**{k: enc[k][i] for k in enc}, "labels": ids[ex.label]}
             for i, ex in enumerate(examples)

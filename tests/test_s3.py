@@ -1059,13 +1059,14 @@ def test_review_gra_passes_new_examples_through_the_committee(tmp_path: Path) ->
 )
 def test_example_configs_load_with_their_data_and_prompts(path: Path) -> None:
     from asyncsynth.config import load_config
-    from asyncsynth.pipelines.s3 import load_gold
+    from asyncsynth.pipelines.s3 import load_gold, make_task
 
     settings = load_s3_settings(load_config(path))
     gold = load_gold(settings)
     assert gold.mining and gold.dev and gold.test
-    assert not {r["text"] for r in gold.test} & {r["text"] for r in gold.mining + gold.dev}
-    assert load_prompt_set(settings).extrapolate
+    key = make_task(settings, gold.contexts).key
+    assert not {key(r) for r in gold.test} & {key(r) for r in gold.mining + gold.dev}
+    assert load_prompt_set(settings, span=gold.needs_span).extrapolate
 
 
 def test_cli_reports_bad_config_and_failed_steps(tmp_path: Path) -> None:

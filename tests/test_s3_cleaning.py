@@ -107,7 +107,5 @@ def test_cleaning_none_keeps_every_answer_as_it_came() -> None:
     assert counts.to_dict()["by_label"] == {"a": {"received": 7, "kept": 5}}
     with pytest.raises(ConfigError, match=r"s3\.cleaning: a table of cleaning settings"):
         s3_settings({"labels": {"a": "A", "b": "B"}, "gold": "g", "cleaning": "some"})
-    table = s3_settings(
-        {"labels": {"a": "A", "b": "B"}, "gold": "g", "cleaning": {"strip": False}}
-    )
+    table = s3_settings({"labels": {"a": "A", "b": "B"}, "gold": "g", "cleaning": {"strip": False}})
     assert table.cleaning.enabled and not table.cleaning.strip

@@ -131,7 +131,7 @@ def test_a_round_without_errors_stops_the_loop(tmp_path: Path) -> None:
     gold = gold_rows(80, 1, ["positive", "negative"])
     easy = [r for r in gold if not hidden & set(r["text"].split())]
     write_jsonl(tmp_path / "gold.jsonl", easy)
-    table = sentiment_s3(tmp_path, rounds=3)
+    table = sentiment_s3(tmp_path, rounds=3, student={**TINY_STUDENT, "epochs": 30})
     del table["test"]
     events = Events()
     with SimServer(reply=sentiment_reply) as sim:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import random
 import subprocess
@@ -359,15 +360,31 @@ def test_device_and_precision_are_chosen_from_what_the_machine_has() -> None:
 
 
 @needs_student
-def test_trainer_arguments_carry_the_chosen_precision() -> None:
-    from asyncsynth.student import Hardware
-    from asyncsynth.student.trainer import _arguments
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_steps_autocast_and_scale(precision: str) -> None:
+    """The CUDA code path, run on the CPU (torch autocasts and scales there too)."""
+    import torch
 
+    from asyncsynth.student import Hardware
+    from asyncsynth.student.trainer import _Classification, _collate, _optimizer, _Stepper
+
+    hardware = Hardware("cpu", precision, False)  # type: ignore[arg-type]
     config = _tiny()
-    bf16 = _arguments("/tmp/x", config, Hardware("cpu", "fp32", False))
-    assert not bf16.bf16 and not bf16.fp16 and bf16.use_cpu
-    assert bf16.per_device_train_batch_size == 16 and bf16.max_grad_norm == 1.0
-    assert bf16.save_strategy == "no" and bf16.seed == config.seed
+    head = _Classification(_TOY_LABELS)
+    torch.manual_seed(0)
+    model, tokenizer = head.load(resolve_model(config.model), config)
+    inputs = head.inputs(tokenizer, _toy(16, seed=1), config)
+    optimizer = _optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    stepper = _Stepper(model, optimizer, scheduler, hardware)
+    assert (stepper.scaler is not None) == (precision == "fp16")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = _collate(inputs, tokenizer.pad_token_id, None, torch.device("cpu"))
+    losses = [stepper(batch) for _ in range(3)]
+    assert all(math.isfinite(loss) for loss in losses)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # the weights moved (an fp16 scaler may skip a first overflowing step)
+    assert next(model.parameters()).dtype == torch.float32  # master weights stay fp32
 
 
 # --- extractive QA ------------------------------------------------------------------------

@@ -66,9 +66,7 @@ def _metrics(report: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
     return part, {k: float(v) for k, v in values.items() if k != "n"}
 
 
-def summarize(
-    reports: Mapping[int, Mapping[str, Any]], settings: S3Settings
-) -> dict[str, Any]:
+def summarize(reports: Mapping[int, Mapping[str, Any]], settings: S3Settings) -> dict[str, Any]:
     """Per metric, every seed's value, the mean and the sample standard deviation."""
     row, task = paper_row(settings)
     parts = {seed: _metrics(report) for seed, report in reports.items()}

@@ -1,21 +1,31 @@
 """Cleaning of LLM-written examples before they reach a training set.
 
-Every completion passes, in order:
+Cleaning must never drop or cut a legitimate text: every rule is anchored to the form an
+assistant uses when it wraps, declines or talks about itself, never to words that reviews,
+questions and hypotheses use every day ("Unfortunately, ...", "I'm sorry, but I hated
+...", "I can't help but ...", "Sure, it's long, but ...", "The verdict:", "Note: the 3D
+version is worse"). ``tests/data/s3_cleaning_corpus.jsonl`` holds the labelled corpus
+that proves it. Every completion passes, in order:
 
-1. **stripping** (the text is kept, the fix is counted): an echoed prompt (the whole
-   prompt as a prefix, or any of its lines), a code fence, a chatty preamble ("Sure!
-   Here is a positive review:"), a leading "Title:" line, trailing notes ("Note: ...",
-   "I hope this helps"), a "Review:"-style label prefix, markdown bold and the quotes
-   wrapped around the whole text;
+1. **stripping** (``strip``; the text is kept, the fix is counted): an echoed prompt (the
+   whole prompt as a prefix, or any of its lines), a code fence, an assistant's preamble
+   ("Sure! Here is a positive review:", "Here's my attempt:"), a leading "Title:" line,
+   trailing remarks about the answer itself ("I hope this helps", "Let me know if ...",
+   "Note: I kept the review short", "Explanation: ..."), a "Review:"-style label prefix,
+   whole-text markdown bold and quotes wrapped around the whole text (never half a pair);
 2. **dropping** (the text is lost, the reason is counted): a failed request, a refusal
-   ("As an AI language model ...", "I'm sorry, but I can't ..."), an empty, too short
-   or over-long text, a truncated one when ``drop_truncated`` is set, a copy of a gold
-   example, an exact duplicate and a near duplicate of a text already kept.
+   (``builtin_refusals``: "As an AI language model", "I'm sorry, but I can't help with
+   that", "I cannot fulfil this request"; plus ``refusal_patterns``), an empty, too short
+   or over-long text, a truncated one when ``drop_truncated`` is set, and (``dedup``) a
+   copy of a gold example, an exact duplicate and a near duplicate of a text already kept.
+
+``CleaningSettings.none()`` (``cleaning = "none"``) keeps every answer as it came, as the
+paper did: only failed requests and empty answers are dropped.
 
 Exact duplicates compare the lower-cased word sequence; near duplicates the Jaccard
 similarity of word shingles, found through an index with prefix filtering so that a
-large set is not compared pair by pair. Both are scoped: for text pairs only second
-texts written for the same context are compared. No torch, no embeddings.
+large set is not compared pair by pair. Both are scoped: for text pairs and QA only texts
+written for the same context are compared. No torch, no embeddings.
 """
 
 from __future__ import annotations
