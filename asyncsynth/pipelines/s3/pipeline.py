@@ -155,7 +155,7 @@ async def run_s3(
     )
     _gold_note(run)
     failure: Exception | None = None
-    async with Engine(config, journal=folder.journal) as engine:
+    async with Engine(config, journal=folder.journal, on_event=on_event) as engine:
         run.engine = engine
         try:
             if run.reviewer is None and settings.review == "gra":
