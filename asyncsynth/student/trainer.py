@@ -375,7 +375,8 @@ def _collate(
 
 def _optimizer(model: torch.nn.Module, config: StudentConfig) -> torch.optim.Optimizer:
     """AdamW, no decay on biases and norms; the fused kernel where torch has one."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -462,7 +463,7 @@ def _loop(
                 raise TrainingCancelled(f"training cancelled at step {step}/{total}")
             mine = idx[group[0] :: world] if group else idx
             batch = _collate([inputs[i] for i in mine or idx[:1]], pad_id, pad_to, device)
-            lr = scheduler.get_last_lr()[0]
+            lr = float(scheduler.get_last_lr()[0])
             loss = stepper(batch)
             step += 1
             loss_sum, loss_steps = loss_sum + loss, loss_steps + 1
