@@ -148,6 +148,15 @@ def _rows(source: str, label_field: str | None) -> tuple[Iterator[tuple[int, Any
     return _file_rows(source), []
 
 
+def _objects(source: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """(line, row) of every row of ``source`` (no class labels), each a JSON object."""
+    rows, _ = _rows(source, None)
+    for line, row in rows:
+        if not isinstance(row, Mapping):
+            raise InputError("a row must be a JSON object", source=source, line=line)
+        yield line, row
+
+
 def _text(row: Mapping[str, Any], field: str, source: str, line: int) -> str:
     if field not in row:
         raise InputError(f"no field {field!r} (fields: {', '.join(row)})", source=source, line=line)
@@ -234,11 +243,8 @@ def load_texts(
 ) -> list[str]:
     """The non-empty texts in ``field`` of every row of ``source`` (a context pool)."""
     source = resolve_source(source, base_dir)
-    rows, _ = _rows(source, None)
     texts: list[str] = []
-    for line, row in rows:
-        if not isinstance(row, Mapping):
-            raise InputError("a row must be a JSON object", source=source, line=line)
+    for line, row in _objects(source):
         texts.append(_text(row, field, source, line))
     if not texts:
         raise InputError("no texts", source=source)
@@ -309,11 +315,8 @@ def load_qa_examples(
 ) -> list[QAExample]:
     """Every SQuAD-style row of ``source`` (context, question, at least one answer)."""
     source = resolve_source(source, base_dir)
-    rows, _ = _rows(source, None)
     examples: list[QAExample] = []
-    for line, row in rows:
-        if not isinstance(row, Mapping):
-            raise InputError("a row must be a JSON object", source=source, line=line)
+    for line, row in _objects(source):
         context = _text(row, fields.context, source, line)
         question = _text(row, fields.question, source, line)
         if fields.answers not in row:
@@ -339,11 +342,8 @@ def load_qa_pool(
     (SQuAD has one row per question) keeps one entry per distinct answer.
     """
     source = resolve_source(source, base_dir)
-    rows, _ = _rows(source, None)
     pool: dict[tuple[str, str, int], tuple[str, tuple[str, ...], tuple[int, ...]]] = {}
-    for line, row in rows:
-        if not isinstance(row, Mapping):
-            raise InputError("a row must be a JSON object", source=source, line=line)
+    for line, row in _objects(source):
         context = _text(row, fields.context, source, line)
         if row.get(fields.answers) is None:
             pool.setdefault((context, "", -1), (context, (), ()))

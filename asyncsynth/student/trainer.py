@@ -610,6 +610,14 @@ class _Student:
         return meta, config, model, tokenizer
 
 
+_TRAINED = ("history", "best_epoch", "best_step", "train_seconds")
+
+
+def _trained(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a saved student's ``student.json`` says about its training."""
+    return {key: meta[key] for key in _TRAINED}
+
+
 class TrainedStudent(_Student):
     """A fine-tuned classifier; ``labels`` are its class names."""
 
@@ -642,16 +650,7 @@ class TrainedStudent(_Student):
         meta, config, model, tokenizer = cls._read(
             Path(path), AutoModelForSequenceClassification, device
         )
-        return cls(
-            model,
-            tokenizer,
-            meta["labels"],
-            config,
-            history=meta["history"],
-            best_epoch=meta["best_epoch"],
-            best_step=meta["best_step"],
-            train_seconds=meta["train_seconds"],
-        )
+        return cls(model, tokenizer, meta["labels"], config, **_trained(meta))
 
 
 class TrainedQAStudent(_Student):
@@ -673,15 +672,7 @@ class TrainedQAStudent(_Student):
         meta, config, model, tokenizer = cls._read(
             Path(path), AutoModelForQuestionAnswering, device
         )
-        return cls(
-            model,
-            tokenizer,
-            config,
-            history=meta["history"],
-            best_epoch=meta["best_epoch"],
-            best_step=meta["best_step"],
-            train_seconds=meta["train_seconds"],
-        )
+        return cls(model, tokenizer, config, **_trained(meta))
 
 
 def _check_labels(examples: Sequence[Example], label_ids: dict[str, int], what: str) -> None:

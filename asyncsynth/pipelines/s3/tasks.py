@@ -211,7 +211,7 @@ class ClassificationTask:
         )
 
     def predict(self, student: Any, rows: Sequence[Row]) -> list[str]:
-        return list(student.predict([example(r) for r in rows]))
+        return _predictions(student, [example(r) for r in rows])
 
     def score(self, rows: Sequence[Row], predicted: Sequence[str]) -> Metrics:
         return compute_metrics([r["label"] for r in rows], predicted, self.settings.label_names)
@@ -323,13 +323,17 @@ class QATask:
         )
 
     def predict(self, student: Any, rows: Sequence[Row]) -> list[str]:
-        return list(student.predict([qa_example(r) for r in rows]))
+        return _predictions(student, [qa_example(r) for r in rows])
 
     def score(self, rows: Sequence[Row], predicted: Sequence[str]) -> QAMetrics:
         return compute_qa_metrics(predicted, [r["answers"]["text"] for r in rows])
 
     def is_error(self, row: Mapping[str, Any], predicted: str) -> bool:
         return squad_exact(predicted, row["answers"]["text"]) == 0.0
+
+
+def _predictions(student: Any, examples: Sequence[Any]) -> list[str]:
+    return [str(p) for p in student.predict(examples)]
 
 
 def _row(ident: str, text: str, text_pair: str | None, label: str, **extra: Any) -> Row:
