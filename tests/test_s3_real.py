@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from asyncsynth.config import config_from_dict
 from asyncsynth.pipelines.s3 import run_s3
+from asyncsynth.student import TINY_BERT
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTIMENT = ROOT / "examples" / "s3" / "sentiment"
@@ -52,13 +53,7 @@ def test_s3_runs_end_to_end_on_smollm2(tmp_path: Path) -> None:
                 "save_student": False,
                 "student": {
                     "model": "minilm",
-                    "from_config": {
-                        "model_type": "bert",
-                        "hidden_size": 32,
-                        "num_hidden_layers": 2,
-                        "num_attention_heads": 2,
-                        "intermediate_size": 64,
-                    },
+                    "from_config": TINY_BERT,
                     "epochs": 3,
                     "lr": 0.005,
                     "batch_size": 8,
@@ -108,13 +103,7 @@ def test_s3_adqa_runs_end_to_end_on_smollm2(tmp_path: Path) -> None:
                 "save_student": False,
                 "student": {
                     "model": "minilm",
-                    "from_config": {
-                        "model_type": "bert",
-                        "hidden_size": 32,
-                        "num_hidden_layers": 2,
-                        "num_attention_heads": 2,
-                        "intermediate_size": 64,
-                    },
+                    "from_config": TINY_BERT,
                     "epochs": 2,
                     "lr": 0.005,
                     "batch_size": 8,

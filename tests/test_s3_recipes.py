@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import pytest
 from click.testing import CliRunner
-from test_s3 import TINY_STUDENT, needs_student, read_jsonl
+from test_s3 import FILLER, TINY_STUDENT, needs_student, read_jsonl
 
 from asyncsynth.cli import main
 from asyncsynth.config import Config, load_config
@@ -30,19 +30,7 @@ datasets = pytest.importorskip("datasets")
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "examples" / "s3" / "recipes"
-WORDS = [
-    "river",
-    "window",
-    "garden",
-    "morning",
-    "winter",
-    "ticket",
-    "lamp",
-    "corner",
-    "pocket",
-    "bridge",
-    "village",
-]
+WORDS = FILLER[:11]
 GOOD, BAD = ["wonderful", "superb", "delightful"], ["awful", "dreadful", "tedious"]
 
 
