@@ -906,6 +906,18 @@ def gra(
         sys.exit(EXIT_FAILED_ROWS)
 
 
+def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        seeds = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected seeds like 1,2,3, got {value!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise click.BadParameter(f"expected distinct seeds >= 0 like 1,2,3, got {value!r}")
+    return seeds
+
+
 @main.command("s3")
 @click.argument("config_path", metavar="CONFIG.toml", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -921,6 +933,18 @@ def gra(
     help="Pass new examples through the GRA committee of [gra] (overrides s3.review).",
 )
 @click.option("--rounds", type=click.IntRange(min=0), help="Overrides s3.rounds.")
+@click.option(
+    "--baseline",
+    type=click.Choice(["none", "gold", "zerogen", "no_extrapolation"]),
+    help="A baseline of the paper instead of S3: the student on gold data, ZeroGen-style "
+    "(no rationales, no extrapolation), or S3 without extrapolation (overrides s3.baseline).",
+)
+@click.option("--seed-size", type=click.IntRange(min=1), help="Overrides s3.seed_size.")
+@click.option(
+    "--seeds",
+    callback=_seed_list,
+    help="Run once per seed (e.g. 1,2,3) into OUT/seed-N; report mean and std per metric.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
 @progress_options
 @budget_options
@@ -929,6 +953,9 @@ def s3(
     out_dir: str,
     review: str | None,
     rounds: int | None,
+    baseline: str | None,
+    seed_size: int | None,
+    seeds: list[int] | None,
     quiet: bool,
     **kw: Any,
 ) -> None:
@@ -942,22 +969,30 @@ def s3(
     cap was reached, 130 when interrupted.
     """
     from .pipelines.errors import PipelineError
-    from .pipelines.s3 import load_s3_settings, run_s3
+    from .pipelines.s3 import load_s3_settings, run_s3, s3_settings
+    from .pipelines.s3.baselines import format_table, run_seeds
     from .pipelines.s3.report import describe, format_report
     from .progress import summary
 
     try:
         config = with_budget(load_config(config_path), kw)
         settings = load_s3_settings(config)
+        if baseline is not None:  # re-validated: a baseline changes other settings
+            table = {**config.sections["s3"], "baseline": baseline}
+            settings = s3_settings(table, where=f"{config.source}: s3", base_dir=settings.base_dir)
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
-    overrides = {"review": review, "rounds": rounds}
+    overrides = {"review": review, "rounds": rounds, "seed_size": seed_size}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     config = with_wait_options(config, kw)
     display = progress_from_options(kw, quiet=quiet, title="s3", describe=describe)
 
     async def go() -> Any:
         try:
+            if seeds is not None:
+                return await run_seeds(
+                    config, out_dir, seeds, settings=settings, on_event=display.on_event
+                )
             return await run_s3(config, out_dir, settings=settings, on_event=display.on_event)
         except PipelineError as exc:
             return exc
@@ -981,6 +1016,24 @@ def s3(
     if isinstance(result, PipelineError):
         click.echo(f"Error: {result}", err=True)
         sys.exit(EXIT_FAILED_ROWS)
-    if not quiet:
-        click.echo(format_report(result.report), err=True)
-        click.echo(f"report: {Path(out_dir) / 'report.json'}", err=True)
+    if quiet:
+        return
+    if seeds is not None:
+        click.echo(format_table([result]), err=True)
+        click.echo(f"summary: {Path(out_dir) / 'seeds.json'}", err=True)
+        return
+    click.echo(format_report(result.report), err=True)
+    click.echo(f"report: {Path(out_dir) / 'report.json'}", err=True)
+
+
+@main.command("s3-table")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
+def s3_table(folders: tuple[str, ...]) -> None:
+    """The paper's Table 2 beside the results of `asyncsynth s3 ... --seeds` runs."""
+    from .pipelines.s3.baselines import format_table, read_summaries
+
+    try:
+        summaries = read_summaries(folders)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_table(summaries))
