@@ -65,13 +65,16 @@ def prompt_text(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages)
 
 
-def request_stats(results: Sequence[Result]) -> dict[str, int]:
+def request_stats(results: Sequence[Result]) -> dict[str, Any]:
+    """A step's requests; ``cost_usd``: what its answers cost when made (None: no price)."""
+    made = [r.first_cost if r.cached else r.cost for r in results if r.ok]
     return {
         "total": len(results),
         "cached": sum(r.cached for r in results),
         "failed": sum(not r.ok for r in results),
         "tokens_in": sum((r.usage or {}).get("prompt_tokens", 0) for r in results),
         "tokens_out": sum((r.usage or {}).get("completion_tokens", 0) for r in results),
+        "cost_usd": None if None in made else round(sum(c or 0.0 for c in made), 6),
     }
 
 
