@@ -1,0 +1,156 @@
+"""What a run holds: its kind (``gra``, ``s3`` or ``run``), its files, and their rows.
+
+Shared by ``asyncsynth export`` and ``asyncsynth view``; stdlib and orjson only, so the
+viewer needs no extra. Rows are read tolerantly: fields this version does not know are
+kept, a torn last line (a run still writing) is left for later, and a line that is not
+JSON is an :class:`~asyncsynth.engine.InputError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from ..engine import InputError
+
+__all__ = ["RunFolder", "RunKind", "iter_rows", "open_run", "read_json"]
+
+RunKind = Literal["gra", "s3", "run"]
+
+GRA_FILES = ("accepted.jsonl", "rejected.jsonl", "pool.jsonl")
+ERRORS_SUFFIX = ".errors.jsonl"
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing (or half written)."""
+    try:
+        return orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+
+
+def iter_rows(path: str | os.PathLike[str], *, start: int = 0) -> Iterator[tuple[int, Any]]:
+    """(byte offset, row) of every complete line of a JSONL file from byte ``start``.
+
+    Blank lines are skipped; a last line without its newline is not yet complete and is
+    not read. A line that is not JSON raises :class:`InputError` with its line number
+    (counted from ``start``).
+    """
+    source = os.fspath(path)
+    with open(source, "rb") as f:
+        f.seek(start)
+        offset = start
+        for number, line in enumerate(f, 1):
+            here = offset
+            offset += len(line)
+            if not line.endswith(b"\n"):
+                return
+            if here == 0:
+                line = line.removeprefix(b"\xef\xbb\xbf")
+            if not line.strip():
+                continue
+            try:
+                yield here, orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(f"not valid JSON ({exc})", source=source, line=number) from None
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run's folder and kind. For ``run``, ``output`` is the answers file."""
+
+    kind: RunKind
+    root: Path
+    output: Path | None = None
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def errors(self) -> Path | None:
+        """The errors file of a ``run`` output."""
+        if self.output is None:
+            return None
+        return self.output.with_name(_stem(self.output.name) + ERRORS_SUFFIX)
+
+    @property
+    def report(self) -> dict[str, Any] | None:
+        """``report.json`` (GRA, S3), or None while a run has not written it yet."""
+        report = read_json(self.root / "report.json")
+        return report if isinstance(report, dict) else None
+
+    @property
+    def state(self) -> dict[str, Any] | None:
+        """S3's ``state.json``: finished steps and the settings they were made with."""
+        state = read_json(self.root / "state.json")
+        return state if isinstance(state, dict) else None
+
+    @property
+    def s3_settings(self) -> dict[str, Any]:
+        """The S3 settings recorded in ``state.json`` (labels in the config's order)."""
+        state = self.state or {}
+        return dict((state.get("fingerprint") or {}).get("settings") or {})
+
+    @property
+    def name(self) -> str:
+        return (self.output or self.root).name
+
+
+def _stem(name: str) -> str:
+    return name[: -len(".jsonl")] if name.endswith(".jsonl") else name
+
+
+def _is_output(path: Path) -> bool:
+    return path.suffix == ".jsonl" and not path.name.endswith(ERRORS_SUFFIX)
+
+
+def _looks_like_run_output(path: Path) -> bool:
+    """The first complete row has a completion (or the file is still empty)."""
+    try:
+        for _, row in iter_rows(path):
+            return isinstance(row, dict) and "completion" in row
+    except (InputError, OSError):
+        return False
+    return True
+
+
+def open_run(path: str | os.PathLike[str]) -> RunFolder:
+    """The run at ``path``: a GRA or S3 output folder, or a ``run`` output (file or folder).
+
+    A folder holding a single ``run`` output (besides its errors file) may be given for
+    the file. Anything else is refused with what was looked for.
+    """
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.name.endswith(ERRORS_SUFFIX):
+            output = p.with_name(p.name[: -len(ERRORS_SUFFIX)] + ".jsonl")
+            return RunFolder("run", p.parent.resolve(), output.resolve())
+        if _is_output(p):
+            return RunFolder("run", p.parent.resolve(), p.resolve())
+        raise InputError("not a run: give a run's folder or a `run` output .jsonl", source=str(p))
+    if not p.is_dir():
+        raise InputError("no such file or folder", source=str(p))
+    root = p.resolve()
+    if any((root / name).exists() for name in GRA_FILES):
+        return RunFolder("gra", root)
+    report = read_json(root / "report.json")
+    if (root / "state.json").exists() or (
+        isinstance(report, dict) and str(report.get("method", "")).startswith("S3")
+    ):
+        return RunFolder("s3", root)
+    outputs = sorted(q for q in root.glob("*.jsonl") if _is_output(q))
+    answers = [q for q in outputs if _looks_like_run_output(q)]
+    if len(answers) == 1:
+        return RunFolder("run", root, answers[0])
+    if len(answers) > 1:
+        names = ", ".join(q.name for q in answers)
+        raise InputError(f"holds several `run` outputs ({names}): give one", source=str(p))
+    raise InputError(
+        "not a run folder: no accepted.jsonl (GRA), state.json (S3) or `run` output .jsonl",
+        source=str(p),
+    )
