@@ -592,7 +592,7 @@ def export(
     Writes --out in --format, and with --push-to-hub uploads it to the Hugging Face Hub
     (Parquet files and a dataset card; token from HF_TOKEN or `hf auth login`).
     """
-    from .engine import InputError
+    from .engine import ConfigError
     from .export import describe_export, open_source, push_to_hub
     from .export.exporter import export_source
 
@@ -624,9 +624,11 @@ def export(
             )
             counts = ", ".join(f"{n:,} {split}" for split, n in pushed.rows.items())
             click.echo(f"pushed {counts} rows to {pushed.url} ({pushed.commit_url})", err=True)
-    except ValueError as exc:  # InputError, ConfigError and bad option values
-        if isinstance(exc, InputError | AsyncsynthError):
-            raise click.ClickException(str(exc)) from None
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    except AsyncsynthError as exc:  # a bad run folder or row, the Hub's refusal
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:  # option values (--rounds)
         raise click.BadParameter(str(exc)) from None
 
 

@@ -13,7 +13,7 @@ imported only when used.
 
 from .card import dataset_card
 from .exporter import FORMATS, ExportResult, Source, describe_export, export_run, open_source
-from .hub import HubFolder, HubPush, hub_folder, push_to_hub
+from .hub import HubError, HubFolder, HubPush, hub_folder, push_to_hub
 from .records import GraFilter, parse_rounds
 from .runs import RunFolder, RunKind, iter_rows, open_run
 
@@ -21,6 +21,7 @@ __all__ = [
     "FORMATS",
     "ExportResult",
     "GraFilter",
+    "HubError",
     "HubFolder",
     "HubPush",
     "RunFolder",

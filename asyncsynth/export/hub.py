@@ -4,7 +4,8 @@ What is uploaded is first written to a folder (:func:`hub_folder`), exactly as i
 be in the repository: ``README.md`` (the card) and ``data/{split}-0000K-of-0000N.parquet``
 (the Hub's layout, typed columns, split by :data:`~asyncsynth.export.arrow.SHARD_ROWS`
 rows). :func:`push_to_hub` then sends that folder with ``huggingface_hub`` in one
-commit, replacing the data files of an earlier push. The token comes from ``token``,
+commit (the card and the data change together), deleting the data files of an earlier
+push that it does not replace. The token comes from ``token``,
 else from ``HF_TOKEN`` or the login ``huggingface_hub`` keeps; asyncsynth never writes
 it anywhere. ``HF_ENDPOINT`` (or ``endpoint``) points it at another Hub.
 """
@@ -19,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..engine import InputError
+from ..engine import AsyncsynthError, InputError
 from .card import RunStats, dataset_card
 from .exporter import Source, open_source, typed_columns
 from .runs import RunFolder
 
 Run = str | os.PathLike[str] | RunFolder | Source
 
-__all__ = ["HubFolder", "HubPush", "hub_folder", "push_to_hub"]
+__all__ = ["HubError", "HubFolder", "HubPush", "hub_folder", "push_to_hub"]
 
 
 @dataclass
@@ -101,6 +102,10 @@ def hub_folder(
     return HubFolder(root, [root / "README.md", *files], rows)
 
 
+class HubError(AsyncsynthError):
+    """The Hub refused or could not be reached (its message says why)."""
+
+
 def _token(token: str | None) -> str:
     from huggingface_hub import get_token
 
@@ -125,16 +130,18 @@ def push_to_hub(
     **options: Any,
 ) -> HubPush:
     """Create the dataset repository ``repo_id`` (``OWNER/NAME``) if needed and upload
-    ``run`` with its card in one commit; data files of an earlier push are replaced.
+    ``run`` with its card in one commit, which also deletes the data files of an earlier
+    push that this one does not replace.
 
     ``options`` are :func:`~asyncsynth.export.export_run`'s (GRA filters, ``system``).
     """
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise InputError(f"--push-to-hub: expected OWNER/NAME, got {repo_id!r}")
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     source = open_source(run, config=config, **options)
-    api = HfApi(endpoint=endpoint, token=_token(token))
+    api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT"), token=_token(token))
     with tempfile.TemporaryDirectory(prefix="asyncsynth-hub-") as scratch:
         staged = hub_folder(
             source,
@@ -145,14 +152,26 @@ def push_to_hub(
             pretty_name=pretty_name,
             config=config,
         )
-        repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        paths = [p.relative_to(staged.root).as_posix() for p in staged.files]
         total = sum(staged.rows.values())
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            repo_type="dataset",
-            folder_path=scratch,
-            commit_message=commit_message or f"asyncsynth export: {total:,} rows",
-            delete_patterns=["data/*.parquet"],
-        )
-        files = [p.relative_to(staged.root).as_posix() for p in staged.files]
-    return HubPush(repo_id, str(repo), str(commit.commit_url), files, staged.rows)
+        try:
+            repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+            stale = [
+                p
+                for p in api.list_repo_files(repo_id, repo_type="dataset")
+                if p.startswith("data/") and p.endswith(".parquet") and p not in paths
+            ]
+            operations: list[Any] = [
+                CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(file))
+                for path, file in zip(paths, staged.files, strict=True)
+            ]
+            operations += [CommitOperationDelete(path_in_repo=p) for p in stale]
+            commit = api.create_commit(
+                repo_id,
+                operations,
+                commit_message=commit_message or f"asyncsynth export: {total:,} rows",
+                repo_type="dataset",
+            )
+        except (HfHubHTTPError, OfflineModeIsEnabled, OSError, ValueError) as exc:
+            raise HubError(f"{repo_id}: the upload failed: {exc}") from exc  # ValueError: bad card
+    return HubPush(repo_id, str(repo), str(commit.commit_url), paths, staged.rows)
