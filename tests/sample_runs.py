@@ -13,6 +13,8 @@ import importlib.util
 import json
 import random
 import re
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,13 @@ from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 
 HAS_STUDENT = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
 MARKUP = '<script>alert("x")</script><b>bold</b> & <i>more</i>'
+
+
+def _run(fn: Callable[[], Awaitable[Any]]) -> Any:
+    """``anyio.run(fn)`` in a thread of its own: callers may hold an event loop (Playwright's
+    sync API keeps one in the test's thread)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(anyio.run, fn).result()
 
 
 def _even(tag: str, n: int) -> bool:
@@ -107,9 +116,7 @@ def make_gra_run(folder: Path, *, target: int = 14, round_size: int = 10) -> Pat
     out = folder / "gra"
     with SimServer(reply=gra_script()) as sim:
         config = pool_config(sim.url, gra={"seed_data": str(seeds)})
-        anyio.run(
-            lambda: run_gra(config, out_dir=out, target=target, seed=5, round_size=round_size)
-        )
+        _run(lambda: run_gra(config, out_dir=out, target=target, seed=5, round_size=round_size))
     return out
 
 
@@ -224,7 +231,7 @@ def make_s3_run(folder: Path) -> tuple[Path, Path]:
     with SimServer(reply=s3_reply) as sim:
         config_path = write_s3_config(folder, sim.url)
         config = load_config(config_path)
-        anyio.run(lambda: run_s3(config, out))
+        _run(lambda: run_s3(config, out))
     return out, config_path
 
 
@@ -262,7 +269,7 @@ def make_run_output(folder: Path, n: int = 30) -> Path:
                 "engine": {"max_attempts": 1},
             }
         )
-        anyio.run(lambda: run_file(config, source, output, progress=False))
+        _run(lambda: run_file(config, source, output, progress=False))
     return output
 
 

@@ -184,8 +184,10 @@ function rowsBrowser({ files, columns, filter = () => null, onOpen = null, limit
   let page = 0;
   let last = null;
   let opened = null;
+  let latest = 0;
 
   async function load() {
+    const ticket = ++latest; // an answer to an older request is dropped
     const f = filter();
     const filtered = f && Object.keys(f).length > 0;
     const params = { file: files(), limit };
@@ -199,9 +201,10 @@ function rowsBrowser({ files, columns, filter = () => null, onOpen = null, limit
     try {
       data = await api("rows", params);
     } catch (error) {
-      put(body, el("tr", {}, el("td", { colspan: columns.length }, errorBox(error))));
+      if (ticket === latest) put(body, el("tr", {}, el("td", { colspan: columns.length }, errorBox(error))));
       return;
     }
+    if (ticket !== latest) return;
     last = data;
     clear(body);
     for (const item of data.rows) {
