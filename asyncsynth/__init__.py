@@ -21,6 +21,7 @@ from .engine import (
     StatusError,
     TransportError,
 )
+from .export import ExportResult, export_run, push_to_hub
 from .pipelines.gra import (
     CommitteeSettings,
     GraResult,
@@ -30,6 +31,7 @@ from .pipelines.gra import (
     run_gra,
 )
 from .pipelines.s3 import S3Error, S3Event, S3Settings, load_s3_settings, run_s3
+from .view import ViewServer
 
 __version__ = "0.1.0"
 
@@ -45,6 +47,7 @@ __all__ = [
     "EndpointConfig",
     "Engine",
     "EngineSettings",
+    "ExportResult",
     "GraResult",
     "GraSettings",
     "InputError",
@@ -62,8 +65,11 @@ __all__ = [
     "StatusError",
     "TransportError",
     "Verdict",
+    "ViewServer",
+    "export_run",
     "load_config",
     "load_s3_settings",
+    "push_to_hub",
     "review_sample",
     "run_gra",
     "run_s3",

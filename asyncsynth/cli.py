@@ -644,8 +644,8 @@ def export(
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the web browser.")
 def view(run_dir: str, host: str, port: int, open_browser: bool) -> None:
     """Look at a run in the browser: samples, reviews, charts (read-only, offline)."""
-    import contextlib
     import errno
+    import threading
     import webbrowser
 
     from .view import ViewServer
@@ -660,8 +660,15 @@ def view(run_dir: str, host: str, port: int, open_browser: bool) -> None:
             server = ViewServer(run_dir, host=host, port=0)
     except AsyncsynthError as exc:
         raise click.ClickException(str(exc)) from None
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    server.start()
     click.echo(f"{server.run.kind} run {server.run.name}: {server.url} (Ctrl-C stops)", err=True)
     if open_browser:
         webbrowser.open(server.url)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
+    try:
+        while not stopped.wait(1.0):
+            pass
+    finally:
+        server.stop()

@@ -332,6 +332,7 @@ def _answers(row: Mapping[str, Any]) -> Row:
 
 
 S3_INTERNAL = ("id", "text", "text_pair", "label", "context", "question", "answers", "answer")
+S3_INTERNAL += ("answer_start",)
 
 
 def s3_record(row: Mapping[str, Any], task: str, columns: Mapping[str, str]) -> Row:

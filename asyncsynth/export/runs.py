@@ -18,7 +18,7 @@ import orjson
 
 from ..engine import InputError
 
-__all__ = ["RunFolder", "RunKind", "iter_rows", "open_run", "read_json"]
+__all__ = ["RunFolder", "RunKind", "iter_rows", "lines", "open_run", "read_json"]
 
 RunKind = Literal["gra", "s3", "run"]
 
@@ -34,30 +34,40 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def iter_rows(path: str | os.PathLike[str], *, start: int = 0) -> Iterator[tuple[int, Any]]:
-    """(byte offset, row) of every complete line of a JSONL file from byte ``start``.
+def lines(
+    path: str | os.PathLike[str], start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, bytes) of every complete, non-blank line of a JSONL file,
+    from byte ``start`` (which must begin a line) up to ``end``.
 
-    Blank lines are skipped; a last line without its newline is not yet complete and is
-    not read. A line that is not JSON raises :class:`InputError` with its line number
-    (counted from ``start``).
+    A last line without its newline is still being written and is not read; numbers
+    count from ``start``; a byte-order mark at the start of the file is dropped.
     """
-    source = os.fspath(path)
-    with open(source, "rb") as f:
+    with open(path, "rb") as f:
         f.seek(start)
-        offset = start
+        pos = start
         for number, line in enumerate(f, 1):
-            here = offset
-            offset += len(line)
-            if not line.endswith(b"\n"):
+            here = pos
+            pos += len(line)
+            if not line.endswith(b"\n") or (end is not None and pos > end):
                 return
             if here == 0:
                 line = line.removeprefix(b"\xef\xbb\xbf")
-            if not line.strip():
-                continue
-            try:
-                yield here, orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise InputError(f"not valid JSON ({exc})", source=source, line=number) from None
+            if line.strip():
+                yield number, here, line
+
+
+def iter_rows(path: str | os.PathLike[str], *, start: int = 0) -> Iterator[tuple[int, Any]]:
+    """(byte offset, row) of every complete line of a JSONL file (see :func:`lines`).
+
+    A line that is not JSON raises :class:`InputError` with its line number.
+    """
+    source = os.fspath(path)
+    for number, offset, line in lines(source, start):
+        try:
+            yield offset, orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"not valid JSON ({exc})", source=source, line=number) from None
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from ..export.runs import RunFolder, read_json
-from .index import INDEX_DIR, LineIndex, scan
+from ..export.runs import RunFolder, lines, read_json
+from .index import INDEX_DIR, LineIndex
 
 __all__ = ["Forbidden", "NotFound", "RowFilter", "Viewer"]
 
@@ -265,7 +265,7 @@ class Viewer:
         for i in range(which, len(paths)):
             start_at = offset if i == which else 0
             pos = start_at
-            for here, line in scan(paths[i], start_at, sizes[i]):
+            for _, here, line in lines(paths[i], start_at, sizes[i]):
                 pos = here + len(line)
                 if filter.text_matches(line):
                     row = _load(line)
@@ -350,7 +350,7 @@ class Viewer:
         found: dict[str, Any] = {}
         path = self.root / "pool.jsonl"
         if wanted and path.exists():
-            for _, line in scan(path, 0):
+            for _, _, line in lines(path):
                 row = _load(line)
                 if isinstance(row, dict) and row.get("id") in wanted:
                     found[str(row["id"])] = row
@@ -405,7 +405,7 @@ class Viewer:
             path = folder / name
             if not path.exists():
                 return []
-            return [row for _, line in scan(path, 0) if isinstance(row := _load(line), dict)]
+            return [row for _, _, line in lines(path) if isinstance(row := _load(line), dict)]
 
         added: dict[str, list[Any]] = {}
         for row in rows("added.jsonl"):
@@ -466,7 +466,7 @@ class _Latency:
 
     def update(self, index: LineIndex) -> dict[str, Any]:
         with self.lock:
-            for _, line in scan(self.path, self.size, index.size):
+            for _, _, line in lines(self.path, self.size, index.size):
                 value = _latency_of(line)
                 if value is None:
                     continue

@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import threading
 from array import array
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+
+from ..export.runs import lines
 
 __all__ = ["INDEX_DIR", "STRIDE", "LineIndex"]
 
@@ -96,7 +97,7 @@ class LineIndex:
         self.rows = self.size = 0
         self._tail = b""
 
-    def _still_valid(self, f: os.PathLike[str] | int, st: os.stat_result) -> bool:
+    def _still_valid(self, st: os.stat_result) -> bool:
         if self._identity != (st.st_dev, st.st_ino) or st.st_size < self.size:
             return False
         if not self.size:
@@ -118,7 +119,7 @@ class LineIndex:
                 self._reset()
                 self._identity = None
                 return changed
-            if not self._still_valid(self.path, st):
+            if not self._still_valid(st):
                 self._reset()
                 self._identity = (st.st_dev, st.st_ino)
             if st.st_size == self.size:
@@ -132,18 +133,12 @@ class LineIndex:
 
     def _extend(self) -> None:
         """Index the complete lines after ``self.size``."""
-        rows, offsets = self.rows, self.offsets
-        with open(self.path, "rb") as f:
-            f.seek(self.size)
-            pos = self.size
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break  # a row still being written
-                if line.strip():
-                    if rows % STRIDE == 0:
-                        offsets.append(pos)
-                    rows += 1
-                pos += len(line)
+        rows, offsets, pos = self.rows, self.offsets, self.size
+        for _, here, line in lines(self.path, self.size):
+            if rows % STRIDE == 0:
+                offsets.append(here)
+            rows += 1
+            pos = here + len(line)
         self.rows = rows
         if pos > self.size:
             with open(self.path, "rb") as f:
@@ -163,34 +158,11 @@ class LineIndex:
             offset = self.offsets[start // STRIDE]
         skip = start % STRIDE
         out: list[tuple[int, bytes]] = []
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            pos = offset
-            for line in f:
-                here = pos
-                pos += len(line)
-                if pos > size or not line.endswith(b"\n"):
-                    break
-                if not line.strip():
-                    continue
-                if skip:
-                    skip -= 1
-                    continue
-                out.append((here, line))
-                if len(out) == count:
-                    break
+        for _, here, line in lines(self.path, offset, size):
+            if skip:
+                skip -= 1
+                continue
+            out.append((here, line))
+            if len(out) == count:
+                break
         return out
-
-
-def scan(path: Path, start: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, line) of every complete, non-blank line from ``start`` (to ``end``)."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        pos = start
-        for line in f:
-            here = pos
-            pos += len(line)
-            if not line.endswith(b"\n") or (end is not None and here >= end):
-                return
-            if line.strip():
-                yield here, line
