@@ -15,7 +15,7 @@ from .card import dataset_card
 from .exporter import FORMATS, ExportResult, Source, describe_export, export_run, open_source
 from .hub import HubError, HubFolder, HubPush, hub_folder, push_to_hub
 from .records import GraFilter, parse_rounds
-from .runs import RunFolder, RunKind, iter_rows, open_run
+from .runs import RunFiles, RunKind, iter_rows, open_run
 
 __all__ = [
     "FORMATS",
@@ -24,7 +24,7 @@ __all__ = [
     "HubError",
     "HubFolder",
     "HubPush",
-    "RunFolder",
+    "RunFiles",
     "RunKind",
     "Source",
     "dataset_card",

@@ -20,7 +20,7 @@ import orjson
 
 from ..config import Config
 from .exporter import Source
-from .runs import RunFolder, iter_rows
+from .runs import RunFiles, iter_rows
 
 __all__ = ["CITATIONS", "RunStats", "dataset_card", "public_config", "size_category"]
 
@@ -146,7 +146,7 @@ class RunStats:
     cost: float | None = None
 
     @classmethod
-    def of(cls, run: RunFolder) -> RunStats:
+    def of(cls, run: RunFiles) -> RunStats:
         stats = cls()
         assert run.output is not None
         for _, row in iter_rows(run.output):

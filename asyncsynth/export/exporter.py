@@ -26,7 +26,7 @@ from .records import (
     run_record,
     s3_record,
 )
-from .runs import RunFolder, RunKind, iter_rows, open_run, read_json
+from .runs import RunFiles, RunKind, iter_rows, open_run, read_json
 
 if TYPE_CHECKING:
     from .arrow import Columns
@@ -57,7 +57,7 @@ Row = dict[str, Any]
 class ExportResult:
     """What an export wrote: its files (or folder) and the rows of each split."""
 
-    run: RunFolder
+    run: RunFiles
     format: str
     paths: list[Path]
     rows: dict[str, int]
@@ -70,7 +70,7 @@ class ExportResult:
 class Source:
     """A run's rows as an export reads them (every callable starts a fresh pass)."""
 
-    run: RunFolder
+    run: RunFiles
     splits: dict[str, Callable[[], Iterator[Row]]]
     columns: Callable[[], Columns]
     conversations: Callable[[], Iterator[list[dict[str, str]]]] | None = None
@@ -93,7 +93,7 @@ def _require_extra() -> None:
 # -- sources ----------------------------------------------------------------------------------
 
 
-def _gra_source(run: RunFolder, keep: GraFilter, system: str | None) -> Source:
+def _gra_source(run: RunFiles, keep: GraFilter, system: str | None) -> Source:
     path = run.path("accepted.jsonl")
     if not path.exists():
         raise InputError("no accepted.jsonl yet: the run has finished no round", source=str(path))
@@ -130,7 +130,7 @@ def _gra_source(run: RunFolder, keep: GraFilter, system: str | None) -> Source:
     )
 
 
-def _s3_gold(run: RunFolder, config: Config | None) -> tuple[list[Row] | None, list[Row] | None]:
+def _s3_gold(run: RunFiles, config: Config | None) -> tuple[list[Row] | None, list[Row] | None]:
     """The run's dev and test rows, read again from its config's sources (and checked)."""
     if config is None:
         return None, None
@@ -148,7 +148,7 @@ def _s3_gold(run: RunFolder, config: Config | None) -> tuple[list[Row] | None, l
     return gold.dev, gold.test
 
 
-def _s3_source(run: RunFolder, config: Config | None) -> Source:
+def _s3_source(run: RunFiles, config: Config | None) -> Source:
     settings = run.s3_settings
     if not settings:
         raise InputError("no state.json: not a finished S3 run", source=str(run.root))
@@ -191,7 +191,7 @@ def _s3_source(run: RunFolder, config: Config | None) -> Source:
     return Source(run, splits, columns, notes=notes, task=task, labels=labels)
 
 
-def run_source(run: RunFolder) -> Source:
+def run_source(run: RunFiles) -> Source:
     """A ``run`` output: its rows, and their conversations."""
     assert run.output is not None
     output = run.output
@@ -216,7 +216,7 @@ def run_source(run: RunFolder) -> Source:
 
 
 def source_of(
-    run: RunFolder,
+    run: RunFiles,
     *,
     keep: GraFilter | None = None,
     system: str | None = None,
@@ -323,7 +323,7 @@ def export_source(source: Source, fmt: str, out: str | os.PathLike[str]) -> Expo
 
 
 def open_source(
-    run: str | os.PathLike[str] | RunFolder | Source,
+    run: str | os.PathLike[str] | RunFiles | Source,
     *,
     rounds: str | None = None,
     min_mu: float | None = None,
@@ -335,13 +335,13 @@ def open_source(
     """The rows an export of ``run`` reads (see :func:`export_run` for the options)."""
     if isinstance(run, Source):
         return run
-    folder = run if isinstance(run, RunFolder) else open_run(run)
+    folder = run if isinstance(run, RunFiles) else open_run(run)
     keep = GraFilter.of(rounds=rounds, min_mu=min_mu, domains=domains, decisions=decisions)
     return source_of(folder, keep=keep, system=system, config=config)
 
 
 def export_run(
-    run: str | os.PathLike[str] | RunFolder | Source,
+    run: str | os.PathLike[str] | RunFiles | Source,
     format: str | None = None,
     out: str | os.PathLike[str] | None = None,
     **options: Any,

@@ -23,9 +23,9 @@ from ..config import Config
 from ..engine import AsyncsynthError, InputError
 from .card import RunStats, dataset_card
 from .exporter import Source, open_source, typed_columns
-from .runs import RunFolder
+from .runs import RunFiles
 
-Run = str | os.PathLike[str] | RunFolder | Source
+Run = str | os.PathLike[str] | RunFiles | Source
 
 __all__ = ["HubError", "HubFolder", "HubPush", "hub_folder", "push_to_hub"]
 

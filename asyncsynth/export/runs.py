@@ -18,7 +18,7 @@ import orjson
 
 from ..engine import InputError
 
-__all__ = ["RunFolder", "RunKind", "iter_rows", "lines", "open_run", "read_json"]
+__all__ = ["RunFiles", "RunKind", "iter_rows", "lines", "open_run", "read_json"]
 
 RunKind = Literal["gra", "s3", "run"]
 
@@ -71,7 +71,7 @@ def iter_rows(path: str | os.PathLike[str], *, start: int = 0) -> Iterator[tuple
 
 
 @dataclass(frozen=True)
-class RunFolder:
+class RunFiles:
     """A run's folder and kind. For ``run``, ``output`` is the answers file."""
 
     kind: RunKind
@@ -129,7 +129,7 @@ def _looks_like_run_output(path: Path) -> bool:
     return True
 
 
-def open_run(path: str | os.PathLike[str]) -> RunFolder:
+def open_run(path: str | os.PathLike[str]) -> RunFiles:
     """The run at ``path``: a GRA or S3 output folder, or a ``run`` output (file or folder).
 
     A folder holding a single ``run`` output (besides its errors file) may be given for
@@ -139,24 +139,24 @@ def open_run(path: str | os.PathLike[str]) -> RunFolder:
     if p.is_file():
         if p.name.endswith(ERRORS_SUFFIX):
             output = p.with_name(p.name[: -len(ERRORS_SUFFIX)] + ".jsonl")
-            return RunFolder("run", p.parent.resolve(), output.resolve())
+            return RunFiles("run", p.parent.resolve(), output.resolve())
         if _is_output(p):
-            return RunFolder("run", p.parent.resolve(), p.resolve())
+            return RunFiles("run", p.parent.resolve(), p.resolve())
         raise InputError("not a run: give a run's folder or a `run` output .jsonl", source=str(p))
     if not p.is_dir():
         raise InputError("no such file or folder", source=str(p))
     root = p.resolve()
     if any((root / name).exists() for name in GRA_FILES):
-        return RunFolder("gra", root)
+        return RunFiles("gra", root)
     report = read_json(root / "report.json")
     if (root / "state.json").exists() or (
         isinstance(report, dict) and str(report.get("method", "")).startswith("S3")
     ):
-        return RunFolder("s3", root)
+        return RunFiles("s3", root)
     outputs = sorted(q for q in root.glob("*.jsonl") if _is_output(q))
     answers = [q for q in outputs if _looks_like_run_output(q)]
     if len(answers) == 1:
-        return RunFolder("run", root, answers[0])
+        return RunFiles("run", root, answers[0])
     if len(answers) > 1:
         names = ", ".join(q.name for q in answers)
         raise InputError(f"holds several `run` outputs ({names}): give one", source=str(p))

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..export.runs import RunFolder, lines, read_json
+from ..export.runs import RunFiles, lines, read_json
 from .index import INDEX_DIR, LineIndex
 
 __all__ = ["Forbidden", "NotFound", "RowFilter", "Viewer"]
@@ -146,7 +146,7 @@ def _is_number(value: Any) -> bool:
 class Viewer:
     """The state behind the pages: the run, one index per file, latency histograms."""
 
-    def __init__(self, run: RunFolder, *, save_index: bool = True) -> None:
+    def __init__(self, run: RunFiles, *, save_index: bool = True) -> None:
         self.run = run
         self.root = run.root.resolve()
         self.save_index = save_index

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from ..export.runs import RunFolder, open_run
+from ..export.runs import RunFiles, open_run
 from .api import PAGE_ROWS, Forbidden, NotFound, RowFilter, Viewer
 
 __all__ = ["DEFAULT_PORT", "ViewServer"]
@@ -192,14 +192,14 @@ class ViewServer:
 
     def __init__(
         self,
-        run: str | os.PathLike[str] | RunFolder,
+        run: str | os.PathLike[str] | RunFiles,
         *,
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
         save_index: bool = True,
         log: bool = False,
     ) -> None:
-        self.run = run if isinstance(run, RunFolder) else open_run(run)
+        self.run = run if isinstance(run, RunFiles) else open_run(run)
         self.viewer = Viewer(self.run, save_index=save_index)
         self._server = _Server((host, port), self.viewer, check_host=_is_loopback(host), log=log)
         self._thread: threading.Thread | None = None
