@@ -22,6 +22,8 @@ from .engine import (
     TransportError,
 )
 from .export import ExportResult, export_run, push_to_hub
+from .pipelines.errors import PipelineError, RunFolderError
+from .pipelines.events import PipelineEvent
 from .pipelines.gra import (
     CommitteeSettings,
     GraResult,
@@ -30,7 +32,7 @@ from .pipelines.gra import (
     review_sample,
     run_gra,
 )
-from .pipelines.s3 import S3Error, S3Event, S3Settings, load_s3_settings, run_s3
+from .pipelines.s3 import S3Error, S3Result, S3Settings, load_s3_settings, run_s3
 from .view import ViewServer
 
 __version__ = "0.1.0"
@@ -53,13 +55,16 @@ __all__ = [
     "InputError",
     "Journal",
     "MalformedResponse",
+    "PipelineError",
+    "PipelineEvent",
     "RateLimited",
     "Request",
     "RequestError",
     "RequestTimeout",
     "Result",
+    "RunFolderError",
     "S3Error",
-    "S3Event",
+    "S3Result",
     "S3Settings",
     "ServerError",
     "StatusError",

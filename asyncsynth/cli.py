@@ -375,6 +375,42 @@ def sim(host: str, port: int, **settings: Any) -> None:
     serve(config, host, port, ready=ready)
 
 
+class _EventPrinter:
+    """Prints a pipeline's events on stderr: transient lines redraw in place on a terminal
+    (and are left out elsewhere), the others stay."""
+
+    def __init__(
+        self,
+        describe: Callable[[Any], tuple[str, bool] | None],
+        *,
+        quiet: bool = False,
+        stream: Any = None,
+    ) -> None:
+        self.describe = describe
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.transient = False
+
+    def __call__(self, event: Any) -> None:
+        line = None if self.quiet else self.describe(event)
+        if line is None:
+            return
+        text, passing = line
+        if passing and not self.tty:
+            return
+        if self.transient:
+            self.stream.write("\r\x1b[2K")
+        self.stream.write(text if passing else text + "\n")
+        self.stream.flush()
+        self.transient = passing
+
+    def close(self) -> None:
+        if self.transient:
+            self.stream.write("\n")
+            self.transient = False
+
+
 @main.command("gra")
 @click.argument("config_path", metavar="CONFIG.toml", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -417,25 +453,22 @@ def gra(
     Writes OUT/accepted.jsonl, rejected.jsonl, pool.jsonl and report.json. Exits 1 when
     the target was not reached, 130 when interrupted (run the same command to resume).
     """
-    from .pipelines.gra import JOURNAL_NAME, run_gra
+    from .pipelines.gra import JOURNAL_NAME, GraSettings, run_gra
+    from .pipelines.gra.report import describe
     from .progress import format_summary
 
     try:
         config = load_config(config_path)
+        settings = GraSettings.from_config(config).with_overrides(
+            target=target, seed=seed, mode=mode, round_size=round_size, seed_data=seed_data
+        )
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
+    printer = _EventPrinter(describe, quiet=quiet)
     result, interrupted = _run_async(
-        lambda: run_gra(
-            config,
-            out_dir=out_dir,
-            target=target,
-            seed=seed,
-            mode=mode,
-            round_size=round_size,
-            seed_data=seed_data,
-            progress=not quiet,
-        )
+        lambda: run_gra(config, out_dir, settings=settings, on_event=printer)
     )
+    printer.close()
     if interrupted or result is None:
         click.echo(
             f"Interrupted. Every answer received is kept in {Path(out_dir) / JOURNAL_NAME}; "
@@ -484,7 +517,8 @@ def s3(config_path: str, out_dir: str, review: str | None, rounds: int | None, q
     rounds. Writes datasets, metrics, report.json and report.png to --out; running the
     same command again resumes at the last finished step.
     """
-    from .pipelines.s3 import S3Error, load_s3_settings, run_s3
+    from .pipelines.errors import PipelineError
+    from .pipelines.s3 import load_s3_settings, run_s3
     from .pipelines.s3.report import describe, format_report
 
     try:
@@ -494,44 +528,28 @@ def s3(config_path: str, out_dir: str, review: str | None, rounds: int | None, q
         raise ConfigProblem(str(exc)) from None
     overrides = {"review": review, "rounds": rounds}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    tty = sys.stderr.isatty()
-    transient = False
-
-    def on_event(event: Any) -> None:
-        nonlocal transient
-        line = None if quiet else describe(event)
-        if line is None:
-            return
-        text, passing = line
-        if passing and not tty:
-            return
-        if transient:
-            sys.stderr.write("\r\x1b[2K")
-        sys.stderr.write(text if passing else text + "\n")
-        sys.stderr.flush()
-        transient = passing
+    printer = _EventPrinter(describe, quiet=quiet)
 
     async def go() -> Any:
         try:
-            return await run_s3(config, out_dir, settings=settings, on_event=on_event)
-        except S3Error as exc:
+            return await run_s3(config, out_dir, settings=settings, on_event=printer)
+        except PipelineError as exc:
             return exc
 
-    report, interrupted = _run_async(go)
-    if transient:
-        sys.stderr.write("\n")
-    if interrupted or report is None:
+    result, interrupted = _run_async(go)
+    printer.close()
+    if interrupted or result is None:
         click.echo(
             f"Interrupted. Finished steps are saved in {out_dir}; "
             "run the same command again to resume.",
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
-    if isinstance(report, S3Error):
-        click.echo(f"Error: {report}", err=True)
+    if isinstance(result, PipelineError):
+        click.echo(f"Error: {result}", err=True)
         sys.exit(EXIT_FAILED_ROWS)
     if not quiet:
-        click.echo(format_report(report), err=True)
+        click.echo(format_report(result.report), err=True)
         click.echo(f"report: {Path(out_dir) / 'report.json'}", err=True)
 
 

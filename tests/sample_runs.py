@@ -22,7 +22,7 @@ import anyio
 import orjson
 
 from asyncsynth.config import config_from_dict, load_config
-from asyncsynth.pipelines.gra import RESPONSE_CRITERIA, run_gra
+from asyncsynth.pipelines.gra import RESPONSE_CRITERIA, GraSettings, run_gra
 from asyncsynth.pipelines.s3 import run_s3
 from asyncsynth.run import run_file
 from asyncsynth.testing import Reply, SimServer
@@ -116,7 +116,10 @@ def make_gra_run(folder: Path, *, target: int = 14, round_size: int = 10) -> Pat
     out = folder / "gra"
     with SimServer(reply=gra_script()) as sim:
         config = pool_config(sim.url, gra={"seed_data": str(seeds)})
-        _run(lambda: run_gra(config, out_dir=out, target=target, seed=5, round_size=round_size))
+        settings = GraSettings.from_config(config).with_overrides(
+            target=target, seed=5, round_size=round_size
+        )
+        _run(lambda: run_gra(config, out, settings=settings))
     return out
 
 

@@ -313,7 +313,7 @@ def test_s3_export_refuses_a_config_whose_data_changed(
 def fake_s3_run(folder: Path, task: str, rows: list[dict[str, Any]], **settings: Any) -> Path:
     """An S3 run folder as the pipeline leaves it (state.json, final/train.jsonl)."""
     (folder / "final").mkdir(parents=True)
-    state = {"version": 1, "fingerprint": {"settings": {"task": task, **settings}}, "steps": {}}
+    state = {"version": 1, "fingerprint": {"task": task, **settings, "data": {}}, "steps": {}}
     (folder / "state.json").write_bytes(orjson.dumps(state))
     (folder / "final" / "train.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     return folder

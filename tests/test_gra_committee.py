@@ -23,8 +23,8 @@ from asyncsynth.pipelines.gra import (
     draw_roles,
     review_sample,
 )
-from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 from asyncsynth.testing import Reply, SimServer
+from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 
 ROLES = Roles("a", ("b", "c", "d"), "e", seed=1)
 

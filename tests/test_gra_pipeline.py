@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import signal
@@ -20,10 +19,12 @@ from click.testing import CliRunner
 from asyncsynth import ConfigError, InputError
 from asyncsynth.cli import main
 from asyncsynth.engine import Journal
-from asyncsynth.pipelines.gra import JOURNAL_NAME, RESPONSE_CRITERIA, run_gra
-from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
+from asyncsynth.pipelines.events import PipelineEvent
+from asyncsynth.pipelines.gra import JOURNAL_NAME, RESPONSE_CRITERIA, GraSettings, run_gra
+from asyncsynth.pipelines.gra.report import describe
 from asyncsynth.prompts import load_prompt
 from asyncsynth.testing import Reply, SimServer
+from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 
 REASONS = {
     "instruction_fail",
@@ -105,8 +106,19 @@ def serve() -> Iterator[Callable[[GraScript], SimServer]]:
         server.stop()
 
 
-def run(config: Any, out: Path, **kwargs: Any) -> Any:
-    return anyio.run(lambda: run_gra(config, out_dir=out, **kwargs))
+def run(
+    config: Any,
+    out: Path,
+    *,
+    embedder: Any = None,
+    on_event: Any = None,
+    **overrides: Any,
+) -> Any:
+    """run_gra with the config's [gra] settings, ``overrides`` applied."""
+    settings = GraSettings.from_config(config).with_overrides(**overrides)
+    return anyio.run(
+        lambda: run_gra(config, out, settings=settings, on_event=on_event, embedder=embedder)
+    )
 
 
 # -- outputs and provenance ---------------------------------------------------------------------
@@ -315,7 +327,8 @@ def test_resume_after_an_interrupt_sends_only_what_was_missing(serve: Any, tmp_p
                 tg.cancel_scope.cancel()
 
             tg.start_soon(stop_midway)
-            await run_gra(config, out_dir=out, target=20, seed=5)
+            settings = GraSettings.from_config(config).with_overrides(target=20, seed=5)
+            await run_gra(config, out, settings=settings)
             pytest.fail("the run should have been interrupted")
 
     anyio.run(interrupted)
@@ -444,17 +457,26 @@ def test_cli_exit_codes(serve: Any, tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "gra.tau" in refused.output
 
 
-def test_progress_line_shows_rounds_and_acceptance(serve: Any, tmp_path: Path) -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
+def test_events_tell_rounds_decisions_and_acceptance(serve: Any, tmp_path: Path) -> None:
+    events: list[PipelineEvent] = []
     sim = serve(GraScript())
-    stream = Terminal()
-    config = pool_config(sim.url)
-    anyio.run(lambda: run_gra(config, out_dir=tmp_path, target=3, progress=True, stream=stream))
-    last = stream.getvalue().rstrip("\n").split("\r\x1b[2K")[-1]
-    assert "req/s" in last and "| round" in last and "accepted 3/3" in last
+    result = run(pool_config(sim.url), tmp_path, target=3, round_size=3, on_event=events.append)
+    assert result.accepted == 3 and {e.pipeline for e in events} == {"gra"}
+    kinds = [(e.kind, e.step) for e in events if e.kind != "request"]
+    assert kinds == [
+        ("start", "annotate"),
+        ("done", "annotate"),
+        ("start", "round_1"),
+        ("done", "round_1"),
+        ("note", "gra"),
+    ]
+    decided = [e.data for e in events if e.kind == "request"]
+    assert [d["done"] for d in decided] == [1, 2, 3] and decided[-1]["total"] == 3
+    assert decided[-1]["passed"] == 3
+    done = next(e.data for e in events if e.kind == "done" and e.step == "round_1")
+    assert done["accepted"] == 3 and done["accepted_total"] == 3
+    assert events[-1].data == {"stopped": "target_reached", "accepted": 3, "target": 3}
+    assert describe(next(e for e in events if e.kind == "done" and e.step == "round_1"))
 
 
 def test_seeds_from_a_datasets_folder(tmp_path: Path) -> None:

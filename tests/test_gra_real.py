@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from asyncsynth.config import config_from_dict
-from asyncsynth.pipelines.gra import JOURNAL_NAME, run_gra
+from asyncsynth.pipelines.gra import JOURNAL_NAME, GraSettings, run_gra
 
 pytestmark = [
     pytest.mark.real_llm,
@@ -76,7 +76,8 @@ def test_gra_runs_end_to_end_on_smollm2(tmp_path: Path) -> None:
         "<real test>",
     )
     out = tmp_path / "out"
-    result = anyio.run(lambda: run_gra(config, out_dir=out, target=2, round_size=2, seed=1))
+    settings = GraSettings.from_config(config).with_overrides(target=2, round_size=2, seed=1)
+    result = anyio.run(lambda: run_gra(config, out, settings=settings))
 
     assert result.candidates == 2 and result.rounds == 1
     for name in ("accepted.jsonl", "rejected.jsonl", "pool.jsonl", "report.json", JOURNAL_NAME):

@@ -32,6 +32,8 @@ from asyncsynth.cli import main
 from asyncsynth.config import Config, config_from_dict
 from asyncsynth.data import Fields, load_examples, load_texts, stratified_split
 from asyncsynth.engine import ConfigError, InputError, Journal
+from asyncsynth.pipelines.errors import RunFolderError
+from asyncsynth.pipelines.events import PipelineEvent
 from asyncsynth.pipelines.s3 import (
     Cleaner,
     CleaningCounts,
@@ -39,7 +41,6 @@ from asyncsynth.pipelines.s3 import (
     NearDuplicateIndex,
     ReviewSample,
     S3Error,
-    S3Event,
     load_prompt_set,
     load_s3_settings,
     parse_rationales,
@@ -350,15 +351,15 @@ def sentiment_s3(folder: Path, **changes: Any) -> dict[str, Any]:
 
 
 def run(config: Config, out: Path, **kw: Any) -> dict[str, Any]:
-    return anyio.run(lambda: run_s3(config, out, **kw))
+    return anyio.run(lambda: run_s3(config, out, **kw)).report
 
 
 class Events:
-    def __init__(self, stop: Callable[[S3Event], bool] | None = None) -> None:
-        self.events: list[S3Event] = []
+    def __init__(self, stop: Callable[[PipelineEvent], bool] | None = None) -> None:
+        self.events: list[PipelineEvent] = []
         self.stop = stop
 
-    def __call__(self, event: S3Event) -> None:
+    def __call__(self, event: PipelineEvent) -> None:
         if event.kind != "request" and not (
             event.kind == "train" and event.data.get("event") == "step"
         ):
@@ -795,7 +796,7 @@ def test_resume_mid_loop_redoes_no_step_and_resends_no_answer(
     out = tmp_path / "out"
     answered = 0
 
-    def crash(event: S3Event) -> bool:
+    def crash(event: PipelineEvent) -> bool:
         nonlocal answered
         if event.kind == "request" and event.step == "round_1/extrapolate":
             answered += 1
@@ -826,7 +827,7 @@ def test_resume_mid_loop_redoes_no_step_and_resends_no_answer(
 
     # Changed settings are refused before anything is sent; more rounds are allowed.
     changed = make_config("http://127.0.0.1:9/v1", sentiment_s3(folder, seed_size=61))
-    with pytest.raises(S3Error, match=r"changed: seed_size\)"):
+    with pytest.raises(RunFolderError, match=r"changed: seed_size\)"):
         run(changed, out)
 
 

@@ -68,7 +68,7 @@ def test_s3_runs_end_to_end_on_smollm2(tmp_path: Path) -> None:
         }
     )
     started = time.perf_counter()
-    report = anyio.run(lambda: run_s3(config, tmp_path / "out"))
+    report = anyio.run(lambda: run_s3(config, tmp_path / "out")).report
     seconds = time.perf_counter() - started
     out = tmp_path / "out"
     assert json.loads((out / "report.json").read_text()) == report

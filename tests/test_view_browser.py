@@ -219,9 +219,11 @@ def test_run_outputs_search_errors_and_latency(tmp_path: Path, page: Any) -> Non
         types = listed.evaluate_all("r => r.map(x => x.cells[1].textContent)")
         assert sorted(types) == sorted(e["error"]["type"] for e in errors)
         page.click('nav button[data-tab="latency"]')
-        summary = page.locator('[data-testid="latency"] p').first
-        summary.wait_for()
-        assert summary.text_content().startswith(f"{len(rows)} answers")
+        page.wait_for_function(
+            "t => document.querySelector('[data-testid=latency] p').textContent.startsWith(t)",
+            arg=f"{len(rows)} answers",
+        )
+        page.locator('[data-testid="latency"] rect.bar').first.wait_for()
 
 
 @pytest.mark.skipif(not HAS_STUDENT, reason="needs the [student] extra")

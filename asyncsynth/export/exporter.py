@@ -16,6 +16,7 @@ import orjson
 
 from ..config import Config
 from ..engine import InputError
+from ..io import write_atomic, write_json
 from .records import (
     CHAT_FORMATS,
     GraFilter,
@@ -26,7 +27,7 @@ from .records import (
     run_record,
     s3_record,
 )
-from .runs import RunFiles, RunKind, iter_rows, open_run, read_json
+from .runs import RunFiles, RunKind, iter_rows, json_if_there, open_run
 
 if TYPE_CHECKING:
     from .arrow import Columns
@@ -137,7 +138,7 @@ def _s3_gold(run: RunFiles, config: Config | None) -> tuple[list[Row] | None, li
     from ..pipelines.s3 import load_gold, load_s3_settings
 
     gold = load_gold(load_s3_settings(config))
-    recorded = ((run.state or {}).get("fingerprint") or {}).get("data") or {}
+    recorded = run.fingerprint.get("data") or {}
     changed = [k for k in ("dev", "test") if k in recorded and recorded[k] != gold.digest().get(k)]
     if changed:
         raise InputError(
@@ -235,32 +236,28 @@ def source_of(
 
 
 def _write_lines(path: Path, rows: Iterator[Row]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """``rows`` as JSONL in ``path`` (atomically, streamed); how many were written."""
     n = 0
-    try:
-        with open(tmp, "wb") as f:
-            for row in rows:
-                f.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
-                n += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal n
+        for row in rows:
+            n += 1
+            yield orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+
+    write_atomic(path, chunks())
     return n
 
 
 def _dataset_info(path: Path, fmt: str, *, system: bool) -> Path:
     """Add (or replace) this file's entry in LLaMA-Factory's ``dataset_info.json`` beside it."""
     info_path = path.with_name("dataset_info.json")
-    info = read_json(info_path) if info_path.exists() else {}
+    info = json_if_there(info_path) if info_path.exists() else {}
     if not isinstance(info, dict):
         raise InputError("exists and is not a JSON object; not changed", source=str(info_path))
     name = path.name.split(".")[0]
     info[name] = llamafactory_entry(fmt, path.name, system=system)
-    tmp = info_path.with_name(".dataset_info.json.tmp")
-    tmp.write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")
-    os.replace(tmp, info_path)
-    return info_path
+    return write_json(info_path, info)
 
 
 def typed_columns(source: Source) -> Columns:

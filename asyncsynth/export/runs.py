@@ -1,9 +1,9 @@
 """What a run holds: its kind (``gra``, ``s3`` or ``run``), its files, and their rows.
 
-Shared by ``asyncsynth export`` and ``asyncsynth view``; stdlib and orjson only, so the
-viewer needs no extra. Rows are read tolerantly: fields this version does not know are
-kept, a torn last line (a run still writing) is left for later, and a line that is not
-JSON is an :class:`~asyncsynth.engine.InputError` naming the file and line.
+Shared by ``asyncsynth export`` and ``asyncsynth view`` (no extra needed). Rows are read
+tolerantly: fields this version does not know are kept, a torn last line (a run still
+writing) is left for later, and a line that is not JSON is an
+:class:`~asyncsynth.engine.InputError` naming the file and line.
 """
 
 from __future__ import annotations
@@ -17,19 +17,23 @@ from typing import Any, Literal
 import orjson
 
 from ..engine import InputError
+from ..io import read_json
+from ..pipelines.gra import JOURNAL_NAME as GRA_JOURNAL
+from ..pipelines.s3.pipeline import JOURNAL_FILE as S3_JOURNAL
 
-__all__ = ["RunFiles", "RunKind", "iter_rows", "lines", "open_run", "read_json"]
+__all__ = ["RunFiles", "RunKind", "iter_rows", "json_if_there", "lines", "open_run"]
 
 RunKind = Literal["gra", "s3", "run"]
 
-GRA_FILES = ("accepted.jsonl", "rejected.jsonl", "pool.jsonl")
+GRA_FILES = ("accepted.jsonl", "rejected.jsonl", "pool.jsonl", GRA_JOURNAL)
+S3_FILES = ("state.json", S3_JOURNAL)
 ERRORS_SUFFIX = ".errors.jsonl"
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's content, or None when it is missing (or half written)."""
+def json_if_there(path: Path) -> Any:
+    """A JSON file's content, or None while it is missing (a run writes it later)."""
     try:
-        return orjson.loads(path.read_bytes())
+        return read_json(path)
     except (FileNotFoundError, orjson.JSONDecodeError):
         return None
 
@@ -91,20 +95,28 @@ class RunFiles:
     @property
     def report(self) -> dict[str, Any] | None:
         """``report.json`` (GRA, S3), or None while a run has not written it yet."""
-        report = read_json(self.root / "report.json")
+        report = json_if_there(self.root / "report.json")
         return report if isinstance(report, dict) else None
 
     @property
     def state(self) -> dict[str, Any] | None:
         """S3's ``state.json``: finished steps and the settings they were made with."""
-        state = read_json(self.root / "state.json")
+        state = json_if_there(self.root / "state.json")
         return state if isinstance(state, dict) else None
 
     @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What S3's ``state.json`` recorded the run was made with: its settings (labels in
+        the config's order), ``data`` (digests of the gold data) and ``prompts``."""
+        found = (self.state or {}).get("fingerprint") or {}
+        if isinstance(found.get("settings"), dict):  # the layout of 0.1 runs
+            return {**found["settings"], **{k: v for k, v in found.items() if k != "settings"}}
+        return dict(found)
+
+    @property
     def s3_settings(self) -> dict[str, Any]:
-        """The S3 settings recorded in ``state.json`` (labels in the config's order)."""
-        state = self.state or {}
-        return dict((state.get("fingerprint") or {}).get("settings") or {})
+        """The S3 settings the run was made with."""
+        return {k: v for k, v in self.fingerprint.items() if k not in ("data", "prompts")}
 
     @property
     def name(self) -> str:
@@ -148,10 +160,7 @@ def open_run(path: str | os.PathLike[str]) -> RunFiles:
     root = p.resolve()
     if any((root / name).exists() for name in GRA_FILES):
         return RunFiles("gra", root)
-    report = read_json(root / "report.json")
-    if (root / "state.json").exists() or (
-        isinstance(report, dict) and str(report.get("method", "")).startswith("S3")
-    ):
+    if any((root / name).exists() for name in S3_FILES):
         return RunFiles("s3", root)
     outputs = sorted(q for q in root.glob("*.jsonl") if _is_output(q))
     answers = [q for q in outputs if _looks_like_run_output(q)]

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..export.runs import RunFiles, lines, read_json
+from ..export.runs import RunFiles, json_if_there, lines
 from .index import INDEX_DIR, LineIndex
 
 __all__ = ["Forbidden", "NotFound", "RowFilter", "Viewer"]
@@ -339,7 +339,7 @@ class Viewer:
 
     def json_file(self, file: str) -> Any:
         path = self.resolve(file, suffixes=(".json",))
-        data = read_json(path)
+        data = json_if_there(path)
         if data is None:
             raise NotFound(f"{file}: not readable as JSON (yet)")
         return data
@@ -364,7 +364,7 @@ class Viewer:
         state = (self.run.state or {}).get("steps") or {}
         r = 1
         while (self.root / f"round_{r}").is_dir():
-            metrics = read_json(self.root / f"round_{r}" / "metrics.json") or {}
+            metrics = json_if_there(self.root / f"round_{r}" / "metrics.json") or {}
             trained = state.get(f"round_{r}/train") or {}
             added = state.get(f"round_{r}/extrapolate") or {}
             out.append(
@@ -380,7 +380,7 @@ class Viewer:
                 }
             )
             r += 1
-        final = read_json(self.root / "final" / "metrics.json")
+        final = json_if_there(self.root / "final" / "metrics.json")
         if isinstance(final, dict):
             out.append(
                 {
@@ -424,7 +424,7 @@ class Viewer:
             }
             for e in rows("errors.jsonl")
         ]
-        return {"round": r, "errors": errors, "metrics": read_json(folder / "metrics.json")}
+        return {"round": r, "errors": errors, "metrics": json_if_there(folder / "metrics.json")}
 
     # -- run --------------------------------------------------------------------------------
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import anyio
 import orjson
@@ -26,9 +25,10 @@ import orjson
 from ...config import Config
 from ...engine import Engine
 from ...engine.errors import ConfigError
-from ...io import write_json
-from ...progress import ProgressBar, progress_line, summary
+from ...progress import summary
 from ...structured import known_formats
+from ..events import EventKind, OnEvent, PipelineEvent
+from ..runfolder import RunFolder
 from .committee import Failure, Roles
 from .dedup import Deduplicator, Embedder, ExactDeduplicator, SemanticDeduplicator
 from .report import build_report
@@ -82,15 +82,6 @@ class GraResult:
         return self.out_dir / "pool.jsonl"
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """All of ``rows``, atomically (a crash leaves the old file or the new one)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for row in rows:
-            f.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
-    os.replace(tmp, path)
-
-
 def _dedup_text(c: Candidate, which: str) -> str:
     if which == "instruction":
         return c.instruction or ""
@@ -118,23 +109,6 @@ def make_deduplicator(settings: GraSettings, embedder: Embedder | None = None) -
     return SemanticDeduplicator(embedder, settings.dedup_threshold)
 
 
-class _Progress(ProgressBar):
-    """The engine's progress line, plus the round and the samples accepted so far."""
-
-    def __init__(self, run: _Run, **kwargs: Any) -> None:
-        super().__init__(run.engine, **kwargs)
-        self.run_state = run
-
-    def draw(self) -> None:
-        run = self.run_state
-        note = (
-            f" | round {run.round_no}: {run.passed_in_round:,} passed the committee"
-            f" | accepted {run.accepted_so_far:,}/{run.target:,}"
-        )
-        self.stream.write("\r\x1b[2K" + progress_line(self.engine) + note)
-        self.stream.flush()
-
-
 class _Run:
     """The state of one GRA run."""
 
@@ -144,15 +118,17 @@ class _Run:
         settings: GraSettings,
         seeds: list[Seed],
         dedup: Deduplicator,
-        out_dir: Path,
+        folder: RunFolder,
         target: int,
+        on_event: OnEvent | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.seeds = seeds
         self.dedup = dedup
-        self.out_dir = out_dir
+        self.folder = folder
         self.target = target
+        self.on_event = on_event
         self.maker = SampleMaker(engine, settings)
         self.candidates: list[Candidate] = []
         self.pool: list[PoolEntry] = []
@@ -166,8 +142,8 @@ class _Run:
         self._pool_written = 0
         self.round_no = 0
         self.passed_in_round = 0
-        self.accepted_so_far = 0
-        """Accepted by the end of the last finished round (for the progress line)."""
+        self.decided_in_round = 0
+        self.round_candidates = 0
         self.limit = 1
         self.stopped = "running"
         self.started = time.monotonic()
@@ -175,6 +151,10 @@ class _Run:
     @property
     def accepted(self) -> int:
         return sum(c.status == "accepted" for c in self.candidates)
+
+    def emit(self, kind: EventKind, step: str, /, **data: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(PipelineEvent(kind, step, data, "gra"))
 
     async def open(self) -> None:
         """Start every pool model's endpoints and size the in-flight bound."""
@@ -315,10 +295,18 @@ class _Run:
                     attempts[seed.index] += 1
                 work = self._refine
             started = time.monotonic()
+            self.decided_in_round, self.round_candidates = 0, len(batch)
+            self.emit(
+                "start",
+                f"round_{round_no}",
+                candidates=len(batch),
+                accepted=self.accepted,
+                target=self.target,
+            )
             await self._each(batch, work)
             await self._finish_round(batch, round_no, started)
             self._summaries.clear()  # duplicates' early summaries
-            self.accepted_so_far = self.accepted
+            self.emit("done", f"round_{round_no}", **self.rounds[-1], accepted_total=self.accepted)
             done_seeds.update(c.index for c in batch if c.status == "accepted" and c.seed)
             self._append_round(batch)
             if batch and all(c.reason == "request_error" for c in batch):
@@ -382,10 +370,22 @@ class _Run:
             self.passed_in_round += 1
             if self.settings.summarize_early:
                 await self._summarize_one(c)
+        self._decided()
 
     async def _refine(self, c: Candidate) -> None:
         await self.maker.refine(c)
         self.passed_in_round += c.status == "passed"
+        self._decided()
+
+    def _decided(self) -> None:
+        self.decided_in_round += 1
+        self.emit(
+            "request",
+            f"round_{self.round_no}",
+            done=self.decided_in_round,
+            total=self.round_candidates,
+            passed=self.passed_in_round,
+        )
 
     async def _summarize(self, kept: list[Candidate], round_no: int) -> None:
         """Keywords and summary of every kept sample, into the pool (in sample order)."""
@@ -418,28 +418,23 @@ class _Run:
     def _append_round(self, batch: list[Candidate]) -> None:
         """After a round: its rows appended (the first round of a process truncates), then
         the report. Cheap whatever the run's size; :meth:`write` rewrites all at the end."""
-        out = self.out_dir
-        mode = "ab" if self._appended else "wb"
+        truncate = not self._appended
         ordered = sorted(batch, key=lambda c: (c.index, c.attempt))
         for name, status in (("accepted.jsonl", "accepted"), ("rejected.jsonl", "rejected")):
-            with open(out / name, mode) as f:
-                for c in ordered:
-                    if c.status == status:
-                        f.write(orjson.dumps(c.row(), option=orjson.OPT_APPEND_NEWLINE))
-        with open(out / "pool.jsonl", mode) as f:
-            for entry in self.pool[self._pool_written :]:
-                f.write(orjson.dumps(entry.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+            rows = (c.row() for c in ordered if c.status == status)
+            self.folder.append_jsonl(name, rows, truncate=truncate)
+        new_entries = (e.to_dict() for e in self.pool[self._pool_written :])
+        self.folder.append_jsonl("pool.jsonl", new_entries, truncate=truncate)
         self._pool_written = len(self.pool)
         self._appended = True
         self._write_report()
 
     def write(self) -> dict[str, Any]:
         """Every output, whole and sorted by sample (atomic replacements); the report."""
-        out = self.out_dir
         ordered = sorted(self.candidates, key=lambda c: (c.index, c.attempt))
-        _write_jsonl(out / "accepted.jsonl", [c.row() for c in ordered if c.status == "accepted"])
-        _write_jsonl(out / "rejected.jsonl", [c.row() for c in ordered if c.status == "rejected"])
-        _write_jsonl(out / "pool.jsonl", [e.to_dict() for e in self.pool])
+        for name, status in (("accepted.jsonl", "accepted"), ("rejected.jsonl", "rejected")):
+            self.folder.write_jsonl(name, (c.row() for c in ordered if c.status == status))
+        self.folder.write_jsonl("pool.jsonl", (e.to_dict() for e in self.pool))
         return self._write_report()
 
     def _write_report(self) -> dict[str, Any]:
@@ -458,7 +453,7 @@ class _Run:
             stopped=self.stopped,
             seeds=len(self.seeds),
         )
-        write_json(self.out_dir / "report.json", report)
+        self.folder.write_json("report.json", report)
         return report
 
 
@@ -477,30 +472,27 @@ def _remember_formats(engine: Engine, report: Path, pool: Sequence[str]) -> None
 
 async def run_gra(
     config: Config,
-    *,
     out_dir: str | os.PathLike[str],
-    target: int | None = None,
-    seed: int | None = None,
-    mode: str | None = None,
-    round_size: int | None = None,
-    seed_data: str | None = None,
+    *,
     settings: GraSettings | None = None,
+    on_event: OnEvent | None = None,
     embedder: Embedder | None = None,
-    progress: bool = False,
-    stream: TextIO | None = None,
 ) -> GraResult:
-    """Run GRA with ``config``'s ``[gra]`` section (keyword arguments override it).
+    """Run GRA with ``settings`` (default: ``config``'s ``[gra]`` section) into ``out_dir``.
 
     Writes ``accepted.jsonl``, ``rejected.jsonl``, ``pool.jsonl``, ``report.json`` and
     the journal (``gra.journal.sqlite``) to ``out_dir``: rows are appended after every
     round, and rewritten whole, sorted by sample, at the end. Running it again with the
-    same arguments resumes: every answered request comes from the journal. ``embedder``
-    replaces the configured embedding model (anything with ``embed(texts) -> unit
-    vectors``). Cancelling it leaves the rounds already finished on disk.
+    same settings resumes: every answered request comes from the journal. ``on_event``
+    sees the progress (a :class:`~asyncsynth.pipelines.events.PipelineEvent` per round
+    and decided candidate). ``embedder`` replaces the configured embedding model
+    (anything with ``embed(texts) -> unit vectors``). Cancelling it leaves the rounds
+    already finished on disk.
+
+    To change a few settings of the config: ``GraSettings.from_config(config)
+    .with_overrides(target=100, seed=1)``.
     """
-    settings = (settings or GraSettings.from_config(config)).with_overrides(
-        target=target, seed=seed, mode=mode, round_size=round_size, seed_data=seed_data
-    )
+    settings = settings or GraSettings.from_config(config)
     seeds = (
         load_seeds(
             settings.seed_data,
@@ -517,22 +509,21 @@ async def run_gra(
     if goal is None:
         raise ConfigError(f"{config.source}: give a target (--target N or gra.target)")
     dedup = await anyio.to_thread.run_sync(make_deduplicator, settings, embedder)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    async with Engine(config, journal=out / JOURNAL_NAME) as engine:
-        _remember_formats(engine, out / "report.json", settings.committee.pool)
-        run = _Run(engine, settings, seeds, dedup, out, goal)
+    folder = RunFolder(out_dir, journal_name=JOURNAL_NAME)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    async with Engine(config, journal=folder.journal) as engine:
+        _remember_formats(engine, folder / "report.json", settings.committee.pool)
+        run = _Run(engine, settings, seeds, dedup, folder, goal, on_event)
         await run.open()
-        bar = _Progress(run, stream=stream or sys.stderr, enabled=progress)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(bar.run)
-            if settings.mode == "generate":
-                await run.annotate_seeds()
-            await run.run()
-            tg.cancel_scope.cancel()
+        if settings.mode == "generate":
+            run.emit("start", "annotate", seeds=len(seeds))
+            await run.annotate_seeds()
+            run.emit("done", "annotate", **run.annotation)
+        await run.run()
+        run.emit("note", "gra", stopped=run.stopped, accepted=run.accepted, target=goal)
         report = run.write()
     return GraResult(
-        out_dir=out,
+        out_dir=folder.path,
         target=goal,
         accepted=run.accepted,
         candidates=len(run.candidates),

@@ -6,11 +6,14 @@ import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .committee import REASONS
 from .samples import Candidate
 from .settings import GraSettings
+
+if TYPE_CHECKING:
+    from ..events import PipelineEvent
 
 REJECTION_REASONS = (*REASONS, "duplicate")
 
@@ -236,3 +239,35 @@ def build_report(
         "structured_formats": dict(structured),
         "engine": dict(engine),
     }
+
+
+def describe(event: PipelineEvent) -> tuple[str, bool] | None:
+    """A console line for ``event`` and whether it is transient (a progress redraw)."""
+    kind, step, data = event.kind, event.step, event.data
+    if kind == "request":
+        return (
+            f"  {step}: {data['done']:,}/{data['total']:,} candidates decided, "
+            f"{data['passed']:,} passed the committee",
+            True,
+        )
+    if kind == "start" and step == "annotate":
+        return (f"annotating {data['seeds']:,} seeds" if data["seeds"] else None), False
+    if kind == "start":
+        return (
+            f"{step}: {data['candidates']:,} candidates "
+            f"(accepted so far {data['accepted']:,} of {data['target']:,})",
+            False,
+        )
+    if kind == "done" and step == "annotate":
+        if not data["needed"]:
+            return None
+        done, needed, failed = data["annotated"], data["needed"], len(data["failures"])
+        return f"annotate: {done:,} of {needed:,} seeds ({failed} failed)", False
+    if kind == "done":
+        rejected = ", ".join(f"{n:,} {reason}" for reason, n in data["rejected"].items())
+        return (
+            f"{step}: {data['accepted']:,} accepted of {data['candidates']:,} "
+            f"(rejected: {rejected or 'none'}); {data['accepted_total']:,} in all",
+            False,
+        )
+    return None

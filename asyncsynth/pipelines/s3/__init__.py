@@ -6,7 +6,7 @@ then train the final student on everything. See :func:`run_s3` and the README.
 """
 
 from .cleaning import Cleaner, CleaningCounts, CleaningSettings, NearDuplicateIndex
-from .pipeline import GoldData, Reviewer, ReviewSample, S3Error, S3Event, load_gold, run_s3
+from .pipeline import GoldData, Reviewer, ReviewSample, S3Error, S3Result, load_gold, run_s3
 from .settings import LabelSpec, RationaleSettings, S3Settings, load_s3_settings, s3_settings
 from .tasks import PromptSet, load_prompt_set, parse_rationales
 
@@ -22,7 +22,7 @@ __all__ = [
     "ReviewSample",
     "Reviewer",
     "S3Error",
-    "S3Event",
+    "S3Result",
     "S3Settings",
     "load_gold",
     "load_prompt_set",

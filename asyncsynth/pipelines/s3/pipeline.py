@@ -26,25 +26,26 @@ import hashlib
 import os
 import random
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
-import orjson
 
 from ...config import Config
 from ...data import Fields, load_examples, load_texts, stratified_split
-from ...engine import AsyncsynthError, ConfigError, Engine, Request, Result
-from ...io import read_jsonl, write_json
+from ...engine import ConfigError, Engine, Request, Result
+from ...io import read_json, read_rows, write_json, write_jsonl
 from ...student.config import Example, TrainingCancelled
 from ...student.metrics import Metrics, compute_metrics
+from ..errors import PipelineError
+from ..events import EventKind, OnEvent, PipelineEvent
+from ..runfolder import RunFolder, digest
 from .cleaning import Cleaner, CleaningCounts, NearDuplicateIndex, words
 from .settings import LabelSpec, S3Settings, load_s3_settings
 from .tasks import PromptSet, join_phrases, label_values, load_prompt_set, parse_rationales, render
@@ -57,14 +58,12 @@ __all__ = [
     "ReviewSample",
     "Reviewer",
     "S3Error",
-    "S3Event",
+    "S3Result",
     "load_gold",
     "run_s3",
 ]
 
-STATE_FILE = "state.json"
 JOURNAL_FILE = "s3.journal.sqlite"
-STATE_VERSION = 1
 SEED_REQUESTS_FACTOR = 3
 """The seed step asks again for what cleaning dropped, up to this many times seed_size."""
 RATIONALE_REASKS = 2
@@ -74,21 +73,10 @@ RESUMABLE_CHANGES = frozenset({"rounds", "max_failures", "save_student", "studen
 """Settings a resumed run may change: the other ones would make finished steps stale."""
 
 Row = dict[str, Any]
-EventKind = Literal["start", "skip", "done", "request", "train", "note"]
 
 
-class S3Error(AsyncsynthError):
+class S3Error(PipelineError):
     """An S3 run cannot go on (too many failed requests, unusable rationales, a stale folder)."""
-
-
-@dataclass(frozen=True, slots=True)
-class S3Event:
-    """Progress of a run: ``kind`` is ``start``, ``skip`` (finished before), ``done``,
-    ``request`` (one answer of a step), ``train`` (the trainer's progress) or ``note``."""
-
-    kind: EventKind
-    step: str
-    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +115,10 @@ class GoldData:
 
     def digest(self) -> dict[str, str]:
         parts = {"mining": self.mining, "dev": self.dev, "test": self.test}
-        out = {name: _digest(rows) for name, rows in parts.items() if rows is not None}
+        out = {name: digest(rows) for name, rows in parts.items() if rows is not None}
         if self.contexts is not None:
-            out["contexts"] = _digest(self.contexts)
+            out["contexts"] = digest(self.contexts)
         return out
-
-
-def _digest(data: Any) -> str:
-    return hashlib.sha256(orjson.dumps(data)).hexdigest()[:16]
 
 
 def _rows(examples: Sequence[Example], prefix: str) -> list[Row]:
@@ -189,26 +173,6 @@ def load_gold(settings: S3Settings) -> GoldData:
 # -- the run --------------------------------------------------------------------------------
 
 
-def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``rows`` as JSONL atomically (a crash leaves the old file or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for row in rows:
-            f.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_jsonl(path: Path) -> list[Row]:
-    return [row for _, row in read_jsonl(path)]
-
-
-def _read_json(path: Path) -> Any:
-    return orjson.loads(path.read_bytes())
-
-
 def _request_seed(*parts: Any) -> int:
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
@@ -230,10 +194,11 @@ class _Run:
         settings: S3Settings,
         gold: GoldData,
         prompts: PromptSet,
-        on_event: Callable[[S3Event], None] | None,
+        on_event: OnEvent | None,
         reviewer: Reviewer | None,
     ) -> None:
         self.config = config
+        self.folder = RunFolder(out, journal_name=JOURNAL_FILE)
         self.out = out
         self.settings = settings
         self.gold = gold
@@ -243,7 +208,6 @@ class _Run:
         self.labels: dict[str, LabelSpec] = {lab.name: lab for lab in settings.labels}
         self.pair = settings.task == "pair"
         self.engine: Engine | None = None
-        self.state: dict[str, Any] = {}
         reference = [(self._scope(r), self._new_text(r)) for r in (*gold.mining, *gold.dev)]
         self.cleaner = Cleaner(settings.cleaning, reference=reference, nouns=[settings.text_kind])
 
@@ -251,7 +215,7 @@ class _Run:
 
     def emit(self, kind: EventKind, step: str, /, **data: Any) -> None:
         if self.on_event is not None:
-            self.on_event(S3Event(kind, step, data))
+            self.on_event(PipelineEvent(kind, step, data, "s3"))
 
     def _scope(self, row: Mapping[str, Any]) -> str:
         """Where duplicates are looked for: everything (single), the same context (pairs)."""
@@ -263,44 +227,21 @@ class _Run:
 
     def _fingerprint(self) -> dict[str, Any]:
         return {
-            "settings": self.settings.fingerprint(),
+            **self.settings.fingerprint(),
             "data": self.gold.digest(),
-            "prompts": {name: _digest(text) for name, text in self.prompts.texts().items()},
+            "prompts": {name: digest(text) for name, text in self.prompts.texts().items()},
         }
 
     def open_state(self) -> None:
-        path = self.out / STATE_FILE
-        fingerprint = self._fingerprint()
-        if path.exists():
-            state = _read_json(path)
-            if state.get("version") != STATE_VERSION:
-                raise S3Error(f"{path}: written by another version of asyncsynth; use a new --out")
-            changed = _changes(state["fingerprint"], fingerprint)
-            if changed:
-                raise S3Error(
-                    f"{self.out} holds a run with other settings or data (changed: "
-                    f"{', '.join(changed)}). Resuming needs the same ones: use another --out, "
-                    f"or delete {path} to start over (answers already received stay in "
-                    f"{JOURNAL_FILE} and are not asked again)."
-                )
-            state["fingerprint"] = fingerprint
-            self.state = state
-        else:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.state = {"version": STATE_VERSION, "fingerprint": fingerprint, "steps": {}}
-            self._save_state()
-
-    def _save_state(self) -> None:
-        write_json(self.out / STATE_FILE, self.state)
+        self.folder.open(
+            self._fingerprint(), resumable=RESUMABLE_CHANGES, atomic={"labels"}, what="S3 run"
+        )
 
     def done(self, step: str) -> dict[str, Any] | None:
-        return self.state["steps"].get(step)
+        return self.folder.done(step)
 
     def finish(self, step: str, record: dict[str, Any]) -> None:
-        record = {**record, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.state["steps"][step] = record
-        self._save_state()
-        self.emit("done", step, **record)
+        self.emit("done", step, **self.folder.finish(step, record))
 
     async def ask(self, step: str, requests: list[Request]) -> list[Result]:
         """Send ``requests`` concurrently; results in request order; too many failures raise."""
@@ -349,7 +290,7 @@ class _Run:
             return {}
         if self.done(step):
             self.emit("skip", step)
-            return {k: list(v) for k, v in _read_json(path).items()}
+            return {k: list(v) for k, v in read_json(path).items()}
         prompt = self.prompts.rationales
         assert prompt is not None
         messages = {
@@ -490,7 +431,7 @@ class _Run:
         step, path = "seed", self.out / "seed.jsonl"
         if self.done(step):
             self.emit("skip", step)
-            return self.remember(_read_jsonl(path))
+            return self.remember(read_rows(path))
         size = self.settings.seed_size
         review = self.settings.review_seed
         counts = CleaningCounts()
@@ -512,15 +453,15 @@ class _Run:
                 rows += [row for row, _ in candidates]
             start += want
             want = size - len(rows)
-        _write_jsonl(self.out / "seed.dropped.jsonl", dropped)
+        write_jsonl(self.out / "seed.dropped.jsonl", dropped)
         if review and self.reviewer is not None:
-            _write_jsonl(self.out / "seed.reviews.jsonl", reviews)
+            write_jsonl(self.out / "seed.reviews.jsonl", reviews)
         if not rows:
             raise S3Error(
                 f"{step}: cleaning kept none of {counts.received} texts "
                 f"(see {self.out / 'seed.dropped.jsonl'})"
             )
-        _write_jsonl(path, rows)
+        write_jsonl(path, rows)
         self.finish(
             step,
             {
@@ -575,7 +516,7 @@ class _Run:
         step, folder = f"round_{r}/train", self.out / f"round_{r}"
         if self.done(step):
             self.emit("skip", step)
-            return _read_jsonl(folder / "errors.jsonl")
+            return read_rows(folder / "errors.jsonl")
         student, dev_metrics, predicted = await self.train(step, rows, mine=True)
         assert predicted is not None
         mining = self.gold.mining
@@ -587,7 +528,7 @@ class _Run:
         mining_metrics = compute_metrics(
             [row["label"] for row in mining], predicted, self.settings.label_names
         )
-        _write_jsonl(folder / "train.jsonl", rows)
+        write_jsonl(folder / "train.jsonl", rows)
         write_json(
             folder / "metrics.json",
             {
@@ -601,7 +542,7 @@ class _Run:
                 "history": student.history,
             },
         )
-        _write_jsonl(folder / "errors.jsonl", errors)
+        write_jsonl(folder / "errors.jsonl", errors)
         self.finish(
             step,
             {
@@ -621,7 +562,7 @@ class _Run:
         step, folder = f"round_{r}/extrapolate", self.out / f"round_{r}"
         if self.done(step):
             self.emit("skip", step)
-            return self.remember(_read_jsonl(folder / "added.jsonl"))
+            return self.remember(read_rows(folder / "added.jsonl"))
         settings = self.settings
         per_error = settings.extrapolate_per_error
         requests = []
@@ -652,9 +593,9 @@ class _Run:
         candidates = self.clean(results, make_row, counts, dropped)
         added = await self.review(step, candidates, counts, dropped, reviews)
         if self.reviewer is not None:
-            _write_jsonl(folder / "reviews.jsonl", reviews)
-        _write_jsonl(folder / "dropped.jsonl", dropped)
-        _write_jsonl(folder / "added.jsonl", added)
+            write_jsonl(folder / "reviews.jsonl", reviews)
+        write_jsonl(folder / "dropped.jsonl", dropped)
+        write_jsonl(folder / "added.jsonl", added)
         self.finish(
             step,
             {
@@ -684,7 +625,7 @@ class _Run:
             test_metrics = await _off_loop(lambda: student.evaluate(test), threading.Event())
         if self.settings.save_student:
             await _off_loop(lambda: student.save(folder / "student"), threading.Event())
-        _write_jsonl(folder / "train.jsonl", rows)
+        write_jsonl(folder / "train.jsonl", rows)
         write_json(
             folder / "metrics.json",
             {
@@ -738,7 +679,7 @@ class _Run:
         await self.final(rows)
         from .report import write_report
 
-        return write_report(self.out, self.settings, self.gold, self.state)
+        return write_report(self.out, self.settings, self.gold, self.folder.state)
 
 
 async def _off_loop(fn: Callable[[], Any], cancel: threading.Event) -> Any:
@@ -767,30 +708,42 @@ async def _off_loop(fn: Callable[[], Any], cancel: threading.Event) -> Any:
     return outcome[0]
 
 
-def _changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ, except those a resumed run may change."""
-    changed = []
-    for key in sorted({*old, *new}):
-        name = f"{prefix}{key}"
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping) and key != "labels":
-            changed += _changes(a, b, f"{name}.")
-        elif a != b and name.removeprefix("settings.") not in RESUMABLE_CHANGES:
-            changed.append(name.removeprefix("settings."))
-    return changed
+@dataclass
+class S3Result:
+    """What :func:`run_s3` made and where it wrote it."""
+
+    out_dir: Path
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / "report.json"
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The final student: train size, dev and test metrics."""
+        final: dict[str, Any] = self.report["final"]
+        return final
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        """Per round: train size, dev and mining metrics, errors, examples added."""
+        rounds: list[dict[str, Any]] = self.report["rounds"]
+        return rounds
 
 
 async def run_s3(
     config: Config,
-    out: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
     *,
     settings: S3Settings | None = None,
-    on_event: Callable[[S3Event], None] | None = None,
+    on_event: OnEvent | None = None,
     reviewer: Reviewer | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) S3 into the folder ``out``; returns the report (also ``report.json``).
+) -> S3Result:
+    """Run (or resume) S3 into the folder ``out_dir``; the report is also ``report.json``.
 
-    ``settings`` defaults to the config's ``[s3]`` section. ``on_event`` sees the progress.
+    ``settings`` defaults to the config's ``[s3]`` section. ``on_event`` sees the progress
+    (a :class:`~asyncsynth.pipelines.events.PipelineEvent` per step, answer and epoch).
     ``reviewer`` reviews new examples; by default ``review = "gra"`` uses the GRA committee
     of the config's ``[gra]`` section. Everything is checked (config, data, prompts) before
     the first request.
@@ -803,10 +756,11 @@ async def run_s3(
     gold = load_gold(settings)
     prompts = load_prompt_set(settings)
     _check_student_extra()
-    run = _Run(config, Path(out), settings, gold, prompts, on_event, reviewer)
+    out = Path(out_dir)
+    run = _Run(config, out, settings, gold, prompts, on_event, reviewer)
     run.open_state()
     failure: Exception | None = None
-    async with Engine(config, journal=Path(out) / JOURNAL_FILE) as engine:
+    async with Engine(config, journal=run.folder.journal) as engine:
         try:
             if run.reviewer is None and settings.review == "gra":
                 from .review import gra_reviewer
@@ -817,7 +771,7 @@ async def run_s3(
             failure = exc
     if failure is not None:
         raise failure
-    return report
+    return S3Result(out, report)
 
 
 def _check_student_extra() -> None:

@@ -11,7 +11,8 @@ from ...io import write_json
 from .cleaning import CleaningCounts
 
 if TYPE_CHECKING:
-    from .pipeline import GoldData, S3Event
+    from ..events import PipelineEvent
+    from .pipeline import GoldData
     from .settings import S3Settings
 
 __all__ = ["describe", "format_report", "plot_report", "write_report"]
@@ -171,7 +172,7 @@ def _pct(part: Mapping[str, Any] | None) -> str:
     return "-" if not part else f"{100 * part['accuracy']:.1f}%"
 
 
-def describe(event: S3Event) -> tuple[str, bool] | None:
+def describe(event: PipelineEvent) -> tuple[str, bool] | None:
     """A console line for ``event`` and whether it is transient (a progress redraw)."""
     kind, step, data = event.kind, event.step, event.data
     if kind == "request":
