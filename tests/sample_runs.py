@@ -25,6 +25,7 @@ from asyncsynth.config import config_from_dict, load_config
 from asyncsynth.pipelines.gra import RESPONSE_CRITERIA, GraSettings, run_gra
 from asyncsynth.pipelines.s3 import run_s3
 from asyncsynth.run import run_file
+from asyncsynth.student.config import TINY_BERT
 from asyncsynth.testing import Reply, SimServer
 from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 
@@ -134,13 +135,7 @@ FILLER = ["river", "window", "garden", "morning", "winter", "ticket", "lamp", "c
 FILLER += ["pocket", "bridge", "village", "market"]
 TINY_STUDENT = {
     "model": "minilm",
-    "from_config": {
-        "model_type": "bert",
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-    },
+    "from_config": TINY_BERT,
     "epochs": 4,
     "lr": 0.005,
     "batch_size": 16,
