@@ -131,6 +131,8 @@ def test_filters_scan_across_files_and_resume_from_a_cursor(
         ({"eq": {"reason": "low_mean"}}, lambda r: r.get("reason") == "low_mean"),
         ({"eq": {"round": "2"}}, lambda r: r["round"] == 2),
         ({"model": model}, lambda r: model in (r["generator"], r["adjudicator"], *r["reviewers"])),
+        ({"model": model, "role": "reviewer"}, lambda r: model in r["reviewers"]),
+        ({"model": model, "role": "generator"}, lambda r: r["generator"] == model),
         (
             {"min": {"mu": 8}, "max": {"mu": 9.2}},
             lambda r: r["mu"] is not None and 8 <= r["mu"] <= 9.2,
@@ -154,6 +156,8 @@ def test_filters_scan_across_files_and_resume_from_a_cursor(
             if cursor is None:
                 break
         assert got == wanted, raw
+    with pytest.raises(ValueError, match="role must be generator"):
+        RowFilter.parse('{"model": "a", "role": "boss"}')
     with pytest.raises(ValueError, match=r"min\.mu is not a number"):
         RowFilter.parse('{"min": {"mu": "high"}}')
 

@@ -51,13 +51,14 @@ class RowFilter:
     """What a filtered page keeps; every part must hold.
 
     ``q``: text anywhere in the row (case-insensitive); ``eq``: field equals one of the
-    values (compared as text); ``model``: the model in any GRA role; ``min``/``max``:
-    numeric bounds on fields.
+    values (compared as text); ``model``: the model in a GRA ``role`` (``generator``,
+    ``reviewer``, ``adjudicator``; any role when empty); ``min``/``max``: numeric bounds.
     """
 
     q: str = ""
     eq: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     model: str = ""
+    role: str = ""
     min: Mapping[str, float] = field(default_factory=dict)
     max: Mapping[str, float] = field(default_factory=dict)
 
@@ -92,6 +93,7 @@ class RowFilter:
             q=str(data.get("q") or ""),
             eq=eq,
             model=str(data.get("model") or ""),
+            role=_role(data.get("role")),
             min=bounds("min"),
             max=bounds("max"),
         )
@@ -122,10 +124,22 @@ class RowFilter:
             if not _is_number(value) or value > high:
                 return False
         if self.model:
-            roles = [row.get("generator"), row.get("adjudicator"), *(row.get("reviewers") or [])]
-            if self.model not in roles:
+            holders = {
+                "generator": [row.get("generator")],
+                "reviewer": list(row.get("reviewers") or []),
+                "adjudicator": [row.get("adjudicator")],
+            }
+            roles = [self.role] if self.role else list(holders)
+            if not any(self.model in holders[r] for r in roles):
                 return False
         return True
+
+
+def _role(value: Any) -> str:
+    role = str(value or "")
+    if role not in ("", "generator", "reviewer", "adjudicator"):
+        raise ValueError(f"filter: role must be generator, reviewer or adjudicator, not {role!r}")
+    return role
 
 
 def _text(value: Any) -> str:

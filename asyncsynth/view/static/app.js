@@ -398,13 +398,14 @@ function graSamples(main, run) {
   const [statusLabel, status] = select("samples", [["all", "all"], ["accepted", "accepted"], ["rejected", "rejected"]], { name: "status" });
   const [reasonLabel, reason] = select("reason", [["", "any"], ...reasons.map((r) => [r, r])], { name: "reason" });
   const [domainLabel, domain] = select("domain", [["", "any"], ...domains.map((d) => [d, d])], { name: "domain" });
-  const [modelLabel, model] = select("model (any role)", [["", "any"], ...models.map((m) => [m, m])], { name: "model" });
+  const [modelLabel, model] = select("model", [["", "any"], ...models.map((m) => [m, m])], { name: "model" });
+  const [roleLabel, role] = select("as", [["", "any role"], ["generator", "generator"], ["reviewer", "reviewer"], ["adjudicator", "adjudicator"]], { name: "role" });
   const [roundLabel, round] = select("round", [["", "any"], ...rounds.map((r) => [String(r), String(r)])], { name: "round" });
   const [muMinLabel, muMin] = input("μ from", { type: "number", step: "0.1", name: "mu_min" });
   const [muMaxLabel, muMax] = input("μ to", { type: "number", step: "0.1", name: "mu_max" });
   const [searchLabel, search] = input("text", { type: "search", name: "q", placeholder: "search instruction, response…" });
   const apply = el("button", { type: "submit" }, "apply");
-  const form = el("form", { class: "bar", dataset: { testid: "filters" } }, statusLabel, reasonLabel, domainLabel, modelLabel, roundLabel, muMinLabel, muMaxLabel, searchLabel, apply);
+  const form = el("form", { class: "bar", dataset: { testid: "filters" } }, statusLabel, reasonLabel, domainLabel, modelLabel, roleLabel, roundLabel, muMinLabel, muMaxLabel, searchLabel, apply);
   const detail = el("div", { class: "panel", dataset: { testid: "detail" } }, el("p", { class: "muted" }, "Choose a sample to see its reviews."));
 
   const files = () => {
@@ -420,7 +421,10 @@ function graSamples(main, run) {
     if (domain.value) eq.domain = domain.value;
     if (round.value) eq.round = round.value;
     if (Object.keys(eq).length) f.eq = eq;
-    if (model.value) f.model = model.value;
+    if (model.value) {
+      f.model = model.value;
+      if (role.value) f.role = role.value;
+    }
     if (muMin.value !== "") f.min = { mu: muMin.value };
     if (muMax.value !== "") f.max = { mu: muMax.value };
     if (search.value) f.q = search.value;
@@ -447,7 +451,7 @@ function graSamples(main, run) {
     event.preventDefault();
     browser.reload();
   });
-  for (const control of [status, reason, domain, model, round]) control.addEventListener("change", () => browser.reload());
+  for (const control of [status, reason, domain, model, role, round]) control.addEventListener("change", () => browser.reload());
   add(main, form, el("div", { class: "split" }, el("div", { class: "scroll" }, browser.node), detail));
   browser.reload();
   return { refresh: browser.refresh };
