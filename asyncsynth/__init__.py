@@ -8,6 +8,7 @@ from .engine import (
     ConnectError,
     ConnectionDropped,
     DeadlineExceeded,
+    EndpointsUnreachable,
     Engine,
     InputError,
     Journal,
@@ -33,6 +34,7 @@ from .pipelines.gra import (
     run_gra,
 )
 from .pipelines.s3 import S3Error, S3Result, S3Settings, load_s3_settings, run_s3
+from .progress import Progress
 from .view import ViewServer
 
 __version__ = "0.1.0"
@@ -47,6 +49,7 @@ __all__ = [
     "ConnectionDropped",
     "DeadlineExceeded",
     "EndpointConfig",
+    "EndpointsUnreachable",
     "Engine",
     "EngineSettings",
     "ExportResult",
@@ -57,6 +60,7 @@ __all__ = [
     "MalformedResponse",
     "PipelineError",
     "PipelineEvent",
+    "Progress",
     "RateLimited",
     "Request",
     "RequestError",

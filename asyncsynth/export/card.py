@@ -198,7 +198,12 @@ def _pct(part: Any) -> str:
 
 
 def _acc(metrics: Any) -> str:
-    return _pct(metrics.get("accuracy")) if isinstance(metrics, Mapping) else "-"
+    """Accuracy, or SQuAD's F1 and exact match for extractive QA."""
+    if not isinstance(metrics, Mapping):
+        return "-"
+    if "accuracy" not in metrics and "f1" in metrics:
+        return f"F1 {_pct(metrics['f1'])}, EM {_pct(metrics.get('exact_match'))}"
+    return _pct(metrics.get("accuracy"))
 
 
 def _json(data: Any) -> str:
@@ -315,9 +320,9 @@ def _s3_sections(source: Source, report: Mapping[str, Any] | None) -> list[str]:
         for r in report.get("rounds") or []
     ]
     rows.append(("final", final.get("train_size"), _acc(final.get("dev")), "", "", ""))
-    out.append(_table(("", "train size", "dev acc", "mining acc", "errors", "added"), rows))
+    out.append(_table(("", "train size", "dev", "mining", "errors", "added"), rows))
     if final.get("test"):
-        out.append(f"\nTest accuracy of the final student: {_acc(final['test'])}.")
+        out.append(f"\nThe final student on the test set: {_acc(final['test'])}.")
     cleaning = report.get("cleaning") or {}
     dropped = cleaning.get("dropped") or {}
     out.append(

@@ -144,6 +144,7 @@ class _Run:
         self.passed_in_round = 0
         self.decided_in_round = 0
         self.round_candidates = 0
+        self.accepted_before_round = 0
         self.limit = 1
         self.stopped = "running"
         self.started = time.monotonic()
@@ -296,11 +297,12 @@ class _Run:
                 work = self._refine
             started = time.monotonic()
             self.decided_in_round, self.round_candidates = 0, len(batch)
+            self.accepted_before_round = self.accepted
             self.emit(
                 "start",
                 f"round_{round_no}",
                 candidates=len(batch),
-                accepted=self.accepted,
+                accepted=self.accepted_before_round,
                 target=self.target,
             )
             await self._each(batch, work)
@@ -385,6 +387,9 @@ class _Run:
             done=self.decided_in_round,
             total=self.round_candidates,
             passed=self.passed_in_round,
+            in_flight=min(self.limit, self.round_candidates - self.decided_in_round),
+            accepted=self.accepted_before_round,
+            target=self.target,
         )
 
     async def _summarize(self, kept: list[Candidate], round_no: int) -> None:
@@ -511,7 +516,7 @@ async def run_gra(
     dedup = await anyio.to_thread.run_sync(make_deduplicator, settings, embedder)
     folder = RunFolder(out_dir, journal_name=JOURNAL_NAME)
     folder.path.mkdir(parents=True, exist_ok=True)
-    async with Engine(config, journal=folder.journal) as engine:
+    async with Engine(config, journal=folder.journal, on_event=on_event) as engine:
         _remember_formats(engine, folder / "report.json", settings.committee.pool)
         run = _Run(engine, settings, seeds, dedup, folder, goal, on_event)
         await run.open()

@@ -512,6 +512,18 @@ function graCharts(main, run) {
 
 // -- S3 ------------------------------------------------------------------------------------
 
+// Classification rounds report accuracy; extractive QA, SQuAD's F1 and exact match.
+function score(metrics) {
+  if (!metrics) return null;
+  return metrics.accuracy ?? metrics.f1 ?? null;
+}
+
+function scoreText(metrics) {
+  if (!metrics) return "-";
+  if (metrics.accuracy === undefined && metrics.f1 !== undefined) return `F1 ${pct(metrics.f1)}, EM ${pct(metrics.exact_match)}`;
+  return pct(metrics.accuracy);
+}
+
 function roundsChart(rounds) {
   const width = 560;
   const height = 230;
@@ -534,14 +546,14 @@ function roundsChart(rounds) {
     add(chart, svg("text", { x: x(i), y: pad.t + h + 14, "text-anchor": "middle" }, r.name));
   });
   for (const [key, cls] of [["dev", "line"], ["mining", "line alt"]]) {
-    const points = rounds.map((r, i) => (r[key] ? [x(i), y(r[key].accuracy)] : null)).filter(Boolean);
+    const points = rounds.map((r, i) => (score(r[key]) !== null ? [x(i), y(score(r[key]))] : null)).filter(Boolean);
     if (points.length) {
       add(chart, svg("polyline", { class: cls, points: points.map((p) => p.join(",")).join(" ") }));
       for (const [px, py] of points) add(chart, svg("circle", { class: "dot", cx: px, cy: py, r: 3 }));
     }
   }
   rounds.forEach((r, i) => {
-    if (r.test) add(chart, svg("circle", { class: "star", cx: x(i), cy: y(r.test.accuracy), r: 5 }, svg("title", {}, `test accuracy ${pct(r.test.accuracy)}`)));
+    if (score(r.test) !== null) add(chart, svg("circle", { class: "star", cx: x(i), cy: y(score(r.test)), r: 5 }, svg("title", {}, `test ${scoreText(r.test)}`)));
   });
   return chart;
 }
@@ -586,11 +598,11 @@ function s3Rounds(main, run) {
   add(main, 
     el("p", { class: "muted" }, report ? report.method : "The run is still going: figures appear as its steps finish."),
     rounds.length ? roundsChart(rounds) : el("p", { class: "muted" }, "no round has finished yet"),
-    el("p", { class: "muted" }, "bars: training examples · solid: dev accuracy · dashed: mining accuracy · red dot: test accuracy of the final student"),
+    el("p", { class: "muted" }, "bars: training examples · solid: dev accuracy (QA: F1) · dashed: mining · red dot: test, final student"),
     simpleTable(
-      ["", { title: "train size", num: true }, { title: "dev acc", num: true }, { title: "mining acc", num: true }, { title: "test acc", num: true }, { title: "errors", num: true }, { title: "added", num: true }],
+      ["", { title: "train size", num: true }, { title: "dev", num: true }, { title: "mining", num: true }, { title: "test", num: true }, { title: "errors", num: true }, { title: "added", num: true }],
       rounds.map((r) =>
-        el("tr", {}, el("td", {}, r.name), el("td", { class: "num" }, fmt(r.train_size)), el("td", { class: "num" }, r.dev ? pct(r.dev.accuracy) : "-"), el("td", { class: "num" }, r.mining ? pct(r.mining.accuracy) : "-"), el("td", { class: "num" }, r.test ? pct(r.test.accuracy) : ""), el("td", { class: "num" }, fmt(r.errors)), el("td", { class: "num" }, fmt(r.added)))
+        el("tr", {}, el("td", {}, r.name), el("td", { class: "num" }, fmt(r.train_size)), el("td", { class: "num" }, scoreText(r.dev)), el("td", { class: "num" }, scoreText(r.mining)), el("td", { class: "num" }, r.test ? scoreText(r.test) : ""), el("td", { class: "num" }, fmt(r.errors)), el("td", { class: "num" }, fmt(r.added)))
       ),
       { dataset: { testid: "rounds" } }
     ),
