@@ -1037,3 +1037,142 @@ def s3_table(folders: tuple[str, ...]) -> None:
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_table(summaries))
+
+
+@main.command("export")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(exists=True))
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(["messages", "sharegpt", "alpaca", "jsonl", "parquet", "dataset"]),
+    help="GRA: messages (default), sharegpt, alpaca, parquet, dataset; S3: dataset (default), "
+    "parquet, jsonl; run: jsonl (default), messages, parquet, dataset.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(),
+    help="File to write (a folder for datasets and for S3's splits).",
+)
+@click.option("--rounds", help="GRA: the cumulative set of these rounds, e.g. 1-3 or 1,2,4.")
+@click.option("--min-mu", type=float, help="GRA: samples whose committee mean is at least this.")
+@click.option("--domains", help="GRA: comma-separated domains to keep.")
+@click.option(
+    "--decision",
+    "decisions",
+    multiple=True,
+    type=click.Choice(["consensus", "adjudicated"]),
+    help="GRA: keep samples decided this way (repeatable).",
+)
+@click.option("--system", help="A system message for every exported conversation.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The run's config: S3 adds its dev and test splits; the card lists its settings.",
+)
+@click.option("--push-to-hub", "repo_id", metavar="OWNER/NAME", help="Upload to this Hub dataset.")
+@click.option("--private", is_flag=True, help="Create the Hub dataset private.")
+@click.option("--license", "license_id", default="unknown", show_default=True, help="Card license.")
+@click.option("--language", multiple=True, help="Card language code (repeatable), e.g. en.")
+def export(
+    run_dir: str,
+    fmt: str | None,
+    out: str | None,
+    rounds: str | None,
+    min_mu: float | None,
+    domains: str | None,
+    decisions: tuple[str, ...],
+    system: str | None,
+    config_path: str | None,
+    repo_id: str | None,
+    private: bool,
+    license_id: str,
+    language: tuple[str, ...],
+) -> None:
+    """Export a run (GRA or S3 folder, or a `run` output) as a training set.
+
+    Writes --out in --format, and with --push-to-hub uploads it to the Hugging Face Hub
+    (Parquet files and a dataset card; token from HF_TOKEN or `hf auth login`).
+    """
+    from .engine import ConfigError
+    from .export import describe_export, open_source, push_to_hub
+    from .export.exporter import export_source
+
+    if out is None and repo_id is None:
+        raise click.UsageError("give --out PATH, --push-to-hub OWNER/NAME, or both")
+    try:
+        config = load_config(config_path) if config_path else None
+        source = open_source(
+            run_dir,
+            rounds=rounds,
+            min_mu=min_mu,
+            domains=[d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+            decisions=list(decisions) or None,
+            system=system,
+            config=config,
+        )
+        for note in source.notes:
+            click.echo(f"note: {note}", err=True)
+        if out is not None:
+            click.echo(describe_export(export_source(source, fmt or "", out)), err=True)
+        if repo_id is not None:
+            pushed = push_to_hub(
+                source,
+                repo_id,
+                private=private,
+                license=license_id,
+                language=list(language) or None,
+                config=config,
+            )
+            counts = ", ".join(f"{n:,} {split}" for split, n in pushed.rows.items())
+            click.echo(f"pushed {counts} rows to {pushed.url} ({pushed.commit_url})", err=True)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    except AsyncsynthError as exc:  # a bad run folder or row, the Hub's refusal
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:  # option values (--rounds)
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command("view")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(exists=True))
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (loopback; another address makes the run visible to others).",
+)
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the web browser.")
+def view(run_dir: str, host: str, port: int, open_browser: bool) -> None:
+    """Look at a run in the browser: samples, reviews, charts (read-only, offline)."""
+    import errno
+    import threading
+    import webbrowser
+
+    from .view import ViewServer
+
+    try:
+        try:
+            server = ViewServer(run_dir, host=host, port=port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            click.echo(f"port {port} is taken; using a free one", err=True)
+            server = ViewServer(run_dir, host=host, port=0)
+    except AsyncsynthError as exc:
+        raise click.ClickException(str(exc)) from None
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    server.start()
+    click.echo(f"{server.run.kind} run {server.run.name}: {server.url} (Ctrl-C stops)", err=True)
+    if open_browser:
+        webbrowser.open(server.url)
+    try:
+        while not stopped.wait(1.0):
+            pass
+    finally:
+        server.stop()
