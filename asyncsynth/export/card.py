@@ -156,7 +156,7 @@ class RunStats:
             usage = row.get("usage") if isinstance(row.get("usage"), Mapping) else {}
             stats.tokens_in += int(usage.get("prompt_tokens") or 0)
             stats.tokens_out += int(usage.get("completion_tokens") or 0)
-            cost = _cost(row.get("cost"))
+            cost = _cost(row.get("cost_usd"))
             if cost is not None:
                 stats.cost = (stats.cost or 0.0) + cost
         errors = run.errors
@@ -169,13 +169,11 @@ class RunStats:
 
 
 def _cost(value: Any) -> float | None:
-    """A cost as rows and reports may give it: a number, or a table with a total."""
+    """A cost in USD as rows (``cost_usd``) and reports (``cost.total_usd``) give it."""
+    if isinstance(value, Mapping):
+        value = value.get("total_usd")
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if isinstance(value, Mapping):
-        for key in ("total", "usd", "spent"):
-            if isinstance(value.get(key), int | float):
-                return float(value[key])
     return None
 
 

@@ -57,7 +57,15 @@ GRA_FIELDS = frozenset(
         "shared_roles",
     }
 )
-RUN_ENGINE_FIELDS = ("usage", "latency_s", "attempts", "cached", "cost")
+RUN_ENGINE_FIELDS = (
+    "usage",
+    "latency_s",
+    "attempts",
+    "cached",
+    "cost_usd",
+    "first_cost_usd",
+    "batch",
+)
 """What ``run`` adds to a row about the request itself; not exported as data."""
 
 
