@@ -171,7 +171,13 @@ def test_outputs_carry_provenance_and_the_report_adds_up(serve: Any, tmp_path: P
     assert models["e"]["reviewer"]["score_histogram"]["5"] == models["e"]["reviewer"]["reviews"]
     assert sum(m["generator"]["accepted"] for m in models.values()) == len(accepted)
     assert report["tokens"]["per_accepted"] > 0
-    assert report["pool"]["annotation"] == {"needed": 2, "annotated": 2, "failures": []}
+    assert report["pool"]["annotation"] == {
+        "needed": 2,
+        "annotated": 2,
+        "retried": 0,
+        "unfinished": 0,
+        "failures": [],
+    }
     assert script.count("annotate") == 2  # the seeds lacking keywords and summary
     pool = read(out / "pool.jsonl")
     # The seed's own domain wins over the annotator's ("coding", first of the list).
