@@ -130,9 +130,7 @@ def _chat_pair(turns: Any, where: str, column: str, keys: tuple[str, str]) -> tu
             instruction = text
         elif instruction is not None and speaker in _ASSISTANT and text:
             return instruction, text
-    missing = (
-        "a user turn" if instruction is None else "an assistant turn after the first user turn"
-    )
+    missing = "user turn" if instruction is None else "assistant turn after the first user turn"
     raise InputError(f"field {column!r} has no {missing} with text", source=where)
 
 
@@ -140,6 +138,8 @@ def _content(value: Any) -> str:
     """A turn's text: a string, or the text parts of an OpenAI content list."""
     if isinstance(value, str):
         return value.strip()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # a dataset's loader may have read "7" as 7
     if isinstance(value, list):
         parts = [p.get("text", "") for p in value if isinstance(p, Mapping)]
         return "\n".join(p for p in parts if isinstance(p, str) and p).strip()
