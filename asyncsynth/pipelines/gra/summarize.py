@@ -42,12 +42,10 @@ class Summaries:
         others = [m for m in pool if m != model]
         if not answer.ok and others:
             self.retried += 1
-            first = Failure.of("summarize", model, answer)
+            c.failures.append(Failure.of("summarize", model, answer))  # stays on the record
             model = rng.choice(others)
             answer = await self.maker.summarize(c, model)
             self._tally("summarize", answer.results)
-            if answer.ok:
-                c.failures.append(first)  # the first model's failure stays on the record
         if answer.ok:
             c.keywords, c.summary = list(answer.value["keywords"]), answer.value["summary"]
             c.summarized_by = model
