@@ -282,8 +282,9 @@ async def test_an_echoed_review_is_a_named_parse_failure(pool: Any) -> None:
         "weaknesses": "<one sentence>",
         **dict.fromkeys(RESPONSE_CRITERIA, 9),
     }
-    _, server = pool(review_response=by_model({"c": echo}))
-    verdict = await _review(server, reasks=0)
+    prompts = Path(__file__).parent / "data/template_prompts"  # prompts that show a template
+    _, server = pool(prompts_dir=str(prompts), review_response=by_model({"c": echo}))
+    verdict = await _review(server, reasks=0, prompts_dir=str(prompts))
     assert verdict.reason == "parse_failure"
     (failure,) = verdict.failures
     assert failure.cause == "template_echo" and failure.message.startswith("template echo:")

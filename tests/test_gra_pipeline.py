@@ -826,12 +826,14 @@ def test_cli_says_why_samples_were_rejected_and_hints_at_echoes(serve: Any, tmp_
         "assessment": "<one or two sentences: the instruction's main strength or flaw>",
         **dict.fromkeys(("rationality", "completeness", "clarity"), True),
     }
+    prompts = Path(__file__).parent / "data/template_prompts"  # prompts that show a template
     script = GraScript(
+        prompts_dir=str(prompts),
         review_instruction=lambda call: echo if call.model == "b" else None,
         review_response=lambda call: scores(5),
     )
     sim = serve(script)
-    config = _config_file(tmp_path, sim.url, reasks=0)
+    config = _config_file(tmp_path, sim.url, reasks=0, prompts_dir=str(prompts))
     out = tmp_path / "out"
     args = ["gra", str(config), "--target", "5", "--out", str(out), "--max-rounds", "1"]
     result = CliRunner().invoke(main, [*args, "--round-size", "10"])
