@@ -45,8 +45,9 @@ def draw_roles(
     ``settings.reviewers`` distinct reviewers among the other models, then an adjudicator
     among the rest. A ``generator`` outside the pool excludes nobody. When the pool is too
     small and ``allow_shared_roles`` is set, roles repeat as little as possible: reviewers
-    are first the models that are not the generator, then any; the adjudicator is a model
-    with no other role if one is left.
+    are first the models that are not the generator, then any models of the pool (the
+    generator too: two reviews by one model at temperature 0 would be one review twice);
+    the adjudicator is a model with no other role if one is left.
     """
     if settings.assignment == "fixed":
         assert settings.fixed is not None
@@ -67,7 +68,9 @@ def draw_roles(
             + "; add models or set gra.allow_shared_roles = true"
         )
     first = rng.sample(others, min(n, len(others)))
-    extra = rng.choices(others or pool, k=n - len(first))
+    rest = [m for m in pool if m not in first]  # the generator, when it is in the pool
+    extra = rng.sample(rest, min(n - len(first), len(rest)))
+    extra += rng.choices(pool, k=n - len(first) - len(extra))
     reviewers = first + extra
     unused = [m for m in others if m not in reviewers]
     adjudicator = rng.choice(unused or others or pool)
