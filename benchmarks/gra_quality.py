@@ -9,7 +9,10 @@ Tasks whose answers a program can check: arithmetic word problems (a numeric ans
 unit conversions (a number, within 0.5%), and short Python functions (hidden tests). For
 each task a generator drawn from the pool writes the response with GRA's own prompt, and
 the committee judges it exactly as ``asyncsynth gra`` does (instruction check, response
-scores, adjudication of disputes, truncated responses rejected; see ``SampleMaker.answer``).
+scores, adjudication of disputes, truncated responses rejected; see ``SampleMaker.answer``),
+except that the response is written before the instruction check, so that every sample has
+one to check; a sample whose instruction check failed is also scored, and the line "without
+instr. check" shows what the scores and the adjudicator alone would have decided.
 Then every response is checked, and the benchmark reports the share of correct responses
 among all the responses, among those the committee accepted and among those it rejected
 (the lift: accepted minus all), with counts, per task kind, per model as generator, per
@@ -57,6 +60,7 @@ from asyncsynth.config import Config, load_config
 from asyncsynth.pipelines.gra import RESPONSE_CRITERIA, GraSettings, draw_roles
 from asyncsynth.pipelines.gra.decision import keeps
 from asyncsynth.pipelines.gra.samples import Candidate, SampleMaker, sample_rng
+from asyncsynth.pipelines.gra.verdict import Verdict
 from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 
 KINDS = ("arithmetic", "conversion", "code")
@@ -386,8 +390,21 @@ class Outcome:
     task: Task
     candidate: Candidate
     correct: bool | None = None
-    """``None``: no response to check (rejected before one was written)."""
+    """``None``: no response to check (its generation failed)."""
     why: str = ""
+    scores_alone: Verdict | None = None
+    """For a sample whose instruction check failed: what the response scores alone decide."""
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        return [v for v in (self.candidate.verdict, self.scores_alone) if v is not None]
+
+    @property
+    def accepted_by_scores(self) -> bool:
+        """The decision without the instruction check (phase 2 and adjudication alone)."""
+        if self.scores_alone is not None:
+            return self.scores_alone.accepted
+        return self.candidate.status == "accepted"
 
 
 async def _slots(engine: Engine, settings: GraSettings) -> int:
@@ -424,10 +441,15 @@ async def judge(
                 roles = draw_roles(rng, settings.committee, draw_generator=True)
                 c = Candidate(task.id, index, 1, "generate", roles, task.kind)
                 c.instruction = task.instruction
-                await maker.answer(c)
+                await maker.answer(c, check_first=False)  # every sample gets its response
+                outcome = Outcome(task, c)
+                if c.reason == "instruction_fail" and c.response is not None:
+                    outcome.scores_alone = Verdict(roles)
+                    await maker.committee.score_response(
+                        outcome.scores_alone, task.instruction, c.response
+                    )
             if c.status == "passed":
                 c.status = "accepted"
-            outcome = Outcome(task, c)
             if c.response is not None:
                 async with checks:
                     outcome.correct, outcome.why = await anyio.to_thread.run_sync(
@@ -455,11 +477,16 @@ def _share(group: Sequence[Outcome]) -> dict[str, Any]:
     }
 
 
-def _lift(group: Sequence[Outcome]) -> dict[str, Any]:
-    """Correct shares among the checked responses: all, accepted, rejected; and the lift."""
+def _lift(group: Sequence[Outcome], *, scores_alone: bool = False) -> dict[str, Any]:
+    """Correct shares among the checked responses: all, accepted, rejected; and the lift
+    (``scores_alone``: as decided without the instruction check)."""
     checked = [o for o in group if o.correct is not None]
-    accepted = [o for o in checked if o.candidate.status == "accepted"]
-    rejected = [o for o in checked if o.candidate.status != "accepted"]
+
+    def kept(o: Outcome) -> bool:
+        return o.accepted_by_scores if scores_alone else o.candidate.status == "accepted"
+
+    accepted = [o for o in checked if kept(o)]
+    rejected = [o for o in checked if not kept(o)]
     out = {"all": _share(checked), "accepted": _share(accepted), "rejected": _share(rejected)}
     a, b = out["all"]["share"], out["accepted"]["share"]
     out["lift"] = round(b - a, 4) if a is not None and b is not None else None
@@ -479,10 +506,9 @@ def _reviewers(outcomes: Sequence[Outcome], settings: GraSettings) -> dict[str, 
     votes: dict[str, list[bool]] = defaultdict(list)
     scores: dict[str, dict[bool, list[float]]] = defaultdict(lambda: {True: [], False: []})
     for o in outcomes:
-        verdict = o.candidate.verdict
-        if o.correct is None or verdict is None:
+        if o.correct is None:
             continue
-        for review in verdict.reviews:
+        for review in (r for v in o.verdicts for r in v.reviews):
             votes[review.model].append(keeps(review.exact, settings.committee) == o.correct)
             scores[review.model][o.correct].append(review.score)
 
@@ -503,19 +529,18 @@ def _reviewers(outcomes: Sequence[Outcome], settings: GraSettings) -> dict[str, 
 
 
 def _adjudicators(outcomes: Sequence[Outcome], settings: GraSettings) -> dict[str, Any]:
-    by: dict[str, list[Outcome]] = defaultdict(list)
+    by: dict[str, list[tuple[Outcome, bool]]] = defaultdict(list)
     for o in outcomes:
-        verdict = o.candidate.verdict
-        if o.correct is not None and verdict is not None and verdict.adjudication is not None:
-            by[verdict.adjudication.model].append(o)
+        for v in o.verdicts:
+            if o.correct is not None and v.adjudication is not None:
+                by[v.adjudication.model].append((o, v.adjudication.keep))
     out = {}
     for model in settings.committee.pool:
         group = by[model]
-        kept = [o for o in group if o.candidate.status == "accepted"]
         out[model] = {
             "adjudications": len(group),
-            "kept": _share(kept),
-            "rejected": _share([o for o in group if o.candidate.status != "accepted"]),
+            "kept": _share([o for o, keep in group if keep]),
+            "rejected": _share([o for o, keep in group if not keep]),
         }
     return out
 
@@ -535,8 +560,10 @@ def summarise(outcomes: Sequence[Outcome], settings: GraSettings) -> dict[str, A
         "tasks": len(outcomes),
         "accepted": sum(o.candidate.status == "accepted" for o in outcomes),
         "unchecked": sum(o.correct is None for o in outcomes),
+        "instruction_fail_scored": sum(o.scores_alone is not None for o in outcomes),
         "rejected": dict(sorted(reasons.items())),
         "overall": _lift(outcomes),
+        "scores_alone": _lift(outcomes, scores_alone=True),
         "kinds": {k: _lift(kinds[k]) for k in KINDS if kinds[k]},
         "generators": {m: _lift(generators[m]) for m in settings.committee.pool if generators[m]},
         "reviewers": _reviewers(outcomes, settings),
@@ -559,7 +586,7 @@ def _pct(share: dict[str, Any]) -> str:
 def format_summary(summary: Mapping[str, Any]) -> str:
     lines = [
         f"{summary['tasks']} tasks, {summary['accepted']} accepted, "
-        f"{summary['unchecked']} rejected before a response was written; rejected: "
+        f"{summary['unchecked']} without a response to check; rejected: "
         + (", ".join(f"{n} {r}" for r, n in summary["rejected"].items()) or "none"),
         "",
         f"{'correct share':<24}{'all':>18}{'accepted':>18}{'rejected':>18}{'lift':>8}",
@@ -573,6 +600,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         )
 
     lines.append(row("overall", summary["overall"]))
+    lines.append(row("  without instr. check", summary["scores_alone"]))
+    if expected := summary.get("simulated", {}).get("expected"):
+        lines.append(
+            f"{'  expected':<24}{100 * expected['all']:>17.1f}%{100 * expected['accepted']:>17.1f}%"
+            "    (independent reviewers of that accuracy)"
+        )
     lines += [row(f"  {kind}", lift) for kind, lift in summary["kinds"].items()]
     lines += [row(f"  generator {m}", lift) for m, lift in summary["generators"].items()]
     lines.append("")

@@ -19,6 +19,8 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
+
 from ...config import Config
 from ...prompts import load_prompt
 from ..runfolder import RunFolder, digest
@@ -54,7 +56,7 @@ PROMPTS = (
 
 def fingerprint(config: Config, settings: GraSettings, seeds: Sequence[Seed]) -> dict[str, Any]:
     """What decides a run's samples: settings, the models behind the pool, seeds, prompts."""
-    plain = dataclasses.asdict(settings)
+    plain = orjson.loads(orjson.dumps(dataclasses.asdict(settings)))  # as state.json holds it
     plain.pop("seed_data", None)  # where the seeds are does not matter, what they are does
     committee = plain["committee"]
     for key in ("source", "prompts_dir"):
@@ -68,19 +70,11 @@ def fingerprint(config: Config, settings: GraSettings, seeds: Sequence[Seed]) ->
         name: [list(p) for p in load_prompt(name, settings.prompts_dir).parts] for name in PROMPTS
     }
     return {
-        "settings": _jsonable(plain),
+        "settings": plain,
         "models": models,
         "seeds": {"count": len(seeds), "digest": digest(rows)},
         "prompts": digest(prompts),
     }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def open_folder(

@@ -274,13 +274,16 @@ class SampleMaker:
         c.generated_keywords = answer.value["keywords"]
         await self.answer(c)
 
-    async def answer(self, c: Candidate) -> None:
+    async def answer(self, c: Candidate, *, check_first: bool = True) -> None:
         """``c.instruction`` checked -> the generator's response -> scoring and decision.
 
         The second half of :meth:`generate`, for instructions that come from elsewhere
-        (the quality benchmark's checkable tasks)."""
+        (the quality benchmark's checkable tasks). ``check_first=False`` writes the
+        response before the instruction check, so that even a sample whose instruction
+        fails has one (the benchmark checks every response; the pipeline saves the cost)."""
         assert c.instruction is not None
-        await self._review(c, self._response.render(instruction=c.instruction), "respond")
+        messages = self._response.render(instruction=c.instruction)
+        await self._review(c, messages, "respond", check_first=check_first)
 
     async def refine(self, c: Candidate) -> None:
         """A seed's instruction check -> its response rewritten -> scoring and decision."""
@@ -289,14 +292,23 @@ class SampleMaker:
         messages = self._refine.render(instruction=c.seed.instruction, response=c.seed.response)
         await self._review(c, messages, "refine")
 
-    async def _review(self, c: Candidate, messages: list[dict[str, str]], stage: str) -> None:
+    async def _review(
+        self,
+        c: Candidate,
+        messages: list[dict[str, str]],
+        stage: str,
+        *,
+        check_first: bool = True,
+    ) -> None:
         assert c.instruction is not None
         verdict = c.verdict = Verdict(c.roles)
         meta = {"sample_id": c.id}
+        if not check_first and not await self._write(c, stage, messages):
+            return
         if not await self.committee.check_instruction(verdict, c.instruction, meta=meta):
             c.reject(verdict.reason or "instruction_fail", "review_instruction")
             return
-        if not await self._write(c, stage, messages):
+        if check_first and not await self._write(c, stage, messages):
             return
         assert c.response is not None
         await self.committee.score_response(verdict, c.instruction, c.response, meta=meta)
