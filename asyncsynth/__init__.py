@@ -8,6 +8,7 @@ from .engine import (
     ConnectError,
     ConnectionDropped,
     DeadlineExceeded,
+    EndpointsUnreachable,
     Engine,
     InputError,
     Journal,
@@ -21,6 +22,7 @@ from .engine import (
     StatusError,
     TransportError,
 )
+from .export import ExportResult, export_run, push_to_hub
 from .pipelines.errors import PipelineError, RunFolderError
 from .pipelines.events import PipelineEvent
 from .pipelines.gra import (
@@ -32,6 +34,8 @@ from .pipelines.gra import (
     run_gra,
 )
 from .pipelines.s3 import S3Error, S3Result, S3Settings, load_s3_settings, run_s3
+from .progress import Progress
+from .view import ViewServer
 
 __version__ = "0.1.0"
 
@@ -45,8 +49,10 @@ __all__ = [
     "ConnectionDropped",
     "DeadlineExceeded",
     "EndpointConfig",
+    "EndpointsUnreachable",
     "Engine",
     "EngineSettings",
+    "ExportResult",
     "GraResult",
     "GraSettings",
     "InputError",
@@ -54,6 +60,7 @@ __all__ = [
     "MalformedResponse",
     "PipelineError",
     "PipelineEvent",
+    "Progress",
     "RateLimited",
     "Request",
     "RequestError",
@@ -67,8 +74,11 @@ __all__ = [
     "StatusError",
     "TransportError",
     "Verdict",
+    "ViewServer",
+    "export_run",
     "load_config",
     "load_s3_settings",
+    "push_to_hub",
     "review_sample",
     "run_gra",
     "run_s3",

@@ -20,6 +20,7 @@ from .engine.errors import ConfigError
 from .engine.retry import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_STARTUP_GRACE,
     DEFAULT_TIMEOUT,
     INITIAL_BACKOFF,
     MAX_BACKOFF,
@@ -202,6 +203,9 @@ class EngineSettings:
     backoff_base: float = INITIAL_BACKOFF
     backoff_max: float = MAX_BACKOFF
     journal: bool = True
+    startup_grace: float | None = DEFAULT_STARTUP_GRACE
+    """Seconds a role may go without any endpoint answering before the job stops;
+    ``None`` waits up to the request ``deadline``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +285,7 @@ _ENGINE_SPEC: dict[str, Check] = {
     "backoff_base": NON_NEGATIVE,
     "backoff_max": NON_NEGATIVE,
     "journal": BOOLEAN,
+    "startup_grace": POSITIVE,
 }
 
 PIPELINE_SECTIONS = ("gra", "s3")

@@ -3,6 +3,7 @@
 AsyncsynthError
 ├── ConfigError                    bad config file, key or value
 ├── InputError                     a bad input line (file and line number)
+├── EndpointsUnreachable           no endpoint of a role answered within the start-up grace
 └── RequestError                   one request failed (carries .attempts)
     ├── TransportError             nothing usable came back
     │   ├── ConnectError           connection refused / DNS
@@ -37,6 +38,19 @@ class InputError(AsyncsynthError, ValueError):
         self.line = line
         where = f"{source}:{line}: " if line is not None else (f"{source}: " if source else "")
         super().__init__(f"{where}{message}")
+
+
+class EndpointsUnreachable(AsyncsynthError):
+    """No endpoint of a role answered within the start-up grace: the job stops.
+
+    Raised out of ``async with Engine(...)`` (every request in flight is cancelled, every
+    answer received is kept). ``errors`` holds the last error of each endpoint.
+    """
+
+    def __init__(self, message: str, *, role: str, errors: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.role = role
+        self.errors = dict(errors)
 
 
 class RequestError(AsyncsynthError):

@@ -1,8 +1,10 @@
 """What a pipeline tells its caller while it runs: one event type for every pipeline.
 
 ``run_gra`` and ``run_s3`` take ``on_event``, a callable that receives a
-:class:`PipelineEvent` for each thing that happens; the command line draws them with
-the one progress module, and a notebook can simply ``print`` them.
+:class:`PipelineEvent` for each thing that happens, and the events of the run's engine
+(:mod:`asyncsynth.engine.events`: endpoints down and back, retries, 429 pauses...), so
+one listener hears everything; the command line draws them with the one progress module
+(:class:`asyncsynth.progress.Progress`), and a notebook can simply ``print`` them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from ..engine.events import Event
 
 EventKind = Literal["start", "skip", "done", "request", "train", "note"]
 
@@ -32,4 +36,4 @@ class PipelineEvent:
     """``"gra"`` or ``"s3"``."""
 
 
-OnEvent = Callable[[PipelineEvent], None]
+OnEvent = Callable[["PipelineEvent | Event"], None]

@@ -187,7 +187,7 @@ async def run_gra(
     dedup = await anyio.to_thread.run_sync(make_deduplicator, settings, embedder)
     folder = RunFolder(out_dir, journal_name=JOURNAL_NAME)
     open_folder(folder, config, settings, seeds)
-    async with Engine(config, journal=folder.journal) as engine:
+    async with Engine(config, journal=folder.journal, on_event=on_event) as engine:
         _remember_formats(engine, folder / "report.json", settings.committee.pool)
         rounds = Rounds(engine, settings, seeds, dedup, target=goal, on_event=on_event)
         writer = _Writer(engine, rounds, folder, seeds)

@@ -393,7 +393,8 @@ def describe(event: PipelineEvent) -> tuple[str, bool] | None:
     if kind == "request":
         return (
             f"  {step}: {data['done']:,}/{data['total']:,} candidates decided, "
-            f"{data['passed']:,} passed the committee",
+            f"{data['in_flight']:,} in flight, {data['passed']:,} passed the committee; "
+            f"accepted {data['accepted']:,}/{data['target']:,}",
             True,
         )
     if step == "annotate":

@@ -258,7 +258,7 @@ class Rounds:
     ) -> None:
         round_no = batch[0].round
         started = time.monotonic()
-        self._progress = {"done": 0, "total": len(batch), "passed": 0}
+        self._progress = {"done": 0, "total": len(batch), "passed": 0, "accepted": self.accepted}
         self.emit(
             "start",
             f"round_{round_no}",
@@ -303,10 +303,15 @@ class Rounds:
         self._decided(c)
 
     def _decided(self, c: Candidate) -> None:
+        """A candidate of the round is decided: the counts so far (``accepted``: before the
+        round; ``in_flight``: candidates under way)."""
         progress = self._progress
         progress["done"] += 1
         progress["passed"] += c.status == "passed"
-        self.emit("request", f"round_{c.round}", **progress)
+        in_flight = min(self.limit, progress["total"] - progress["done"])
+        self.emit(
+            "request", f"round_{c.round}", **progress, in_flight=in_flight, target=self.target
+        )
 
     def losses(self) -> dict[str, Any]:
         """What the run could not do and went on without (for the report)."""
