@@ -836,7 +836,18 @@ async def _showing(display: Progress, job: Callable[[], Awaitable[T]]) -> T:
     type=click.IntRange(min=1),
     help="Candidates per round (default: sized from the acceptance rate so far).",
 )
-@click.option("--seed-data", help="Seed JSONL file or hf:NAME[:SPLIT] (default: gra.seed_data).")
+@click.option(
+    "--seed-data",
+    help="Seed JSONL file or hf:NAME[:SPLIT] / hf:NAME:CONFIG:SPLIT (default: gra.seed_data).",
+)
+@click.option(
+    "--max-rounds", type=click.IntRange(min=1), help="Stop after this many rounds (gra.max_rounds)."
+)
+@click.option(
+    "--time-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds after which no new candidate starts; the run then ends with its report.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary table.")
 @progress_options
 @budget_options
@@ -848,23 +859,31 @@ def gra(
     mode: str | None,
     round_size: int | None,
     seed_data: str | None,
+    max_rounds: int | None,
+    time_budget: float | None,
     quiet: bool,
     **kw: Any,
 ) -> None:
     """GRA synthesis: a committee of LLMs generates, reviews and adjudicates samples.
 
-    Writes OUT/accepted.jsonl, rejected.jsonl, pool.jsonl and report.json. Exits 1 when
-    the target was not reached, 4 when no endpoint of a role answered within the start-up
-    grace, 5 when a budget cap was reached, 130 when interrupted (run the same command
-    to resume).
+    Writes OUT/accepted.jsonl, rejected.jsonl, pool.jsonl and report.json, and ends by
+    saying why samples were rejected. Exits 1 when the target was not reached, 4 when no
+    endpoint of a role answered within the start-up grace, 5 when a budget cap was reached,
+    130 when interrupted (run the same command to resume).
     """
-    from .pipelines.gra import JOURNAL_NAME, GraSettings, run_gra
+    from .pipelines.gra import JOURNAL_NAME, GraSettings, explain, run_gra
     from .pipelines.gra.report import describe
 
     try:
         config = with_budget(load_config(config_path), kw)
         settings = GraSettings.from_config(config).with_overrides(
-            target=target, seed=seed, mode=mode, round_size=round_size, seed_data=seed_data
+            target=target,
+            seed=seed,
+            mode=mode,
+            round_size=round_size,
+            seed_data=seed_data,
+            max_rounds=max_rounds,
+            time_budget=time_budget,
         )
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
@@ -901,6 +920,8 @@ def gra(
         f"kept {adjudicated['kept']:,}; outputs in {result.out_dir}",
         err=True,
     )
+    if not quiet:
+        click.echo("\n".join(explain(report)), err=True)
     if not result.target_reached:
         click.echo(f"Target not reached ({result.stopped}); see {result.report_path}", err=True)
         sys.exit(EXIT_FAILED_ROWS)
@@ -984,6 +1005,13 @@ def s3(
         raise ConfigProblem(str(exc)) from None
     overrides = {"review": review, "rounds": rounds, "seed_size": seed_size}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if review == "gra":  # the [gra] pool must seat a committee that excludes s3.llm
+        from .pipelines.gra import CommitteeSettings
+
+        try:
+            CommitteeSettings.for_review(config, writer=settings.llm)
+        except AsyncsynthError as exc:
+            raise ConfigProblem(str(exc)) from None
     config = with_wait_options(config, kw)
     display = progress_from_options(kw, quiet=quiet, title="s3", describe=describe)
 

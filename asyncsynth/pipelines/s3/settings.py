@@ -383,4 +383,8 @@ def load_s3_settings(config: Config) -> S3Settings:
             config.role(settings.llm)
         except ConfigError as exc:
             raise ConfigError(f"{where}.llm: {exc}") from None
+    if settings.review == "gra":  # a pool that cannot review s3.llm's text is refused now
+        from ..gra.settings import CommitteeSettings
+
+        CommitteeSettings.for_review(config, writer=settings.llm)
     return settings
