@@ -418,3 +418,51 @@ async def test_budget_waits_batch_polls_and_spending_are_told_to_the_listener(
     assert any("in_progress, 5/10 answered" in m for m in messages)
     assert polls[-1].seconds == 0  # told once more when it ended
     assert len(polls) <= 4  # told when something changed, not at every poll
+
+
+def test_gra_reports_cost_per_sample_stage_and_model_the_same_on_resume(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    from asyncsynth.testing.gra_pool import GraScript, pool_config
+
+    sim = sim_factory(reply=GraScript())
+    base = pool_config(sim.url)
+    prices = {name: (i + 1) * 1.0 for i, name in enumerate(base.endpoints)}
+    lines = [f"[endpoints.{name}]\nbase_url = \"{sim.url}\"\nmodel = \"{name}\"\n"
+             f"max_concurrency = 16\nadaptive = false\n"
+             f"price = {{ input = {prices[name]}, output = {2 * prices[name]} }}\n"
+             for name in base.endpoints]  # fmt: skip
+    config = tmp_path / "gra.toml"
+    config.write_text(
+        "".join(lines)
+        + "[engine]\nbackoff_base = 0.001\nbackoff_max = 0.01\n"
+        + f'[gra]\npool = {list(base.endpoints)!r}\nembedding_model = "none"\n'.replace("'", '"')
+    )
+    out = tmp_path / "out"
+    args = ["gra", str(config), "--target", "6", "--out", str(out), "--seed", "1", "-q"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    report = orjson.loads((out / "report.json").read_bytes())
+    cost = report["cost"]
+    with Journal(out / "gra.journal.sqlite") as journal:
+        spent = journal.spent()
+    # every answer is counted once: in all, by stage and by model, as the journal charged it
+    assert cost["total_usd"] == pytest.approx(sum(c for c, _ in spent.values()), rel=1e-6)
+    assert sum(cost["by_stage"].values()) == pytest.approx(cost["total_usd"], rel=1e-6)
+    assert cost["by_model"] == pytest.approx({m: c for m, (c, _) in spent.items()}, rel=1e-5)
+    assert cost["per_accepted_usd"] == pytest.approx(cost["total_usd"] / 6, rel=1e-5)
+    rows = _read(out / "accepted.jsonl") + _read(out / "rejected.jsonl")
+    samples = sum(r["cost_usd"] for r in rows)
+    assert samples == pytest.approx(cost["by_stage"]["generate"] + cost["by_stage"]["review"])
+    assert all(r["cost_usd"] > 0 for r in rows)
+    from asyncsynth.pipelines.gra import explain
+
+    told = explain(report)[-1]
+    assert told.startswith(f"Cost (as made, journal answers included): {usd(cost['total_usd'])}")
+    assert f"{usd(cost['per_accepted_usd'])} per accepted sample" in told
+
+    again = CliRunner().invoke(main, args)  # all from the journal: nothing spent now
+    assert again.exit_code == 0, again.output
+    resumed = orjson.loads((out / "report.json").read_bytes())
+    assert resumed["cost"] == cost
+    assert resumed["engine"]["cost"]["spent_usd"] == 0

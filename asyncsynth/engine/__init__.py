@@ -2,7 +2,7 @@
 
 from .batch import BatchSettings
 from .client import Completion, Transport
-from .cost import Ledger, Price
+from .cost import Ledger, Price, book_cost, made_cost, sum_usd
 from .engine import Engine, Request, Result, Totals
 from .errors import (
     AsyncsynthError,
@@ -53,6 +53,9 @@ __all__ = [
     "Totals",
     "Transport",
     "TransportError",
+    "book_cost",
     "journal_path_for",
+    "made_cost",
     "request_key",
+    "sum_usd",
 ]

@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .errors import BudgetExceeded, ConfigError
 from .events import CostUpdate, Listener, Wait, ignore
+
+if TYPE_CHECKING:
+    from .engine import Result
 
 COST_UPDATE_SECONDS = 1.0
 """Spending is told to the listener (``CostUpdate``) at most this often."""
@@ -129,6 +132,34 @@ def usd(value: float | None) -> str:
         return f"${value:.2g}"
     text = f"{value:.3g}"  # cents and below: three significant digits, never fewer than cents
     return f"${text}{'0' * max(0, 4 - len(text))}"
+
+
+def made_cost(results: Iterable[Result]) -> float | None:
+    """What ``results``' answers cost when they were made: a journal answer at its first
+    cost, a failed request at nothing; None when one of them has no price."""
+    total = 0.0
+    for r in results:
+        if r.ok:
+            cost = r.first_cost if r.cached else r.cost
+            if cost is None:
+                return None
+            total += cost
+    return total
+
+
+def sum_usd(values: Iterable[float | None]) -> float | None:
+    """The sum of USD figures, unknown (None) when one of them is."""
+    total = 0.0
+    for value in values:
+        if value is None:
+            return None
+        total += value
+    return total
+
+
+def book_cost(book: dict[str, float | None], key: str, results: Iterable[Result]) -> None:
+    """Add what ``results`` cost when made to ``book[key]`` (a stage's, a model's)."""
+    book[key] = sum_usd((book.get(key, 0.0), made_cost(results)))
 
 
 @dataclass(slots=True)
