@@ -1,9 +1,11 @@
 """``asyncsynth estimate`` and ``run --dry-run``: what a job will ask, cost and take.
 
 For every request of an input file: the prompt tokens (the engine's own estimate, the one
-its rate limits use), the completion budget (``max_tokens``), and whether the journal
-already holds its answer (those cost nothing). Then per endpoint of the role: the cost
-online and through the Batch API at its price, and the wall time at its configured limits.
+its rate limits use, corrected by the server's own tokenizer route on a sample of the
+requests where the server has one: vLLM's ``/tokenize``, llama.cpp's), the completion
+budget (``max_tokens``), and whether the journal already holds its answer (those cost
+nothing). Then per endpoint of the role: the cost online and through the Batch API at its
+price, and the wall time at its configured limits.
 
 ``pilot=N`` first sends N requests sampled evenly from the rest (online, into the job's
 journal when there is one, so the job does not pay for them again) and measures what they
@@ -31,6 +33,78 @@ from .engine.limits import DEFAULT_CONCURRENCY_CAP
 from .io import read_requests
 
 PILOT_SEED = 0
+TOKENIZE_SAMPLE = 200
+"""Requests sampled from the input to count with the server's tokenizer route."""
+TOKENIZE_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Tokenized:
+    """Prompt tokens of sampled requests as the server's tokenizer route counted them."""
+
+    route: str
+    """``vllm`` (``/tokenize`` with the chat template), ``llama.cpp`` (``/tokenize``) or
+    ``llama-cpp-python`` (``/extras/tokenize/count``): these two count the messages' text,
+    without the chat template's few tokens."""
+    endpoint: str
+    requests: int = 0
+    estimated: float = 0.0
+    counted: int = 0
+
+    @property
+    def ratio(self) -> float:
+        """Counted prompt tokens per estimated one."""
+        return self.counted / self.estimated if self.estimated else 1.0
+
+
+def _server_root(base_url: str) -> str:
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+async def count_prompt_tokens(
+    config: Config, name: str, sample: list[tuple[Request, float]]
+) -> Tokenized | None:
+    """Count ``sample``'s prompts with endpoint ``name``'s tokenizer route; None where the
+    server has none (a hosted API) or it fails: the engine's estimate then stands."""
+    import httpx
+
+    ep = config.endpoints[name]
+    headers = {"Authorization": f"Bearer {key}"} if (key := ep.api_key()) else {}
+    root = _server_root(ep.base_url)
+    async with httpx.AsyncClient(headers=headers, timeout=TOKENIZE_TIMEOUT_S) as client:
+
+        async def count(request: Request, route: str) -> int | None:
+            text = "\n".join(str(m.get("content", "")) for m in request.messages)
+            path, body, key = {
+                "vllm": ("/tokenize", {"model": ep.model, "messages": request.messages}, "count"),
+                "llama.cpp": ("/tokenize", {"content": text, "add_special": True}, "tokens"),
+                "llama-cpp-python": ("/extras/tokenize/count", {"input": text}, "count"),
+            }[route]
+            try:
+                response = await client.post(root + path, json=body)
+                data = response.json() if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                return None
+            value = data.get(key) if isinstance(data, dict) else None
+            if isinstance(value, list):
+                return len(value)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        (first, estimated), rest = sample[0], sample[1:]
+        for route in ("vllm", "llama.cpp", "llama-cpp-python"):
+            if (n := await count(first, route)) is not None:
+                break
+        else:
+            return None
+        out = Tokenized(route, name, requests=1, estimated=estimated, counted=n)
+        for request, estimated in rest:
+            if (n := await count(request, route)) is None:
+                return None
+            out.requests += 1
+            out.estimated += estimated
+            out.counted += n
+        return out
 
 
 @dataclass
@@ -93,6 +167,7 @@ class Estimate:
     completion_tokens: float | None = None
     """Expected completion tokens (from the pilot); None without one."""
     pilot: Pilot | None = None
+    tokenized: Tokenized | None = None
     endpoints: list[EndpointEstimate] = field(default_factory=list)
     wall_online_s: float | None = None
     completion_window: str | None = None
@@ -118,6 +193,8 @@ class Estimate:
         }
         if self.pilot is not None:
             data["pilot"] = {**vars(self.pilot), "prompt_ratio": self.pilot.prompt_ratio}
+        if self.tokenized is not None:
+            data["tokenized"] = {**vars(self.tokenized), "ratio": self.tokenized.ratio}
         return data
 
 
@@ -141,8 +218,9 @@ async def estimate_file(
     estimate = Estimate()
     journal_path = journal_path_for(output) if output is not None else None
     journal = Journal(journal_path) if journal_path and journal_path.exists() else None
-    rng = random.Random(PILOT_SEED)
+    rngs = (random.Random(PILOT_SEED), random.Random(PILOT_SEED + 1))
     sample: list[tuple[Request, float]] = []
+    counted: list[tuple[Request, float]] = []  # for the tokenizer route
     seen = 0
     lines: dict[str, list[int]] = {n: [] for n in names}
 
@@ -167,14 +245,18 @@ async def estimate_file(
             for n in names:
                 lines[n].append(_line_bytes(request, config, n, params[n]))
             seen += 1
-            if pilot:  # reservoir sampling: every request equally likely
-                if len(sample) < pilot:
-                    sample.append((request, prompt))
-                elif (j := rng.randrange(seen)) < pilot:
-                    sample[j] = (request, prompt)
+            for rng, chosen, size in zip(
+                rngs, (sample, counted), (pilot, TOKENIZE_SAMPLE), strict=True
+            ):
+                if len(chosen) < size:  # reservoir sampling: every request equally likely
+                    chosen.append((request, prompt))
+                elif size and (j := rng.randrange(seen)) < size:
+                    chosen[j] = (request, prompt)
     finally:
         if journal is not None:
             journal.close()
+    if counted:
+        estimate.tokenized = await count_prompt_tokens(config, first, counted)
     if sample:
         estimate.pilot = await _run_pilot(config, role, names, sample, journal_path)
     _conclude(estimate, config, names, lines)
@@ -237,8 +319,11 @@ def _conclude(
     """Expected tokens, then cost and time per endpoint of the role."""
     pilot = estimate.pilot
     n = estimate.to_send
-    if pilot is not None and pilot.requests:
+    if estimate.tokenized is not None:
+        estimate.prompt_tokens *= estimate.tokenized.ratio
+    elif pilot is not None and pilot.requests:
         estimate.prompt_tokens *= pilot.prompt_ratio
+    if pilot is not None and pilot.requests:
         estimate.completion_tokens = pilot.mean_completion * n
     completion = estimate.completion_tokens
     per_request = (estimate.prompt_tokens + (completion or estimate.max_completion_tokens)) / max(
@@ -333,12 +418,16 @@ def format_estimate(e: Estimate) -> str:
         cached += f" ({e.in_batches:,} in batches already submitted)"
     bad = f"; {e.bad_lines:,} bad input lines skipped" if e.bad_lines else ""
     rows.append(("requests", f"{e.requests:,}{cached}{bad}"))
-    pilot = e.pilot
-    how = (
-        f"pilot of {pilot.requests}: {pilot.prompt_ratio:.2f} real tokens per estimated one"
-        if pilot and pilot.requests
-        else "estimated at ~4 characters a token"
-    )
+    pilot, counted = e.pilot, e.tokenized
+    if counted is not None:
+        how = (
+            f"{counted.endpoint}'s {counted.route} /tokenize on {counted.requests:,} sampled "
+            f"requests: {counted.ratio:.2f} tokens per estimated one"
+        )
+    elif pilot and pilot.requests:
+        how = f"pilot of {pilot.requests}: {pilot.prompt_ratio:.2f} real tokens per estimated one"
+    else:
+        how = "estimated at ~4 characters a token: the server has no tokenizer route"
     rows.append(("input tokens", f"{e.prompt_tokens:,.0f} ({how})"))
     out = f"up to {e.max_completion_tokens:,} (max_tokens)"
     if e.completion_tokens is not None and pilot is not None:

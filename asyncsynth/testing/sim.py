@@ -54,6 +54,7 @@ _ACCEPT_BATCH = 64
 _DEFAULT_MAX_TOKENS = 16
 _CHAT_PATHS = frozenset({b"/v1/chat/completions", b"/chat/completions"})
 _MODEL_PATHS = frozenset({b"/v1/models", b"/models"})
+_TOKENIZE_PATH = b"/tokenize"
 _BATCH_PREFIXES = (b"/v1/files", b"/files", b"/v1/batches", b"/batches")
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 _RANDOM_ERRORS = (500, 502, 503)
@@ -111,10 +112,15 @@ class SimConfig:
     reply: ReplyHook | None = None
     """Scripted replies; called on the server's event loop, after rate limits and faults."""
     record: bool = False
+    tokenize: str | None = "vllm"
+    """``POST /tokenize`` as ``vllm`` (messages in, a count out) or ``llama.cpp`` (text in,
+    tokens out) serve it; None: 404, as hosted APIs."""
     batch: Any = None
     """The Files and Batches API's settings: a ``SimBatchConfig`` or its fields as a dict."""
 
     def __post_init__(self) -> None:
+        if self.tokenize not in ("vllm", "llama.cpp", None):
+            raise ValueError("tokenize must be 'vllm', 'llama.cpp' or None")
         if self.latency < 0 or self.jitter < 0:
             raise ValueError("latency and jitter must be >= 0")
         if self.capacity is not None and self.capacity < 0:
@@ -675,12 +681,34 @@ class SimServer:
             return self._chat(path, body, keep_alive)
         if path.startswith(_BATCH_PREFIXES):
             return self.batches.handle(method, target, bytes(body), keep_alive)
+        if path == _TOKENIZE_PATH and method == b"POST" and self.config.tokenize is not None:
+            return self._tokenize(body, keep_alive)
         if path in _MODEL_PATHS and method == b"GET":
             models = {"object": "list", "data": [{"id": self.config.model, "object": "model"}]}
             return _answer(200, orjson.dumps(models), keep_alive, admitted=False, counted=False)
         message = f"no route for {method.decode('latin-1')} {path.decode('latin-1')}"
         body = _error_body(404, message)
         return _answer(404, body, keep_alive, admitted=False, counted=False)
+
+    def _tokenize(self, raw: bytes | bytearray, keep_alive: bool) -> _Outcome:
+        """vLLM's ``/tokenize`` (``messages``: the count chat answers report) or llama.cpp's
+        (``content``); the "tokens" are stand-ins, as many as counted."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return _refuse(400, f"invalid JSON body: {exc}", keep_alive)
+        vllm = self.config.tokenize == "vllm"
+        if vllm and isinstance(body, dict) and isinstance(body.get("messages"), list):
+            count = _estimate_tokens(_prompt_chars(body["messages"]))
+            data: dict[str, Any] = {"count": count, "max_model_len": 32768}
+        elif not vllm and isinstance(body, dict) and isinstance(body.get("content"), str):
+            count = _estimate_tokens(len(body["content"]))
+            data = {}
+        else:
+            what = "'messages'" if vllm else "'content'"
+            return _refuse(400, f"body must be an object with {what}", keep_alive)
+        data["tokens"] = list(range(count))
+        return _answer(200, orjson.dumps(data), keep_alive, admitted=False, counted=False)
 
     def _chat(self, path: bytes, raw: bytes | bytearray, keep_alive: bool) -> _Outcome:
         stats = self.stats
