@@ -501,3 +501,47 @@ async def test_batch_mode_without_a_journal_is_refused(sim: SimServer) -> None:
     async with Engine(_config(sim.url)) as engine:
         with pytest.raises(ConfigError, match="journal"):
             await engine.complete(Request.from_prompt("x"))
+
+
+def test_gra_on_batch_endpoints_makes_the_same_data_at_half_the_price(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    """A pipeline over batch endpoints: each model's requests go through the Batch API, and
+    the run makes what the same run online makes."""
+    from asyncsynth.testing.gra_pool import GraScript, pool_config
+
+    sim = sim_factory(reply=GraScript())
+    names = list(pool_config(sim.url).endpoints)
+
+    def config(batch: bool) -> Path:
+        path = tmp_path / f"gra-{batch}.toml"
+        lines = [f'[endpoints.{n}]\nbase_url = "{sim.url}"\nmodel = "{n}"\nadaptive = false\n'
+                 f"price = {_toml_value(PRICE)}\n"
+                 + (f"batch = {_toml_value(FAST)}\n" if batch else "")
+                 for n in names]  # fmt: skip
+        path.write_text(
+            "".join(lines)
+            + "[engine]\n"
+            + "".join(f"{k} = {_toml_value(v)}\n" for k, v in ENGINE.items())
+            + f'[gra]\npool = {orjson.dumps(names).decode()}\nembedding_model = "none"\n'
+        )
+        return path
+
+    def gra(batch: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        out = tmp_path / f"out-{batch}"
+        args = ["gra", str(config(batch)), "--target", "4", "--out", str(out), "--seed", "1"]
+        result = CliRunner().invoke(main, [*args, "-q"])
+        assert result.exit_code == 0, result.output
+        return _read(out / "accepted.jsonl"), orjson.loads((out / "report.json").read_bytes())
+
+    online, online_report = gra(False)
+    assert not sim.batches.log.created
+    batched, batch_report = gra(True)
+    assert sim.batches.log.created  # every stage's requests went through batches
+    assert [(r["instruction"], r["response"]) for r in batched] == [
+        (r["instruction"], r["response"]) for r in online
+    ]
+    assert batch_report["tokens"] == online_report["tokens"]
+    assert batch_report["cost"]["total_usd"] == pytest.approx(
+        online_report["cost"]["total_usd"] * 0.5
+    )
