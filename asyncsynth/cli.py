@@ -851,6 +851,7 @@ async def _showing(display: Progress, job: Callable[[], Awaitable[T]]) -> T:
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary table.")
 @progress_options
 @budget_options
+@dry_run_options
 def gra(
     config_path: str,
     target: int | None,
@@ -869,7 +870,9 @@ def gra(
     Writes OUT/accepted.jsonl, rejected.jsonl, pool.jsonl and report.json, and ends by
     saying why samples were rejected. Exits 1 when the target was not reached, 4 when no
     endpoint of a role answered within the start-up grace, 5 when a budget cap was reached,
-    130 when interrupted (run the same command to resume).
+    130 when interrupted (run the same command to resume). --dry-run sends nothing and says
+    what a candidate asks; --dry-run --pilot N runs N accepted samples into OUT first (the
+    run goes on from them) and projects their cost to the target.
     """
     from .pipelines.gra import JOURNAL_NAME, GraSettings, explain, run_gra
     from .pipelines.gra.report import describe
@@ -888,6 +891,10 @@ def gra(
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
     config = with_wait_options(config, kw)
+    dry_run, pilot = kw.pop("dry_run"), kw.pop("pilot")
+    if dry_run:
+        _gra_dry_run(config, settings, out_dir, pilot)
+        return
     display = progress_from_options(kw, quiet=quiet, title="gra", describe=describe)
     with display:
         goal = f"target {settings.target:,}" if settings.target else "every seed"
@@ -925,6 +932,24 @@ def gra(
     if not result.target_reached:
         click.echo(f"Target not reached ({result.stopped}); see {result.report_path}", err=True)
         sys.exit(EXIT_FAILED_ROWS)
+
+
+def _gra_dry_run(config: Config, settings: Any, out_dir: str, pilot: int) -> None:
+    """``gra --dry-run``: what one candidate asks; with ``--pilot N``, a run of N accepted
+    samples into OUT (the real run goes on from it) projected to the target."""
+    from .estimate import format_gra_estimate, gra_estimate
+    from .pipelines.gra import run_gra
+
+    if not settings.target:
+        raise ConfigProblem("gra --dry-run needs a target (--target N or gra.target)")
+    report = None
+    if pilot:
+        piloted = settings.with_overrides(target=min(pilot, settings.target))
+        result, interrupted = _run_async(lambda: run_gra(config, out_dir, settings=piloted))
+        if interrupted or result is None:
+            sys.exit(EXIT_INTERRUPTED)
+        report = result.report
+    click.echo(format_gra_estimate(gra_estimate(config, report, settings.target)))
 
 
 def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:

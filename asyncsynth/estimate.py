@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -466,5 +467,105 @@ def format_estimate(e: Estimate) -> str:
     rows.append(("wall time online", _duration(e.wall_online_s)))
     if e.completion_window:
         rows.append(("wall time batch", f"within the completion window ({e.completion_window})"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+# -- GRA: per accepted sample, from a pilot run ---------------------------------------------------
+
+
+def gra_estimate(config: Config, report: Mapping[str, Any] | None, target: int) -> dict[str, Any]:
+    """What a GRA run of ``target`` accepted samples should ask and cost, from a pilot run's
+    ``report`` (a small target run into the same folder: the real run goes on from it, so
+    nothing the pilot made is paid twice). Without a report, only what one candidate asks.
+    """
+    from .pipelines.gra import GraSettings
+
+    settings = GraSettings.from_config(config)
+    reviewers = settings.committee.reviewers
+    out: dict[str, Any] = {
+        "target": target,
+        "per_candidate": {
+            "generate": 2,
+            "review": 2 * reviewers,
+            "adjudicate": "1 when the reviewers disagree",
+            "summarize": "1 when accepted",
+        },
+    }
+    if report is None:
+        return out
+    accepted = report.get("accepted") or 0
+    tokens, cost = report.get("tokens") or {}, report.get("cost") or {}
+    stages = tokens.get("by_stage") or {}
+    requests = sum(s.get("requests", 0) for s in stages.values())
+    pilot = {
+        "accepted": accepted,
+        "candidates": report.get("candidates", 0),
+        "requests": requests,
+        "tokens_in": tokens.get("in", 0),
+        "tokens_out": tokens.get("out", 0),
+        "cost_usd": cost.get("total_usd"),
+        "wall_s": (report.get("engine") or {}).get("wall_s"),
+    }
+    out["pilot"] = pilot
+    if not accepted:
+        out["projection"] = None
+        return out
+    scale = target / accepted
+    by_model = cost.get("by_model") or {}
+    batch: float | None = None
+    if pilot["cost_usd"] is not None and by_model:
+        batch = 0.0
+        for model, usd_ in by_model.items():
+            price = config.endpoints[config.role(model)[0]].price
+            batch += (usd_ or 0.0) * (price.batch if price is not None else 1.0)
+    out["projection"] = {
+        "candidates": round(pilot["candidates"] * scale),
+        "requests": round(requests * scale),
+        "tokens_in": round(pilot["tokens_in"] * scale),
+        "tokens_out": round(pilot["tokens_out"] * scale),
+        "cost_usd": None if pilot["cost_usd"] is None else pilot["cost_usd"] * scale,
+        "batch_usd": None if batch is None else batch * scale,
+        "wall_s": None if pilot["wall_s"] is None else pilot["wall_s"] * scale,
+    }
+    return out
+
+
+def format_gra_estimate(e: Mapping[str, Any]) -> str:
+    """The GRA estimate as the aligned text ``gra --dry-run`` prints."""
+    each = e["per_candidate"]
+    rows = [
+        (
+            "each candidate",
+            f"{each['generate']} generator requests, {each['review']} reviews; an adjudication "
+            "when the reviewers disagree; a summary when accepted",
+        )
+    ]
+    pilot = e.get("pilot")
+    if pilot is None:
+        rows.append(
+            ("cost", "depends on the acceptance rate: run a pilot (--pilot N accepted samples)")
+        )
+    else:
+        rows.append(
+            (
+                "pilot",
+                f"{pilot['accepted']:,} accepted of {pilot['candidates']:,} candidates, "
+                f"{pilot['requests']:,} requests, {pilot['tokens_in']:,} tokens in, "
+                f"{pilot['tokens_out']:,} out, {usd(pilot['cost_usd'])} (kept: the run goes on "
+                "from it)",
+            )
+        )
+        p = e.get("projection")
+        if p is None:
+            rows.append(("projection", "none: the pilot accepted nothing"))
+        else:
+            rows += [
+                (f"target {e['target']:,}", f"~{p['candidates']:,} candidates, "
+                 f"~{p['requests']:,} requests"),
+                ("tokens", f"~{p['tokens_in']:,} in, ~{p['tokens_out']:,} out"),
+                ("cost", f"online {usd(p['cost_usd'])}; batch {usd(p['batch_usd'])}"),
+                ("wall time", _duration(p["wall_s"])),
+            ]  # fmt: skip
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -494,3 +494,40 @@ def test_gra_reports_cost_per_sample_stage_and_model_the_same_on_resume(
     resumed = orjson.loads((out / "report.json").read_bytes())
     assert resumed["cost"] == cost
     assert resumed["engine"]["cost"]["spent_usd"] == 0
+
+
+def test_gra_dry_run_projects_a_pilot_and_the_run_goes_on_from_it(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    from asyncsynth.testing.gra_pool import GraScript, pool_config
+
+    sim = sim_factory(reply=GraScript())
+    names = list(pool_config(sim.url).endpoints)
+    lines = [f"[endpoints.{n}]\nbase_url = \"{sim.url}\"\nmodel = \"{n}\"\nadaptive = false\n"
+             "price = { input = 1.0, output = 2.0, batch = 0.5 }\n" for n in names]  # fmt: skip
+    config = tmp_path / "gra.toml"
+    config.write_text(
+        "".join(lines) + f'[gra]\npool = {orjson.dumps(names).decode()}\nembedding_model = "none"\n'
+    )
+    out = tmp_path / "out"
+    args = ["gra", str(config), "--target", "12", "--out", str(out), "--seed", "1", "-q"]
+
+    blind = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert blind.exit_code == 0, blind.output
+    assert sim.stats.requests == 0 and not out.exists()
+    assert "each candidate  2 generator requests, 6 reviews" in blind.output
+    assert "run a pilot (--pilot N accepted samples)" in blind.output
+
+    piloted = CliRunner().invoke(main, [*args, "--dry-run", "--pilot", "3"])
+    assert piloted.exit_code == 0, piloted.output
+    pilot = orjson.loads((out / "report.json").read_bytes())
+    assert pilot["accepted"] == 3
+    projected = pilot["cost"]["total_usd"] * 12 / 3
+    assert f"online {usd(projected)}; batch {usd(projected * 0.5)}" in piloted.output
+
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    report = orjson.loads((out / "report.json").read_bytes())
+    assert report["accepted"] == 12
+    assert report["engine"]["cost"]["cached"]["answers"] > 0  # the pilot's answers, not paid again
+    assert report["cost"]["total_usd"] == pytest.approx(projected, rel=0.25)
