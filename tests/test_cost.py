@@ -9,6 +9,7 @@ estimates: within 5% with a pilot.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -368,22 +369,30 @@ async def test_a_cost_cap_over_an_endpoint_without_a_price_is_refused(sim: SimSe
     assert sim.stats.requests == 0
 
 
-def test_gra_stops_at_its_cap_with_exit_5_and_goes_on_with_a_higher_one(
-    sim_factory: Any, tmp_path: Path
-) -> None:
-    from asyncsynth.testing.gra_pool import GraScript, pool_config
+def _gra_config(tmp_path: Path, url: str, price: Callable[[int], str]) -> Path:
+    """A GRA config over the simulated pool at ``url``; ``price(i)`` is model i's price table."""
+    from asyncsynth.testing.gra_pool import pool_config
 
-    sim = sim_factory(reply=GraScript())
-    base = pool_config(sim.url)
-    lines = [f"[endpoints.{name}]\nbase_url = \"{sim.url}\"\nmodel = \"{name}\"\n"
-             f"max_concurrency = 16\nadaptive = false\nprice = {{ input = 1.0, output = 2.0 }}\n"
-             for name in base.endpoints]  # fmt: skip
+    names = list(pool_config(url).endpoints)
+    lines = [f"[endpoints.{name}]\nbase_url = \"{url}\"\nmodel = \"{name}\"\n"
+             f"max_concurrency = 16\nadaptive = false\nprice = {price(i)}\n"
+             for i, name in enumerate(names)]  # fmt: skip
     config = tmp_path / "gra.toml"
     config.write_text(
         "".join(lines)
         + "[engine]\nbackoff_base = 0.001\nbackoff_max = 0.01\n"
-        + f'[gra]\npool = {list(base.endpoints)!r}\nembedding_model = "none"\n'.replace("'", '"')
+        + f'[gra]\npool = {orjson.dumps(names).decode()}\nembedding_model = "none"\n'
     )
+    return config
+
+
+def test_gra_stops_at_its_cap_with_exit_5_and_goes_on_with_a_higher_one(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    from asyncsynth.testing.gra_pool import GraScript
+
+    sim = sim_factory(reply=GraScript())
+    config = _gra_config(tmp_path, sim.url, lambda i: "{ input = 1.0, output = 2.0 }")
     out = str(tmp_path / "out")
     args = ["gra", str(config), "--target", "6", "--out", out, "--seed", "1", "-q"]
     stopped = CliRunner().invoke(main, [*args, "--max-cost", "0.002"])
@@ -451,20 +460,11 @@ async def test_budget_waits_batch_polls_and_spending_are_told_to_the_listener(
 def test_gra_reports_cost_per_sample_stage_and_model_the_same_on_resume(
     sim_factory: Any, tmp_path: Path
 ) -> None:
-    from asyncsynth.testing.gra_pool import GraScript, pool_config
+    from asyncsynth.testing.gra_pool import GraScript
 
     sim = sim_factory(reply=GraScript())
-    base = pool_config(sim.url)
-    prices = {name: (i + 1) * 1.0 for i, name in enumerate(base.endpoints)}
-    lines = [f"[endpoints.{name}]\nbase_url = \"{sim.url}\"\nmodel = \"{name}\"\n"
-             f"max_concurrency = 16\nadaptive = false\n"
-             f"price = {{ input = {prices[name]}, output = {2 * prices[name]} }}\n"
-             for name in base.endpoints]  # fmt: skip
-    config = tmp_path / "gra.toml"
-    config.write_text(
-        "".join(lines)
-        + "[engine]\nbackoff_base = 0.001\nbackoff_max = 0.01\n"
-        + f'[gra]\npool = {list(base.endpoints)!r}\nembedding_model = "none"\n'.replace("'", '"')
+    config = _gra_config(  # model i at i + 1 times the first one's price
+        tmp_path, sim.url, lambda i: f"{{ input = {i + 1.0}, output = {2 * (i + 1.0)} }}"
     )
     out = tmp_path / "out"
     args = ["gra", str(config), "--target", "6", "--out", str(out), "--seed", "1", "-q"]
@@ -499,16 +499,11 @@ def test_gra_reports_cost_per_sample_stage_and_model_the_same_on_resume(
 def test_gra_dry_run_projects_a_pilot_and_the_run_goes_on_from_it(
     sim_factory: Any, tmp_path: Path
 ) -> None:
-    from asyncsynth.testing.gra_pool import GraScript, pool_config
+    from asyncsynth.testing.gra_pool import GraScript
 
     sim = sim_factory(reply=GraScript())
-    names = list(pool_config(sim.url).endpoints)
-    lines = [f"[endpoints.{n}]\nbase_url = \"{sim.url}\"\nmodel = \"{n}\"\nadaptive = false\n"
-             "price = { input = 1.0, output = 2.0, batch = 0.5 }\n" for n in names]  # fmt: skip
-    config = tmp_path / "gra.toml"
-    config.write_text(
-        "".join(lines) + f'[gra]\npool = {orjson.dumps(names).decode()}\nembedding_model = "none"\n'
-    )
+    price = "{ input = 1.0, output = 2.0, batch = 0.5 }"
+    config = _gra_config(tmp_path, sim.url, lambda i: price)
     out = tmp_path / "out"
     args = ["gra", str(config), "--target", "12", "--out", str(out), "--seed", "1", "-q"]
 
