@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import anyio
 
 from .config import Config
-from .engine import Engine, InputError, Journal, Request
+from .engine import EndpointsFailed, Engine, InputError, Journal, Request
 from .engine.journal import journal_path_for
 from .io import JsonlWriter, count_lines, error_row, input_error_row, output_row, read_requests
 from .progress import ProgressBar, summary
@@ -57,7 +57,9 @@ async def run_file(
     """Answer every request in ``input_path``; write answers, errors, and return a report.
 
     Cancelling it (Ctrl-C) stops cleanly: the journal and output hold exactly the
-    answers received, and running it again resumes.
+    answers received, and running it again resumes. So does
+    :class:`~asyncsynth.engine.errors.EndpointsFailed`, raised when every endpoint of
+    the role was taken out (a bad key, an unknown model).
     """
     for name in config.role(role):  # refuse what cannot run before touching any file
         ep = config.endpoints[name]
@@ -104,9 +106,13 @@ async def run_file(
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(bar.run)
-                    async for result in engine.map(
-                        counted(read_requests(input_path, on_bad_line)), role=role
-                    ):
+                    requests = read_requests(
+                        input_path,
+                        on_bad_line,
+                        max_n=config.input.max_n,
+                        allow_duplicate_ids=config.input.allow_duplicate_ids,
+                    )
+                    async for result in engine.map(counted(requests), role=role):
                         if result.ok:
                             out.write(output_row(result))
                         else:
@@ -116,6 +122,13 @@ async def run_file(
             except anyio.get_cancelled_exc_class():
                 report.interrupted = True
                 raise
+            except BaseExceptionGroup as group:  # the progress task's group wraps what map raised
+                stopped, _ = group.split(EndpointsFailed)
+                while isinstance(stopped, BaseExceptionGroup):
+                    stopped = stopped.exceptions[0]
+                if stopped is None:
+                    raise
+                raise stopped from None
             finally:
                 report.written = out.rows
                 report.stats = summary(engine)

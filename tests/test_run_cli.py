@@ -332,7 +332,7 @@ def test_api_key_never_leaks_and_a_missing_one_exits_2(
     source = write_lines(tmp_path / "in.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
     out, stats = tmp_path / "out.jsonl", tmp_path / "stats.json"
     common = ["run", source, "-o", out, *flags(sim), "--concurrency", "1", "--stats-json", stats]
-    result = invoke(*common, "--api-key-env", "ASYNCSYNTH_CLI_KEY")
+    result = invoke(*common, "--api-key-env", "ASYNCSYNTH_CLI_KEY", "--fail-fast", "0")
     assert result.exit_code == 1
     written = b"".join(
         p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".sqlite"

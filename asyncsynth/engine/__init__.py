@@ -9,6 +9,7 @@ from .errors import (
     ConnectError,
     ConnectionDropped,
     DeadlineExceeded,
+    EndpointsFailed,
     InputError,
     MalformedResponse,
     RateLimited,
@@ -18,7 +19,9 @@ from .errors import (
     StatusError,
     TransportError,
 )
+from .fleet import TakenOut
 from .journal import Journal, journal_path_for, request_key
+from .tokens import TokenCounter, estimate_prompt_tokens
 
 __all__ = [
     "AsyncsynthError",
@@ -28,6 +31,7 @@ __all__ = [
     "ConnectError",
     "ConnectionDropped",
     "DeadlineExceeded",
+    "EndpointsFailed",
     "Engine",
     "InputError",
     "Journal",
@@ -39,9 +43,12 @@ __all__ = [
     "Result",
     "ServerError",
     "StatusError",
+    "TakenOut",
+    "TokenCounter",
     "Totals",
     "Transport",
     "TransportError",
+    "estimate_prompt_tokens",
     "journal_path_for",
     "request_key",
 ]
