@@ -186,7 +186,7 @@ queue keeps it busy); the limit grows only below it."""
 QUEUE_LIMIT = 0.5
 """Latency this much over the no-load latency (plus :data:`QUEUE_SLACK`) means requests
 queue at the server: the limit is cut back to where the latency would be at the target."""
-QUEUE_SLACK = 0.010
+QUEUE_SLACK = 0.025
 """Seconds of latency growth never counted as queueing (the client's own event loop)."""
 
 
