@@ -9,6 +9,7 @@ from .engine import (
     ConnectionDropped,
     DeadlineExceeded,
     EndpointsFailed,
+    EndpointsUnreachable,
     Engine,
     InputError,
     Journal,
@@ -22,6 +23,9 @@ from .engine import (
     StatusError,
     TransportError,
 )
+from .export import ExportResult, export_run, push_to_hub
+from .pipelines.errors import PipelineError, RunFolderError
+from .pipelines.events import PipelineEvent
 from .pipelines.gra import (
     CommitteeSettings,
     GraResult,
@@ -30,7 +34,9 @@ from .pipelines.gra import (
     review_sample,
     run_gra,
 )
-from .pipelines.s3 import S3Error, S3Event, S3Settings, load_s3_settings, run_s3
+from .pipelines.s3 import S3Error, S3Result, S3Settings, load_s3_settings, run_s3
+from .progress import Progress
+from .view import ViewServer
 
 __version__ = "0.1.0"
 
@@ -45,27 +51,36 @@ __all__ = [
     "DeadlineExceeded",
     "EndpointConfig",
     "EndpointsFailed",
+    "EndpointsUnreachable",
     "Engine",
     "EngineSettings",
+    "ExportResult",
     "GraResult",
     "GraSettings",
     "InputError",
     "Journal",
     "MalformedResponse",
+    "PipelineError",
+    "PipelineEvent",
+    "Progress",
     "RateLimited",
     "Request",
     "RequestError",
     "RequestTimeout",
     "Result",
+    "RunFolderError",
     "S3Error",
-    "S3Event",
+    "S3Result",
     "S3Settings",
     "ServerError",
     "StatusError",
     "TransportError",
     "Verdict",
+    "ViewServer",
+    "export_run",
     "load_config",
     "load_s3_settings",
+    "push_to_hub",
     "review_sample",
     "run_gra",
     "run_s3",

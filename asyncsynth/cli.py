@@ -13,9 +13,10 @@ import anyio
 import click
 
 from .config import DEFAULT_CONFIG, Config, load_config, single_endpoint_config
-from .engine import AsyncsynthError, EndpointsFailed, Journal
+from .engine import AsyncsynthError, EndpointsFailed, EndpointsUnreachable, Journal
 from .engine.journal import journal_path_for
 from .io import write_json
+from .progress import DEFAULT_LOG_INTERVAL, Describe, Progress
 
 T = TypeVar("T")
 
@@ -23,6 +24,7 @@ EXIT_FAILED_ROWS = 1
 EXIT_BAD_CONFIG = 2
 EXIT_ENDPOINTS_FAILED = 3
 """Every endpoint of a role was taken out (bad key, unknown model...): fix it, run again."""
+EXIT_UNREACHABLE = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -34,6 +36,25 @@ class Stopped(click.ClickException):
     """The job stopped: no endpoint of a role can answer (:class:`EndpointsFailed`)."""
 
     exit_code = EXIT_ENDPOINTS_FAILED
+
+
+class Unreachable(click.ClickException):
+    """No endpoint of a role answered within the start-up grace."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+def _problem(exc: AsyncsynthError) -> click.ClickException:
+    """The exit a deliberate error of the job ends in."""
+    if isinstance(exc, EndpointsFailed):
+        return Stopped(f"{exc}. Stopped; fix that and run the same command again to resume")
+    if isinstance(exc, EndpointsUnreachable):
+        return Unreachable(
+            f"{exc}. The job stopped; every answer received is kept. Check the endpoints "
+            "(asyncsynth endpoints check), or pass --wait-for-endpoints to wait for them up "
+            "to the request deadline."
+        )
+    return ConfigProblem(str(exc))
 
 
 def _run_async(fn: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
@@ -68,20 +89,16 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
     except ImportError:
         pass
     try:
-        try:
-            anyio.run(main, backend="asyncio", backend_options=options)
-        except BaseExceptionGroup as group:  # task groups wrap what the work raised
-            found, rest = group.split(AsyncsynthError)
-            if found is None or rest is not None:  # anything else is a bug: show it whole
-                raise
-            while isinstance(found, BaseExceptionGroup):
-                found = found.exceptions[0]
-            raise found from None
-    except EndpointsFailed as exc:
-        message = f"{exc}. Stopped; fix that and run the same command again to resume"
-        raise Stopped(message) from None
+        anyio.run(main, backend="asyncio", backend_options=options)
     except AsyncsynthError as exc:
-        raise ConfigProblem(str(exc)) from None
+        raise _problem(exc) from None
+    except BaseExceptionGroup as group:  # task groups wrap what the work raised
+        found, rest = group.split(AsyncsynthError)
+        if found is None or rest is not None:  # anything else is a bug: show it whole
+            raise
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        raise _problem(found) from None
     return (outcome[0] if outcome else None), interrupted
 
 
@@ -183,6 +200,69 @@ def endpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def progress_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What a command shows while it runs, and how long it waits for endpoints."""
+    options = [
+        click.option(
+            "-v", "--verbose", is_flag=True, help="Also log every retry and every failed probe."
+        ),
+        click.option(
+            "--log-json",
+            type=click.Path(dir_okay=False),
+            help="Write every event, the status lines and the summary to FILE as JSON lines.",
+        ),
+        click.option(
+            "--log-interval",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULT_LOG_INTERVAL,
+            show_default=True,
+            help="Seconds between status lines when stderr is not a terminal.",
+        ),
+        click.option(
+            "--startup-grace",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Stop (exit 4) when no endpoint of a role has answered after this many "
+            "seconds (default: engine.startup_grace, else 60).",
+        ),
+        click.option(
+            "--wait-for-endpoints",
+            is_flag=True,
+            help="Wait for unreachable endpoints up to the request deadline instead.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def progress_from_options(
+    kw: dict[str, Any], *, quiet: bool, title: str, describe: Describe | None = None
+) -> Progress:
+    """Pop the display options from a command's kwargs and make its :class:`Progress`."""
+    path = kw.pop("log_json")
+    try:
+        return Progress(
+            quiet=quiet,
+            verbose=kw.pop("verbose"),
+            interval=kw.pop("log_interval"),
+            log_json=path,
+            title=title,
+            describe=describe,
+        )
+    except OSError as exc:
+        raise ConfigProblem(f"--log-json {path}: {exc.strerror or exc}") from None
+
+
+def with_wait_options(config: Config, kw: dict[str, Any]) -> Config:
+    """Pop --startup-grace and --wait-for-endpoints; the config with them applied."""
+    grace, wait = kw.pop("startup_grace"), kw.pop("wait_for_endpoints")
+    if wait and grace is not None:
+        raise ConfigProblem("give --startup-grace or --wait-for-endpoints, not both")
+    if not wait and grace is None:
+        return config
+    return replace(config, engine=replace(config.engine, startup_grace=None if wait else grace))
+
+
 def config_from_options(kw: dict[str, Any]) -> Config:
     """Pop the shared endpoint options from a command's kwargs and resolve the config."""
     local = kw.pop("local")
@@ -238,7 +318,8 @@ def main() -> None:
 @click.option(
     "--no-cache", is_flag=True, help="Neither read nor write the journal next to the output."
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
+@progress_options
 @click.option(
     "--stats-json", type=click.Path(dir_okay=False), help="Write the end-of-run summary as JSON."
 )
@@ -268,12 +349,13 @@ def run(
     Input lines: {"messages": [...]}, {"prompt": "..."} or OpenAI Batch lines
     ({"custom_id": ..., "body": {...}}). Re-running the same command resumes. Exits 0 when
     every request succeeded, 1 when any failed or a line was bad, 2 for a bad config, 3 when
-    every endpoint was taken out (a bad key, an unknown model), 130 when interrupted.
+    every endpoint was taken out (a bad key, an unknown model), 4 when no endpoint answered
+    within the start-up grace, 130 when interrupted.
     """
-    from .progress import format_summary
     from .run import run_file
 
-    config = config_from_options(kw)
+    display = progress_from_options(kw, quiet=quiet, title="run")
+    config = with_wait_options(config_from_options(kw), kw)
     checks = {"max_n": max_n, "allow_duplicate_ids": allow_duplicate_ids}
     if checks := {k: v for k, v in checks.items() if v is not None}:
         config = replace(config, input=replace(config.input, **checks))
@@ -285,16 +367,17 @@ def run(
             return f" {len(journal):,} answers are saved in the journal;"
 
     try:
-        report, interrupted = _run_async(
-            lambda: run_file(
-                config,
-                input_path,
-                output_path,
-                role=kw["role"],
-                cache=not no_cache,
-                progress=not quiet,
+        with display:
+            report, interrupted = _run_async(
+                lambda: run_file(
+                    config,
+                    input_path,
+                    output_path,
+                    role=kw["role"],
+                    cache=not no_cache,
+                    progress=display,
+                )
             )
-        )
     except Stopped as exc:
         kept = saved().strip(" ;")
         click.echo(f"Error: {exc.message}." + (f" {kept}." if kept else ""), err=True)
@@ -304,8 +387,6 @@ def run(
         sys.exit(EXIT_INTERRUPTED)
     if stats_json:
         write_json(stats_json, report.stats)
-    if not quiet:
-        click.echo(format_summary(report.stats), err=True)
     if report.failed or report.bad_lines:
         click.echo(
             f"{report.failed:,} requests failed and {report.bad_lines:,} input lines were bad: "
@@ -428,6 +509,15 @@ def sim(host: str, port: int, **settings: Any) -> None:
     serve(config, host, port, ready=ready)
 
 
+async def _showing(display: Progress, job: Callable[[], Awaitable[T]]) -> T:
+    """Run ``job`` while ``display`` draws."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(display.run)
+        result = await job()
+        tg.cancel_scope.cancel()
+    return result
+
+
 @main.command("gra")
 @click.argument("config_path", metavar="CONFIG.toml", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -453,8 +543,20 @@ def sim(host: str, port: int, **settings: Any) -> None:
     type=click.IntRange(min=1),
     help="Candidates per round (default: sized from the acceptance rate so far).",
 )
-@click.option("--seed-data", help="Seed JSONL file or hf:NAME[:SPLIT] (default: gra.seed_data).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
+@click.option(
+    "--seed-data",
+    help="Seed JSONL file or hf:NAME[:SPLIT] / hf:NAME:CONFIG:SPLIT (default: gra.seed_data).",
+)
+@click.option(
+    "--max-rounds", type=click.IntRange(min=1), help="Stop after this many rounds (gra.max_rounds)."
+)
+@click.option(
+    "--time-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds after which no new candidate starts; the run then ends with its report.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary table.")
+@progress_options
 def gra(
     config_path: str,
     target: int | None,
@@ -463,32 +565,50 @@ def gra(
     mode: str | None,
     round_size: int | None,
     seed_data: str | None,
+    max_rounds: int | None,
+    time_budget: float | None,
     quiet: bool,
+    **kw: Any,
 ) -> None:
     """GRA synthesis: a committee of LLMs generates, reviews and adjudicates samples.
 
-    Writes OUT/accepted.jsonl, rejected.jsonl, pool.jsonl and report.json. Exits 1 when
-    the target was not reached, 130 when interrupted (run the same command to resume).
+    Writes OUT/accepted.jsonl, rejected.jsonl, pool.jsonl and report.json, and ends by
+    saying why samples were rejected. Exits 1 when the target was not reached, 4 when no
+    endpoint of a role answered within the start-up grace, 130 when interrupted (run the
+    same command to resume).
     """
-    from .pipelines.gra import JOURNAL_NAME, run_gra
-    from .progress import format_summary
+    from .pipelines.gra import JOURNAL_NAME, GraSettings, explain, run_gra
+    from .pipelines.gra.report import describe
 
     try:
         config = load_config(config_path)
-    except AsyncsynthError as exc:
-        raise ConfigProblem(str(exc)) from None
-    result, interrupted = _run_async(
-        lambda: run_gra(
-            config,
-            out_dir=out_dir,
+        settings = GraSettings.from_config(config).with_overrides(
             target=target,
             seed=seed,
             mode=mode,
             round_size=round_size,
             seed_data=seed_data,
-            progress=not quiet,
+            max_rounds=max_rounds,
+            time_budget=time_budget,
         )
-    )
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    config = with_wait_options(config, kw)
+    display = progress_from_options(kw, quiet=quiet, title="gra", describe=describe)
+    with display:
+        goal = f"target {settings.target:,}" if settings.target else "every seed"
+        display.header(
+            f"asyncsynth gra: {settings.mode}, {goal}, seed data {settings.seed_data or 'none'}",
+            ("output", f"{out_dir} (accepted.jsonl, rejected.jsonl, pool.jsonl, report.json)"),
+        )
+        result, interrupted = _run_async(
+            lambda: _showing(
+                display,
+                lambda: run_gra(config, out_dir, settings=settings, on_event=display.on_event),
+            )
+        )
+        if result is not None:
+            display.finish(result.report["engine"])
     if interrupted or result is None:
         click.echo(
             f"Interrupted. Every answer received is kept in {Path(out_dir) / JOURNAL_NAME}; "
@@ -497,8 +617,6 @@ def gra(
         )
         sys.exit(EXIT_INTERRUPTED)
     report = result.report
-    if not quiet:
-        click.echo(format_summary(report["engine"]), err=True)
     rejected = ", ".join(f"{n:,} {reason}" for reason, n in report["rejected"].items() if n)
     adjudicated = report["adjudication"]
     click.echo(
@@ -508,9 +626,23 @@ def gra(
         f"kept {adjudicated['kept']:,}; outputs in {result.out_dir}",
         err=True,
     )
+    if not quiet:
+        click.echo("\n".join(explain(report)), err=True)
     if not result.target_reached:
         click.echo(f"Target not reached ({result.stopped}); see {result.report_path}", err=True)
         sys.exit(EXIT_FAILED_ROWS)
+
+
+def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        seeds = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected seeds like 1,2,3, got {value!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise click.BadParameter(f"expected distinct seeds >= 0 like 1,2,3, got {value!r}")
+    return seeds
 
 
 @main.command("s3")
@@ -528,61 +660,252 @@ def gra(
     help="Pass new examples through the GRA committee of [gra] (overrides s3.review).",
 )
 @click.option("--rounds", type=click.IntRange(min=0), help="Overrides s3.rounds.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines and no summary.")
-def s3(config_path: str, out_dir: str, review: str | None, rounds: int | None, quiet: bool) -> None:
+@click.option(
+    "--baseline",
+    type=click.Choice(["none", "gold", "zerogen", "no_extrapolation"]),
+    help="A baseline of the paper instead of S3: the student on gold data, ZeroGen-style "
+    "(no rationales, no extrapolation), or S3 without extrapolation (overrides s3.baseline).",
+)
+@click.option("--seed-size", type=click.IntRange(min=1), help="Overrides s3.seed_size.")
+@click.option(
+    "--seeds",
+    callback=_seed_list,
+    help="Run once per seed (e.g. 1,2,3) into OUT/seed-N; report mean and std per metric.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
+@progress_options
+def s3(
+    config_path: str,
+    out_dir: str,
+    review: str | None,
+    rounds: int | None,
+    baseline: str | None,
+    seed_size: int | None,
+    seeds: list[int] | None,
+    quiet: bool,
+    **kw: Any,
+) -> None:
     """S3: synthesize a seed set with rationales, then extrapolate a student's errors.
 
     Trains a local student (needs asyncsynth[student]) on the synthetic data, asks the LLM
     for new examples like each gold example it gets wrong, and repeats for the [s3]
     rounds. Writes datasets, metrics, report.json and report.png to --out; running the
-    same command again resumes at the last finished step.
+    same command again resumes at the last finished step. Exits 1 when the run cannot go
+    on, 4 when no endpoint of a role answered within the start-up grace, 130 when
+    interrupted.
     """
-    from .pipelines.s3 import S3Error, load_s3_settings, run_s3
+    from .pipelines.errors import PipelineError
+    from .pipelines.s3 import load_s3_settings, run_s3, s3_settings
+    from .pipelines.s3.baselines import format_table, run_seeds
     from .pipelines.s3.report import describe, format_report
+    from .progress import summary
 
     try:
         config = load_config(config_path)
         settings = load_s3_settings(config)
+        if baseline is not None:  # re-validated: a baseline changes other settings
+            table = {**config.sections["s3"], "baseline": baseline}
+            settings = s3_settings(table, where=f"{config.source}: s3", base_dir=settings.base_dir)
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
-    overrides = {"review": review, "rounds": rounds}
+    overrides = {"review": review, "rounds": rounds, "seed_size": seed_size}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    tty = sys.stderr.isatty()
-    transient = False
+    if review == "gra":  # the [gra] pool must seat a committee that excludes s3.llm
+        from .pipelines.gra import CommitteeSettings
 
-    def on_event(event: Any) -> None:
-        nonlocal transient
-        line = None if quiet else describe(event)
-        if line is None:
-            return
-        text, passing = line
-        if passing and not tty:
-            return
-        if transient:
-            sys.stderr.write("\r\x1b[2K")
-        sys.stderr.write(text if passing else text + "\n")
-        sys.stderr.flush()
-        transient = passing
+        try:
+            CommitteeSettings.for_review(config, writer=settings.llm)
+        except AsyncsynthError as exc:
+            raise ConfigProblem(str(exc)) from None
+    config = with_wait_options(config, kw)
+    display = progress_from_options(kw, quiet=quiet, title="s3", describe=describe)
 
     async def go() -> Any:
         try:
-            return await run_s3(config, out_dir, settings=settings, on_event=on_event)
-        except S3Error as exc:
+            if seeds is not None:
+                return await run_seeds(
+                    config, out_dir, seeds, settings=settings, on_event=display.on_event
+                )
+            return await run_s3(config, out_dir, settings=settings, on_event=display.on_event)
+        except PipelineError as exc:
             return exc
 
-    report, interrupted = _run_async(go)
-    if transient:
-        sys.stderr.write("\n")
-    if interrupted or report is None:
+    with display:
+        display.header(
+            f"asyncsynth s3: {settings.task} task, {settings.rounds} rounds, "
+            f"review {settings.review}",
+            ("output", f"{out_dir} (datasets, metrics, report.json, report.png)"),
+        )
+        result, interrupted = _run_async(lambda: _showing(display, go))
+        if result is not None and display.engine is not None:
+            display.finish(summary(display.engine))
+    if interrupted or result is None:
         click.echo(
             f"Interrupted. Finished steps are saved in {out_dir}; "
             "run the same command again to resume.",
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
-    if isinstance(report, S3Error):
-        click.echo(f"Error: {report}", err=True)
+    if isinstance(result, PipelineError):
+        click.echo(f"Error: {result}", err=True)
         sys.exit(EXIT_FAILED_ROWS)
-    if not quiet:
-        click.echo(format_report(report), err=True)
-        click.echo(f"report: {Path(out_dir) / 'report.json'}", err=True)
+    if quiet:
+        return
+    if seeds is not None:
+        click.echo(format_table([result]), err=True)
+        click.echo(f"summary: {Path(out_dir) / 'seeds.json'}", err=True)
+        return
+    click.echo(format_report(result.report), err=True)
+    click.echo(f"report: {Path(out_dir) / 'report.json'}", err=True)
+
+
+@main.command("s3-table")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
+def s3_table(folders: tuple[str, ...]) -> None:
+    """The paper's Table 2 beside the results of `asyncsynth s3 ... --seeds` runs."""
+    from .pipelines.s3.baselines import format_table, read_summaries
+
+    try:
+        summaries = read_summaries(folders)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_table(summaries))
+
+
+@main.command("export")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(exists=True))
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(["messages", "sharegpt", "alpaca", "jsonl", "parquet", "dataset"]),
+    help="GRA: messages (default), sharegpt, alpaca, parquet, dataset; S3: dataset (default), "
+    "parquet, jsonl; run: jsonl (default), messages, parquet, dataset.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(),
+    help="File to write (a folder for datasets and for S3's splits).",
+)
+@click.option("--rounds", help="GRA: the cumulative set of these rounds, e.g. 1-3 or 1,2,4.")
+@click.option("--min-mu", type=float, help="GRA: samples whose committee mean is at least this.")
+@click.option("--domains", help="GRA: comma-separated domains to keep.")
+@click.option(
+    "--decision",
+    "decisions",
+    multiple=True,
+    type=click.Choice(["consensus", "adjudicated"]),
+    help="GRA: keep samples decided this way (repeatable).",
+)
+@click.option("--system", help="A system message for every exported conversation.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The run's config: S3 adds its dev and test splits; the card lists its settings.",
+)
+@click.option("--push-to-hub", "repo_id", metavar="OWNER/NAME", help="Upload to this Hub dataset.")
+@click.option("--private", is_flag=True, help="Create the Hub dataset private.")
+@click.option("--license", "license_id", default="unknown", show_default=True, help="Card license.")
+@click.option("--language", multiple=True, help="Card language code (repeatable), e.g. en.")
+def export(
+    run_dir: str,
+    fmt: str | None,
+    out: str | None,
+    rounds: str | None,
+    min_mu: float | None,
+    domains: str | None,
+    decisions: tuple[str, ...],
+    system: str | None,
+    config_path: str | None,
+    repo_id: str | None,
+    private: bool,
+    license_id: str,
+    language: tuple[str, ...],
+) -> None:
+    """Export a run (GRA or S3 folder, or a `run` output) as a training set.
+
+    Writes --out in --format, and with --push-to-hub uploads it to the Hugging Face Hub
+    (Parquet files and a dataset card; token from HF_TOKEN or `hf auth login`).
+    """
+    from .engine import ConfigError
+    from .export import describe_export, open_source, push_to_hub
+    from .export.exporter import export_source
+
+    if out is None and repo_id is None:
+        raise click.UsageError("give --out PATH, --push-to-hub OWNER/NAME, or both")
+    try:
+        config = load_config(config_path) if config_path else None
+        source = open_source(
+            run_dir,
+            rounds=rounds,
+            min_mu=min_mu,
+            domains=[d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+            decisions=list(decisions) or None,
+            system=system,
+            config=config,
+        )
+        for note in source.notes:
+            click.echo(f"note: {note}", err=True)
+        if out is not None:
+            click.echo(describe_export(export_source(source, fmt or "", out)), err=True)
+        if repo_id is not None:
+            pushed = push_to_hub(
+                source,
+                repo_id,
+                private=private,
+                license=license_id,
+                language=list(language) or None,
+                config=config,
+            )
+            counts = ", ".join(f"{n:,} {split}" for split, n in pushed.rows.items())
+            click.echo(f"pushed {counts} rows to {pushed.url} ({pushed.commit_url})", err=True)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    except AsyncsynthError as exc:  # a bad run folder or row, the Hub's refusal
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:  # option values (--rounds)
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command("view")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(exists=True))
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (loopback; another address makes the run visible to others).",
+)
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the web browser.")
+def view(run_dir: str, host: str, port: int, open_browser: bool) -> None:
+    """Look at a run in the browser: samples, reviews, charts (read-only, offline)."""
+    import errno
+    import threading
+    import webbrowser
+
+    from .view import ViewServer
+
+    try:
+        try:
+            server = ViewServer(run_dir, host=host, port=port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            click.echo(f"port {port} is taken; using a free one", err=True)
+            server = ViewServer(run_dir, host=host, port=0)
+    except AsyncsynthError as exc:
+        raise click.ClickException(str(exc)) from None
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    server.start()
+    click.echo(f"{server.run.kind} run {server.run.name}: {server.url} (Ctrl-C stops)", err=True)
+    if open_browser:
+        webbrowser.open(server.url)
+    try:
+        while not stopped.wait(1.0):
+            pass
+    finally:
+        server.stop()

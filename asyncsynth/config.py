@@ -21,6 +21,7 @@ from .engine.retry import (
     DEFAULT_DEADLINE,
     DEFAULT_FAIL_FAST,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_STARTUP_GRACE,
     DEFAULT_TIMEOUT,
     INITIAL_BACKOFF,
     MAX_BACKOFF,
@@ -205,6 +206,9 @@ class EngineSettings:
     journal: bool = True
     fail_fast: int = DEFAULT_FAIL_FAST
     """Answers in a row (401, 403, 404, the same 400) that take an endpoint out; 0: never."""
+    startup_grace: float | None = DEFAULT_STARTUP_GRACE
+    """Seconds a role may go without any endpoint answering before the job stops;
+    ``None`` waits up to the request ``deadline``."""
 
 
 DEFAULT_MAX_N = 10_000
@@ -299,6 +303,7 @@ _ENGINE_SPEC: dict[str, Check] = {
     "backoff_max": NON_NEGATIVE,
     "journal": BOOLEAN,
     "fail_fast": _number(integer=True),
+    "startup_grace": POSITIVE,
 }
 
 _INPUT_SPEC: dict[str, Check] = {"max_n": POSITIVE_INT, "allow_duplicate_ids": BOOLEAN}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import codecs
 import os
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +29,7 @@ import orjson
 from .config import DEFAULT_MAX_N, PARAM_KEYS, ConfigError, check_params
 from .engine import InputError, Request, Result
 
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _RESERVED = ("completion", "finish_reason", "usage", "model", "latency_s", "attempts", "error")
 ROLES = ("system", "developer", "user", "assistant", "tool")
 _ROLES = frozenset(ROLES)
@@ -320,10 +321,62 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
                 raise InputError(f"not valid JSON ({exc})", source=source, line=line_no) from None
 
 
-def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically (a crash leaves the old file or the new)."""
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file, parsed."""
+    return orjson.loads(Path(path).read_bytes())
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[Any]:
+    """Every row of a JSONL file this program wrote; a torn last line (a crash mid-append) is
+    left out, any other bad line raises :class:`InputError` naming it."""
+    source = os.fspath(path)
+    rows: list[Any] = []
+    with open(source, "rb") as f:
+        for line_no, line in enumerate(_lines(f), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                if not line.endswith(b"\n"):  # only the last line can lack one
+                    break
+                raise InputError(f"not valid JSON ({exc})", source=source, line=line_no) from None
+    return rows
+
+
+def write_atomic(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> Path:
+    """Write ``chunks`` to ``path`` atomically and durably: the one policy for whole files.
+
+    A temporary file beside the target is written, fsynced and renamed over it, then
+    the folder is synced: after a crash or a power cut the target holds the old
+    content or the new, never part of either.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    with open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # platforms that cannot open a folder
+        return path
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return path
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """``data`` as indented JSON in ``path``, atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, [orjson.dumps(data, option=orjson.OPT_INDENT_2 | _NUMPY)])
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Every row as a JSON line in ``path``, atomically (see :func:`write_atomic`)."""
+    option = orjson.OPT_APPEND_NEWLINE | _NUMPY
+    return write_atomic(path, (orjson.dumps(row, option=option) for row in rows))

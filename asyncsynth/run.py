@@ -8,7 +8,6 @@ each row exactly once (answers from the journal are marked ``"cached": true``).
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from .config import Config
 from .engine import EndpointsFailed, Engine, InputError, Journal, Request
 from .engine.journal import journal_path_for
 from .io import JsonlWriter, count_lines, error_row, input_error_row, output_row, read_requests
-from .progress import ProgressBar, summary
+from .progress import Progress, summary
 
 
 @dataclass
@@ -51,15 +50,19 @@ async def run_file(
     *,
     role: str | None = None,
     cache: bool = True,
-    progress: bool = True,
+    progress: bool | Progress = True,
     stream: TextIO | None = None,
 ) -> RunReport:
     """Answer every request in ``input_path``; write answers, errors, and return a report.
 
-    Cancelling it (Ctrl-C) stops cleanly: the journal and output hold exactly the
-    answers received, and running it again resumes. So does
-    :class:`~asyncsynth.engine.errors.EndpointsFailed`, raised when every endpoint of
-    the role was taken out (a bad key, an unknown model).
+    ``progress``: show the start block, the progress and the summary on ``stream``
+    (stderr by default; see :class:`~asyncsynth.progress.Progress`), or give the
+    :class:`Progress` to show them with. Cancelling it (Ctrl-C) stops cleanly: the journal
+    and output hold exactly the answers received, and running it again resumes. If no
+    endpoint answers within the start-up grace it raises
+    :class:`~asyncsynth.engine.EndpointsUnreachable` (the answers received are kept too);
+    when every endpoint of the role was taken out (a bad key, an unknown model) it raises
+    :class:`~asyncsynth.engine.EndpointsFailed`, and running it again resumes as well.
     """
     for name in config.role(role):  # refuse what cannot run before touching any file
         ep = config.endpoints[name]
@@ -78,26 +81,49 @@ async def run_file(
             )
     report.errors.unlink(missing_ok=True)
     journal = Journal(journal_path_for(output_path)) if cache else None
-    stream = stream or sys.stderr
+    owned = not isinstance(progress, Progress)
+    display = Progress(stream=stream, quiet=not progress) if owned else progress
+    assert isinstance(display, Progress)
+    try:
+        lines = count_lines(input_path) if progress is not False else None
+        read = f"{lines:,} input lines from {input_path}" if lines is not None else input_path
+        display.header(
+            f"asyncsynth run: {read}", ("output", f"{output_path} (failures: {report.errors})")
+        )
+        await _answer(config, input_path, report, journal, role, display, lines)
+        display.finish(report.stats)
+    finally:
+        if owned:
+            display.close()
+    return report
+
+
+async def _answer(
+    config: Config,
+    input_path: str | os.PathLike[str],
+    report: RunReport,
+    journal: Journal | None,
+    role: str | None,
+    display: Progress,
+    lines: int | None,
+) -> None:
     with (
-        JsonlWriter(output_path) as out,
+        JsonlWriter(report.output) as out,
         JsonlWriter(report.errors, lazy=True) as errors,
     ):
-        async with Engine(config, journal=journal) as engine:
+        async with Engine(config, journal=journal, on_event=display.on_event) as engine:
             totals = engine.totals
-            bar = ProgressBar(engine, stream=stream, enabled=progress)
-            if bar.enabled:
-                totals.total = count_lines(input_path)
+            totals.total = lines
 
             def on_bad_line(error: InputError, raw: bytes) -> None:
                 report.bad_lines += 1
                 if totals.total:  # the line was counted but asks for nothing
                     totals.total -= 1
                 errors.write(input_error_row(error, raw))
-                stream.write(f"skipped {error}\n")
+                display.note(f"skipped {error}")
 
             def counted(requests: Iterator[Request]) -> Iterator[Request]:
-                """The requests, each extra sample of a line added to the bar's total."""
+                """The requests, each extra sample of a line added to the total."""
                 for request in requests:
                     if request.sample and totals.total:
                         totals.total += 1
@@ -105,7 +131,7 @@ async def run_file(
 
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(bar.run)
+                    tg.start_soon(display.run)
                     requests = read_requests(
                         input_path,
                         on_bad_line,
@@ -132,4 +158,3 @@ async def run_file(
             finally:
                 report.written = out.rows
                 report.stats = summary(engine)
-    return report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import aiohttp
 import anyio
 import orjson
 
-from asyncsynth import Engine, Request, single_endpoint_config
+from asyncsynth import Engine, Progress, Request, single_endpoint_config
 from asyncsynth.testing import start_process
 
 
@@ -114,7 +115,9 @@ def engine_run(
     rpm: float | None = None,
     adaptive: bool = True,
     max_attempts: int | None = None,
+    display: bool = False,
 ) -> Measure:
+    """``display``: with the live progress display drawing (to /dev/null, as to a terminal)."""
     config = single_endpoint_config(
         base_url=url,
         model="sim",
@@ -131,17 +134,24 @@ def engine_run(
 
     async def main() -> int:
         ok = 0
-        async with Engine(config, journal=journal) as engine:
-            requests = (Request.from_prompt(prompt(i), id=str(i)) for i in range(n))
-            async for result in engine.map(requests):
-                ok += result.ok
-            ep = engine.endpoints["default"]
-            seen.update(
-                status_429=ep.stats.rate_limited,
-                refused=ep.stats.errors,
-                limit=ep.limit.limit,
-                latency_p50=ep.stats.latency.percentile(50) or 0.0,
-            )
+        with open(os.devnull, "w") as sink, Progress(stream=sink, live=display) as progress:
+            listener = progress.on_event if display else None
+            async with Engine(config, journal=journal, on_event=listener) as engine:
+                engine.totals.total = n
+                requests = (Request.from_prompt(prompt(i), id=str(i)) for i in range(n))
+                async with anyio.create_task_group() as tg:
+                    if display:
+                        tg.start_soon(progress.run)
+                    async for result in engine.map(requests):
+                        ok += result.ok
+                    tg.cancel_scope.cancel()
+                ep = engine.endpoints["default"]
+                seen.update(
+                    status_429=ep.stats.rate_limited,
+                    refused=ep.stats.errors,
+                    limit=ep.limit.limit,
+                    latency_p50=ep.stats.latency.percentile(50) or 0.0,
+                )
         return ok
 
     measure = _timed(label, n, lambda: anyio.run(main))

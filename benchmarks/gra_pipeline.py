@@ -36,9 +36,9 @@ from typing import Any
 
 import anyio
 
-from asyncsynth.pipelines.gra import RESPONSE_CRITERIA, run_gra
-from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
+from asyncsynth.pipelines.gra import RESPONSE_CRITERIA, GraSettings, run_gra
 from asyncsynth.testing import SimServer
+from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 
 MODELS = ("a", "b", "c", "d", "e")
 LATENCY = {
@@ -110,7 +110,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or tmp
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = anyio.run(lambda: run_gra(config, out_dir=out, target=args.target, seed=args.seed))
+        settings = GraSettings.from_config(config).with_overrides(
+            target=args.target, seed=args.seed
+        )
+        result = anyio.run(lambda: run_gra(config, out, settings=settings))
         wall = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
     parent.send("stop")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -36,18 +37,82 @@ def _real_llm_missing(modules: tuple[str, ...]) -> str | None:
     return f"needs {', '.join(missing)}" if missing else None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Skip ``real_llm`` tests, with the reason, when the local endpoint is missing.
+CHROMIUM = os.environ.get("ASYNCSYNTH_CHROMIUM", "/usr/bin/chromium")
+"""Debian's chromium, installed by scripts/setup.sh; Playwright never downloads a browser."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
-    ``@pytest.mark.real_llm("torch", ...)`` names further modules a test needs. With
-    ``ASYNCSYNTH_REQUIRE_REAL_LLM=1`` (CI) nothing is skipped, so a missing extra fails.
+
+def _browser_missing(modules: tuple[str, ...]) -> str | None:
+    """Why Playwright cannot drive the system chromium here, or None."""
+    if importlib.util.find_spec("playwright") is None:
+        return "needs the playwright package (the dev extra: scripts/setup.sh installs it)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no {CHROMIUM} (apt-get install chromium; scripts/setup.sh does)"
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"needs {', '.join(missing)}" if missing else None
+
+
+@dataclass(frozen=True)
+class RealComponent:
+    """A real component some tests need: a marker, why it is missing, the CI switch."""
+
+    marker: str
+    what: str
+    missing: Callable[[tuple[str, ...]], str | None]
+    """Why it cannot run here (given the marker's extra module names), or None."""
+    require: str
+    """With this environment variable set to 1 (CI) nothing is skipped: missing fails."""
+
+
+REAL_COMPONENTS = (
+    RealComponent(
+        "real_llm", "real llama.cpp endpoint", _real_llm_missing, "ASYNCSYNTH_REQUIRE_REAL_LLM"
+    ),
+    RealComponent("browser", "real browser", _browser_missing, "ASYNCSYNTH_REQUIRE_BROWSER"),
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip tests of a missing real component (:data:`REAL_COMPONENTS`), with the reason.
+
+    ``@pytest.mark.real_llm("torch", ...)`` (or ``browser(...)``) names further modules a
+    test needs. Where the component's ``require`` variable is 1 (CI), nothing is skipped,
+    so a missing component fails.
     """
-    if os.environ.get("ASYNCSYNTH_REQUIRE_REAL_LLM") == "1":
-        return
-    for item in items:
-        marker = item.get_closest_marker("real_llm")
-        if marker is not None and (reason := _real_llm_missing(tuple(marker.args))):
-            item.add_marker(pytest.mark.skip(reason=f"real llama.cpp endpoint: {reason}"))
+    for component in REAL_COMPONENTS:
+        if os.environ.get(component.require) == "1":
+            continue
+        reasons: dict[tuple[str, ...], str | None] = {}
+        for item in items:
+            marker = item.get_closest_marker(component.marker)
+            if marker is None:
+                continue
+            args = tuple(marker.args)
+            if args not in reasons:
+                reasons[args] = component.missing(args)
+            if reason := reasons[args]:
+                item.add_marker(pytest.mark.skip(reason=f"{component.what}: {reason}"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless system chromium driven by Playwright (tests marked ``browser``)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 @pytest.fixture

@@ -280,7 +280,7 @@ async def test_the_odd_5xx_of_a_busy_server_does_not_take_it_out(sim_factory: Si
         results = await _run(engine, 1500)
     _assert_all_answered(results, 1500)
     assert sum(n for s, n in flaky.stats.responses_by_status.items() if s >= 500) > 200
-    assert spy.probes == 0  # never cooled down, so never probed
+    assert spy.probes == 1  # the start-up probe only: never cooled down, so never probed again
 
 
 # -- adaptive concurrency -----------------------------------------------------------------------
@@ -310,7 +310,7 @@ async def test_an_unknown_capacity_is_found_with_few_refusals(
     assert ep.limit.limit <= 34
     assert sim.stats.max_in_flight <= 32  # never more than it takes: refusals are not admitted
     assert ep.paused_until == 0.0  # "too many at once" cut the limit; it did not stop the endpoint
-    assert spy.probes == 0  # an overloaded endpoint is not a dead one: never cooled down
+    assert spy.probes == 1  # the start-up probe only: overloaded is not dead, never cooled down
 
 
 async def test_a_queueing_server_gets_what_keeps_it_busy_not_more(sim_factory: SimFactory) -> None:
@@ -349,6 +349,7 @@ def test_only_a_429_about_a_quota_or_a_fixed_limit_pauses_the_whole_endpoint() -
     assert not _state(max_concurrency=1024).pauses_on(_limited())  # a ceiling is no capacity
     assert _state().pauses_on(_limited(**{"x-ratelimit-reset-requests": "2s"}))
     assert _state(adaptive=False).pauses_on(_limited())
+    assert _state(max_concurrency=1).pauses_on(_limited())  # no cut can slow one at a time
     assert _state(rpm=600).pauses_on(_limited())
 
 

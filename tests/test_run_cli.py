@@ -14,6 +14,7 @@ from click.testing import Result as CliResult
 
 from asyncsynth.cli import main
 from asyncsynth.config import single_endpoint_config
+from asyncsynth.progress import Progress
 from asyncsynth.run import run_file
 from asyncsynth.testing import Reply, ReplyContext, SimServer
 
@@ -209,25 +210,23 @@ def test_progress_bar_only_on_a_terminal(sim: SimServer, tmp_path: Path) -> None
         await run_file(config, source, tmp_path / "b.jsonl", stream=hidden, progress=False)
 
     anyio.run(both)
-    assert "\x1b[2K" in shown.getvalue() and "5/5" in shown.getvalue()
+    assert "\x1b[2K" in shown.getvalue() and "run 5/5 100%" in shown.getvalue()  # live, then done
     assert hidden.getvalue() == ""
     quiet = invoke("run", source, "-o", tmp_path / "c.jsonl", *flags(sim), "--quiet")
     assert quiet.exit_code == 0 and quiet.stderr == ""
 
 
 def test_progress_total_counts_samples_not_lines(sim: SimServer, tmp_path: Path) -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
     source = tmp_path / "in.jsonl"
     source.write_text('{"prompt": "a", "n": 3}\n{"prompt": "b"}\nnot json\n', encoding="utf-8")
-    shown = Terminal()
+    display = Progress(stream=io.StringIO())
     config = single_endpoint_config(base_url=sim.url, model="m")
-    report = anyio.run(lambda: run_file(config, source, tmp_path / "out.jsonl", stream=shown))
+    out = tmp_path / "out.jsonl"
+    report = anyio.run(lambda: run_file(config, source, out, progress=display))
     assert (report.written, report.bad_lines) == (4, 1)
-    last = shown.getvalue().strip().rsplit("\x1b[2K", 1)[-1]
-    assert last.split()[1] == "4/4"  # 3 samples + 1, the bad line not counted
+    status = display.status()
+    assert (status["done"], status["total"]) == (4, 4)  # 3 samples + 1, the bad line not counted
+    assert "skipped" in display.stream.getvalue()  # type: ignore[attr-defined]
 
 
 def test_config_file_with_flag_overrides(sim: SimServer, tmp_path: Path) -> None:

@@ -30,11 +30,18 @@ import anyio.abc
 import orjson
 
 from .client import Completion, Transport, make_transport
-from .errors import DeadlineExceeded, EndpointsFailed, RateLimited, RequestError
+from .errors import (
+    AsyncsynthError,
+    DeadlineExceeded,
+    EndpointsFailed,
+    RateLimited,
+    RequestError,
+)
+from .events import EngineStarted, Listener, RateLimitPause, Retry, RoleStarted, ignore
 from .fleet import EndpointState, Fleet
 from .journal import Journal, request_key
 from .limits import RateHeaders
-from .retry import is_retryable, retrying, wait_for
+from .retry import is_retryable, retrying, server_wait, wait_for
 from .tokens import completion_budget
 
 if TYPE_CHECKING:
@@ -107,7 +114,10 @@ class Totals:
 
 
 class Engine:
-    """Sends requests to the endpoints of a :class:`~asyncsynth.config.Config`."""
+    """Sends requests to the endpoints of a :class:`~asyncsynth.config.Config`.
+
+    ``on_event`` hears what changes as it runs (see :mod:`asyncsynth.engine.events`).
+    """
 
     def __init__(
         self,
@@ -115,9 +125,11 @@ class Engine:
         *,
         journal: Journal | str | os.PathLike[str] | None = None,
         transports: dict[str, Transport] | None = None,
+        on_event: Listener | None = None,
     ) -> None:
         self.config = config
         self.settings = config.engine
+        self._emit = on_event or ignore
         self.totals = Totals()
         self.endpoints: dict[str, EndpointState] = {}
         self._journal_arg = journal
@@ -148,6 +160,10 @@ class Engine:
             raise
         self._stack = stack
         self.totals.started = time.monotonic()
+        journal = self.journal
+        entries = len(journal) if journal is not None else 0
+        path = str(journal.path) if journal is not None else None
+        self._emit(EngineStarted(self, path, entries))
         return self
 
     async def __aexit__(
@@ -163,6 +179,9 @@ class Engine:
             # hand that exception back as it was raised.
             if exc is not None and group.exceptions == (exc,):
                 raise exc from None
+            # The engine stopped the job itself (no endpoint answered within the grace).
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], AsyncsynthError):
+                raise group.exceptions[0] from None
             raise
 
     async def _close_transports(self) -> None:
@@ -182,12 +201,26 @@ class Engine:
         async with self._fleet_lock:
             if role not in self._fleets:
                 names = self.config.role(role)
+                new = [name for name in names if name not in self.endpoints]
                 states = [await self._endpoint(name) for name in names]
                 tg = self._tg
                 assert tg is not None
-                self._fleets[role] = Fleet(
-                    role or names[0], states, tg.start_soon, fail_fast=self.settings.fail_fast
+                roles = self.config.roles
+                name = role or (next(iter(roles)) if len(roles) == 1 else names[0])
+                fleet = Fleet(
+                    name,
+                    states,
+                    tg.start_soon,
+                    fail_fast=self.settings.fail_fast,
+                    emit=self._emit,
                 )
+                self._fleets[role] = fleet
+                grace = self.settings.startup_grace or self.settings.deadline
+                self._emit(RoleStarted(fleet.role, tuple(map(_describe, states)), grace))
+                for state in states:
+                    if state.name in new:
+                        tg.start_soon(fleet.first_probe, state)
+                tg.start_soon(fleet.watch_startup, grace)
         return self._fleets[role]
 
     async def _endpoint(self, name: str) -> EndpointState:
@@ -196,16 +229,19 @@ class Engine:
             return state
         ep = self.config.endpoints[name]
         transport = self._transports.get(name)
+        url = ep.base_url
         if transport is None and ep.kind == "local":
             from ..local import start_local_endpoint
 
             assert self._stack is not None
             server = await self._stack.enter_async_context(start_local_endpoint(ep))
             transport = server.transport(ep.transport)
+            url = server.url
         elif transport is None:
             assert ep.base_url is not None
             transport = make_transport(ep.transport, ep.base_url, ep.api_key(), name=name)
         state = EndpointState(ep, transport)
+        state.url = url
         params = self.config.params_for(name)
         extra = dict(params.pop("extra_body", None) or {})
         self._key_params[name] = {**params, "extra_body": extra} if extra else params
@@ -263,13 +299,23 @@ class Engine:
         settings = self.settings
         attempts = 1
         pause = wait_for(first, 1, base=settings.backoff_base, cap=settings.backoff_max)
-        await anyio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        pause = max(0.0, min(pause, deadline - time.monotonic()))
+        emit = self._emit
+
+        def retry_event(error: BaseException, attempt: int, wait: float) -> None:
+            if isinstance(error, RequestError):
+                kind, message, status = error.kind, error.message, error.status
+                emit(Retry(error.endpoint, request.id, attempt, kind, message, status, wait))
+
+        retry_event(first, 1, pause)
+        await anyio.sleep(pause)
         try:
             async for attempt in retrying(
                 attempts_left=settings.max_attempts - 1,
                 deadline=deadline,
                 base=settings.backoff_base,
                 cap=settings.backoff_max,
+                before_wait=retry_event,
             ):
                 with attempt:
                     attempts += 1
@@ -340,7 +386,11 @@ class Engine:
                     ep.observe(seen, marks, time.monotonic())
                 if ep.pauses_on(exc):
                     settings = self.settings
-                    ep.pause(wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max))
+                    pause = wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max)
+                    if ep.paused_until <= time.monotonic():  # a new pause, not one more 429
+                        asked = server_wait(exc.headers)
+                        self._emit(RateLimitPause(ep.name, pause, asked, exc.message))
+                    ep.pause(pause)
             raise
         finally:
             fleet.release(ep, error, latency, load)
@@ -560,6 +610,23 @@ class _Results:
         while room:
             room.popleft().set()
         return batch
+
+
+def _describe(ep: EndpointState) -> dict[str, Any]:
+    """What the start of a role says of one of its endpoints (never the key)."""
+    config = ep.config
+    return {
+        "name": ep.name,
+        "url": ep.url,
+        "model": config.model,
+        "kind": config.kind,
+        "transport": config.transport,
+        "max_concurrency": config.max_concurrency,
+        "adaptive": config.adaptive,
+        "rpm": config.rpm,
+        "tpm": config.tpm,
+        "timeout": config.timeout,
+    }
 
 
 def _sole(exc: Exception) -> Exception:

@@ -4,6 +4,7 @@ AsyncsynthError
 ├── ConfigError                    bad config file, key or value
 ├── InputError                     a bad input line (file and line number)
 ├── EndpointsFailed                every endpoint of a role was taken out: the job stops
+├── EndpointsUnreachable           no endpoint of a role answered within the start-up grace
 └── RequestError                   one request failed (carries .attempts)
     ├── TransportError             nothing usable came back
     │   ├── ConnectError           connection refused / DNS
@@ -56,6 +57,19 @@ class EndpointsFailed(AsyncsynthError):
         super().__init__(
             f"every endpoint of role {role!r} was taken out: " + "; ".join(self.reasons.values())
         )
+
+
+class EndpointsUnreachable(AsyncsynthError):
+    """No endpoint of a role answered within the start-up grace: the job stops.
+
+    Raised out of ``async with Engine(...)`` (every request in flight is cancelled, every
+    answer received is kept). ``errors`` holds the last error of each endpoint.
+    """
+
+    def __init__(self, message: str, *, role: str, errors: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.role = role
+        self.errors = dict(errors)
 
 
 class RequestError(AsyncsynthError):

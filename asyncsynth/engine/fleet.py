@@ -1,5 +1,10 @@
 """A role's endpoints: least-loaded choice, cool-down and probing, taking out what cannot succeed.
 
+A role's endpoints are probed (``GET /models``) when it starts: one that cannot be
+reached is named at once and taken out until it answers, and if none of them has
+answered anything within the start-up grace the job stops
+(:class:`~asyncsynth.engine.errors.EndpointsUnreachable`).
+
 Every endpoint has one :class:`EndpointState`, shared by all roles that list it; a
 :class:`Fleet` is a role's view over its endpoints. A request takes a slot with
 :meth:`Fleet.acquire` (waiting while every healthy endpoint is full or while all are
@@ -34,10 +39,22 @@ from .errors import (
     ConnectError,
     DeadlineExceeded,
     EndpointsFailed,
+    EndpointsUnreachable,
     RateLimited,
     RequestError,
     RequestTimeout,
     ServerError,
+    StatusError,
+)
+from .events import (
+    EndpointDown,
+    EndpointTakenOut,
+    EndpointUp,
+    Listener,
+    ProbeFailed,
+    RoleDown,
+    Unreachable,
+    ignore,
 )
 from .limits import AdaptiveLimit, RateHeaders, TokenBucket
 from .retry import DEFAULT_FAIL_FAST, backoff, names_rate_limit
@@ -61,6 +78,8 @@ limit is down to one request.
 COOLDOWN_FIRST = 0.5
 COOLDOWN_MAX = 30.0
 PROBE_TIMEOUT = 10.0
+NO_MODELS_ROUTE = frozenset({404, 405})
+"""Probe answers of a server that lacks ``GET /models`` (it answered: it is up)."""
 ENDPOINT_FAULTS = frozenset({401, 403, 404})
 """Answers about the endpoint (key, permissions, model, URL), never about one request."""
 REPEATED_FAULTS = frozenset({400, 422})
@@ -112,8 +131,20 @@ class EndpointState:
         self.fault: tuple[int, str] | None = None
         """The last answer no request could get past (status, message), and how often in a row."""
         self.faults_in_a_row = 0
+        self.down_since = 0.0
+        self.next_probe_at = 0.0
+        self.last_error: RequestError | None = None
+        """What took it down, then what its last failed probe said."""
+        self.url = config.base_url
+        self.heard = False
+        """Whether it ever gave an HTTP answer other than a completion (probe, error status)."""
         self.stats = EndpointStats(config.name, config.model)
         self.fleets: list[Fleet] = []
+
+    @property
+    def answered(self) -> bool:
+        """Whether the server has ever answered: a completion, a probe, or any HTTP status."""
+        return self.heard or self.stats.requests > 0
 
     @property
     def free(self) -> int:
@@ -165,10 +196,11 @@ class EndpointState:
         has RPM/TPM limits): every request would be refused until it resets, so all of
         them wait. A bare 429 means "too many at once": the adaptive limit is cut (see
         :meth:`Fleet.release`) and only the refused request waits before its retry;
-        with ``adaptive = false`` nothing else would slow the endpoint, so it pauses.
+        with ``adaptive = false``, or at one request in flight, nothing else would slow the
+        endpoint, so it pauses.
         """
         quota = self.rpm is not None or self.tpm is not None or names_rate_limit(error.headers)
-        return quota or not self.config.adaptive
+        return quota or not self.config.adaptive or self.limit.slots <= 1
 
 
 def _tightened(
@@ -211,12 +243,14 @@ class Fleet:
         spawn: Spawn,
         *,
         fail_fast: int = DEFAULT_FAIL_FAST,
+        emit: Listener = ignore,
     ) -> None:
         self.role = role
         self.endpoints = endpoints
         self.fail_fast = fail_fast
         """Answers in a row that take an endpoint out (0: never)."""
         self._spawn = spawn
+        self._emit = emit
         self._waiters: deque[anyio.Event] = deque()
         self._woken = 0
         """Waiters woken for a free slot that have not come back for it yet."""
@@ -335,6 +369,8 @@ class Fleet:
         if overloaded or isinstance(error, RateLimited | RequestTimeout):
             sent = now - latency if latency > 0 else None
             ep.limit.on_congestion(now, sent, ep.in_flight)
+        if isinstance(error, StatusError):
+            ep.heard = True
         if isinstance(error, RateLimited):
             return  # the server is alive; the pause is handled by the retry wait
         if overloaded and ep.limit.adaptive and ep.limit.slots > 1:
@@ -343,8 +379,10 @@ class Fleet:
             return  # the request's own fault says nothing about the endpoint
         ep.failures_in_a_row += 1
         tolerated = max(FAILURES_BEFORE_COOLDOWN, ep.limit.slots // 4)
-        if isinstance(error, ConnectError) or ep.failures_in_a_row >= tolerated:
-            self._take_down(ep)
+        if isinstance(error, ConnectError):
+            self._take_down(ep, error, "unreachable")
+        elif ep.failures_in_a_row >= tolerated:
+            self._take_down(ep, error, "failing")
 
     def _client_fault(self, ep: EndpointState, error: ClientError) -> None:
         """Count answers no request can get past; take the endpoint out after enough."""
@@ -376,32 +414,101 @@ class Fleet:
         )
         ep.down = True
         log.warning("%s; it is taken out for the rest of the run", ep.taken_out)
+        self._emit(EndpointTakenOut(ep.name, error.status, str(ep.taken_out)))
         for fleet in ep.fleets:
             fleet.wake(everyone=True)
 
-    def _take_down(self, ep: EndpointState) -> None:
+    def _take_down(self, ep: EndpointState, error: RequestError, cause: str) -> None:
         if ep.down:
             return
         ep.down = True
+        ep.down_since = time.monotonic()
+        ep.last_error = error
         ep.cooldown = min(COOLDOWN_MAX, max(COOLDOWN_FIRST, ep.cooldown * 2))
-        self._spawn(lambda: _probe_until_up(ep))
+        wait = _schedule_probe(ep)
+        emit = self._emit
+        emit(
+            EndpointDown(
+                ep.name, ep.url, cause, error.kind, error.message, ep.failures_in_a_row, wait
+            )
+        )
+        for fleet in ep.fleets:
+            if all(e.down for e in fleet.endpoints):
+                emit(
+                    RoleDown(
+                        fleet.role, min(e.next_probe_at for e in fleet.endpoints) - ep.down_since
+                    )
+                )
+        self._spawn(lambda: _probe_until_up(ep, emit))
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    async def first_probe(self, ep: EndpointState) -> None:
+        """Probe a newly started endpoint: one that cannot be reached is taken out at once.
+
+        An HTTP answer of any status counts as reachable (a server without ``/models``
+        still serves chat); only a refused connection, a DNS or TLS failure, a dropped
+        connection or no answer within ``PROBE_TIMEOUT`` take it out, unless a request
+        got an answer meanwhile.
+        """
+        try:
+            await ep.transport.models(PROBE_TIMEOUT)
+        except StatusError:
+            ep.heard = True
+        except RequestError as exc:
+            if not ep.answered:
+                self._take_down(
+                    ep, exc, "unreachable" if isinstance(exc, ConnectError) else "first_probe"
+                )
+        else:
+            ep.heard = True
+
+    async def watch_startup(self, grace: float) -> None:
+        """Raise :class:`EndpointsUnreachable` if no endpoint has answered after ``grace`` s."""
+        await anyio.sleep(grace)
+        if any(ep.answered for ep in self.endpoints):
+            return
+        errors = {
+            ep.name: f"{ep.last_error.message} at {ep.url}" if ep.last_error else "no answer"
+            for ep in self.endpoints
+        }
+        detail = "; ".join(f"{name}: {error}" for name, error in errors.items())
+        message = (
+            f"role {self.role!r}: no endpoint answered within the start-up grace of "
+            f"{grace:g}s ({detail})"
+        )
+        self._emit(Unreachable(self.role, grace, message))
+        raise EndpointsUnreachable(message, role=self.role, errors=errors)
 
 
-async def _probe_until_up(ep: EndpointState) -> None:
+def _schedule_probe(ep: EndpointState) -> float:
+    """Set the time of ``ep``'s next probe (its cool-down, plus jitter); seconds until it."""
+    wait = ep.cooldown + backoff(1, base=ep.cooldown / 4)
+    ep.next_probe_at = time.monotonic() + wait
+    return wait
+
+
+async def _probe_until_up(ep: EndpointState, emit: Listener) -> None:
     """Wait out the cool-down, then probe ``/models`` until the endpoint answers."""
     while True:
-        await anyio.sleep(ep.cooldown + backoff(1, base=ep.cooldown / 4))
+        await anyio.sleep(max(0.0, ep.next_probe_at - time.monotonic()))
         if ep.taken_out is not None:
             return
         try:
             await ep.transport.models(PROBE_TIMEOUT)
-        except RequestError:
-            ep.cooldown = min(COOLDOWN_MAX, ep.cooldown * 2)
-            continue
+        except RequestError as exc:
+            if not (isinstance(exc, StatusError) and exc.status in NO_MODELS_ROUTE):
+                ep.cooldown = min(COOLDOWN_MAX, ep.cooldown * 2)
+                ep.last_error = exc
+                wait = _schedule_probe(ep)
+                emit(ProbeFailed(ep.name, ep.url, exc.kind, exc.message, wait))
+                continue
         if ep.taken_out is not None:
             return
         ep.down = False
+        ep.heard = True
         ep.failures_in_a_row = 0
+        emit(EndpointUp(ep.name, time.monotonic() - ep.down_since))
         for fleet in ep.fleets:
             fleet.wake()
         return

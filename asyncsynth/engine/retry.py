@@ -13,6 +13,7 @@ import math
 import random
 import re
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -24,6 +25,9 @@ DEFAULT_TIMEOUT = 120.0
 DEFAULT_DEADLINE = 900.0
 """Seconds a request may take across all of its attempts and waits."""
 DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_STARTUP_GRACE = 60.0
+"""Seconds a role may go without any endpoint answering (a probe or a request) before the
+job stops with :class:`~asyncsynth.engine.errors.EndpointsUnreachable`."""
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
 MAX_SERVER_WAIT = 600.0
@@ -105,11 +109,20 @@ def wait_for(exc: BaseException, attempt: int, *, base: float, cap: float) -> fl
     return backoff(attempt, base=base, cap=cap)
 
 
-def retrying(*, attempts_left: int, deadline: float, base: float, cap: float) -> AsyncRetrying:
+def retrying(
+    *,
+    attempts_left: int,
+    deadline: float,
+    base: float,
+    cap: float,
+    before_wait: Callable[[BaseException, int, float], None] | None = None,
+) -> AsyncRetrying:
     """A tenacity controller for the attempts that follow a first failure.
 
     The caller has already waited after that failure. ``deadline`` is a
     ``time.monotonic()`` instant: no wait runs past it, and no attempt starts after it.
+    ``before_wait(error, attempt, seconds)`` hears of each wait before another attempt;
+    ``attempt`` is the number of the attempt that failed, counted from the request's first.
     """
 
     def _wait(state: RetryCallState) -> float:
@@ -120,6 +133,15 @@ def retrying(*, attempts_left: int, deadline: float, base: float, cap: float) ->
     def _stop(state: RetryCallState) -> bool:
         return state.attempt_number >= attempts_left or time.monotonic() >= deadline
 
+    def _before_sleep(state: RetryCallState) -> None:
+        assert before_wait is not None and state.outcome is not None
+        seconds = state.next_action.sleep if state.next_action is not None else 0.0
+        before_wait(state.outcome.exception(), state.attempt_number + 1, seconds)
+
     return AsyncRetrying(
-        stop=_stop, retry=retry_if_exception(is_retryable), wait=_wait, reraise=True
+        stop=_stop,
+        retry=retry_if_exception(is_retryable),
+        wait=_wait,
+        reraise=True,
+        before_sleep=_before_sleep if before_wait is not None else None,
     )
