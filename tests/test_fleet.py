@@ -27,6 +27,7 @@ from asyncsynth.engine.errors import (
     RateLimited,
     RequestError,
 )
+from asyncsynth.engine.events import EndpointTakenOut, EndpointUp, Event
 from asyncsynth.engine.fleet import EndpointState, Fleet
 from asyncsynth.engine.limits import (
     DECREASE_FACTOR,
@@ -223,6 +224,36 @@ async def test_when_every_endpoint_is_down_the_job_waits_and_resumes(
     # Waiting for a healthy endpoint costs no attempts: at most the one that found it down.
     assert max(r.attempts for r in results) <= 2
     assert a.stats.requests == 40
+
+
+class NoModelsRoute(ProbeSpy):
+    """A server that lacks ``GET /models`` (some OpenAI-compatible ones do): 404 when up."""
+
+    async def models(self, timeout: float) -> list[str]:
+        await super().models(timeout)
+        raise ClientError("HTTP 404: no route for GET /v1/models", status=404)
+
+
+async def test_a_probe_answered_404_finds_the_endpoint_up(sim_factory: SimFactory) -> None:
+    a = sim_factory()
+    a.down()
+    spy = NoModelsRoute(make_transport("aiohttp", a.url, None, name="a"))
+    config = _config({"a": {"base_url": a.url, "max_concurrency": 4}})
+    events: list[Event] = []
+
+    async def revive() -> None:
+        await spy.failed_probe.wait()
+        await anyio.to_thread.run_sync(a.up)
+
+    async with (
+        Engine(config, transports={"a": spy}, on_event=events.append) as engine,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(revive)
+        results = await _run(engine, 40)
+    _assert_all_answered(results, 40)
+    assert a.stats.requests == 40
+    assert [e.endpoint for e in events if isinstance(e, EndpointUp)] == ["a"]
 
 
 async def test_an_endpoint_that_dies_and_returns_mid_job_loses_nothing(
@@ -434,7 +465,8 @@ async def test_a_wrong_key_stops_the_job_after_a_few_requests(
     sim = sim_factory(api_key="sk-right")
     config = _config({"a": {"base_url": sim.url, "api_key_env": "ASYNCSYNTH_TEST_KEY"}})
     results: list[Result] = []
-    async with Engine(config) as engine:
+    events: list[Event] = []
+    async with Engine(config, on_event=events.append) as engine:
         with pytest.raises(EndpointsFailed) as stopped:
             async for result in engine.map(_prompts(2000), role="gen"):
                 results.append(result)
@@ -450,6 +482,8 @@ async def test_a_wrong_key_stops_the_job_after_a_few_requests(
     assert "sk-wrong" not in message
     logged = [r.getMessage() for r in caplog.records if r.name == "asyncsynth"]
     assert logged == [f"{taken_out}; it is taken out for the rest of the run"]
+    said = [e for e in events if isinstance(e, EndpointTakenOut)]
+    assert said == [EndpointTakenOut("a", 401, str(taken_out))]  # once, for the display
 
 
 async def test_a_role_goes_on_without_an_endpoint_taken_out(sim_factory: SimFactory) -> None:
