@@ -27,16 +27,17 @@ import orjson
 from .config import Config
 from .engine import Engine, InputError, Journal, Request
 from .engine.batch import CHAT_URL, BatchSettings
+from .engine.client import make_transport
 from .engine.cost import usd
 from .engine.engine import token_estimate
 from .engine.journal import journal_path_for, request_key
 from .engine.limits import DEFAULT_CONCURRENCY_CAP
+from .engine.tokens import TokenCounter
 from .io import read_requests
 
 PILOT_SEED = 0
 TOKENIZE_SAMPLE = 200
 """Requests sampled from the input to count with the server's tokenizer route."""
-TOKENIZE_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -44,9 +45,7 @@ class Tokenized:
     """Prompt tokens of sampled requests as the server's tokenizer route counted them."""
 
     route: str
-    """``vllm`` (``/tokenize`` with the chat template), ``llama.cpp`` (``/tokenize``) or
-    ``llama-cpp-python`` (``/extras/tokenize/count``): these two count the messages' text,
-    without the chat template's few tokens."""
+    """The route that answered (see :mod:`asyncsynth.engine.tokens`)."""
     endpoint: str
     requests: int = 0
     estimated: float = 0.0
@@ -58,54 +57,28 @@ class Tokenized:
         return self.counted / self.estimated if self.estimated else 1.0
 
 
-def _server_root(base_url: str) -> str:
-    root = base_url.rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
-
-
 async def count_prompt_tokens(
     config: Config, name: str, sample: list[tuple[Request, float]]
 ) -> Tokenized | None:
-    """Count ``sample``'s prompts with endpoint ``name``'s tokenizer route; None where the
-    server has none (a hosted API) or it fails: the engine's estimate then stands."""
-    import httpx
-
+    """Count ``sample``'s prompts with endpoint ``name``'s tokenizer route (the engine's
+    :class:`~asyncsynth.engine.tokens.TokenCounter`); None where the server has none (a
+    hosted API): the engine's estimate then stands."""
     ep = config.endpoints[name]
-    headers = {"Authorization": f"Bearer {key}"} if (key := ep.api_key()) else {}
-    root = _server_root(ep.base_url)
-    async with httpx.AsyncClient(headers=headers, timeout=TOKENIZE_TIMEOUT_S) as client:
-
-        async def count(request: Request, route: str) -> int | None:
-            text = "\n".join(str(m.get("content", "")) for m in request.messages)
-            path, body, key = {
-                "vllm": ("/tokenize", {"model": ep.model, "messages": request.messages}, "count"),
-                "llama.cpp": ("/tokenize", {"content": text, "add_special": True}, "tokens"),
-                "llama-cpp-python": ("/extras/tokenize/count", {"input": text}, "count"),
-            }[route]
-            try:
-                response = await client.post(root + path, json=body)
-                data = response.json() if response.status_code == 200 else None
-            except (httpx.HTTPError, ValueError):
-                return None
-            value = data.get(key) if isinstance(data, dict) else None
-            if isinstance(value, list):
-                return len(value)
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
-
+    transport = make_transport(ep.transport, ep.base_url, ep.api_key(), name=name)
+    try:
+        counter = TokenCounter(getattr(transport, "post_root", None), ep.model)
         (first, estimated), rest = sample[0], sample[1:]
-        for route in ("vllm", "llama.cpp", "llama-cpp-python"):
-            if (n := await count(first, route)) is not None:
-                break
-        else:
+        n = await counter.prompt_tokens(first.messages)
+        if counter.route is None:
             return None
-        out = Tokenized(route, name, requests=1, estimated=estimated, counted=n)
+        out = Tokenized(counter.route, name, requests=1, estimated=estimated, counted=n)
         for request, estimated in rest:
-            if (n := await count(request, route)) is None:
-                return None
             out.requests += 1
             out.estimated += estimated
-            out.counted += n
+            out.counted += await counter.prompt_tokens(request.messages)
         return out
+    finally:
+        await transport.aclose()
 
 
 @dataclass
@@ -422,7 +395,7 @@ def format_estimate(e: Estimate) -> str:
     pilot, counted = e.pilot, e.tokenized
     if counted is not None:
         how = (
-            f"{counted.endpoint}'s {counted.route} /tokenize on {counted.requests:,} sampled "
+            f"{counted.endpoint}'s tokenizer ({counted.route}) on {counted.requests:,} sampled "
             f"requests: {counted.ratio:.2f} tokens per estimated one"
         )
     elif pilot and pilot.requests:

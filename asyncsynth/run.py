@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import anyio
 
 from .config import Config
-from .engine import BudgetExceeded, Engine, InputError, Journal, Request
+from .engine import BudgetExceeded, EndpointsFailed, Engine, InputError, Journal, Request
 from .engine.journal import journal_path_for
 from .io import JsonlWriter, count_lines, error_row, input_error_row, output_row, read_requests
 from .progress import Progress, summary
@@ -62,7 +62,9 @@ async def run_file(
     :class:`Progress` to show them with. Cancelling it (Ctrl-C) stops cleanly: the journal
     and output hold exactly the answers received, and running it again resumes. If no
     endpoint answers within the start-up grace it raises
-    :class:`~asyncsynth.engine.EndpointsUnreachable` (the answers received are kept too).
+    :class:`~asyncsynth.engine.EndpointsUnreachable` (the answers received are kept too);
+    when every endpoint of the role was taken out (a bad key, an unknown model) it raises
+    :class:`~asyncsynth.engine.EndpointsFailed`, and running it again resumes as well.
     A budget cap reached stops it like Ctrl-C, with ``report.budget`` set.
     """
     for name in config.role(role):  # refuse what cannot run before touching any file
@@ -133,10 +135,14 @@ async def _answer(
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(display.run)
+                    requests = read_requests(
+                        input_path,
+                        on_bad_line,
+                        max_n=config.input.max_n,
+                        allow_duplicate_ids=config.input.allow_duplicate_ids,
+                    )
                     try:
-                        async for result in engine.map(
-                            counted(read_requests(input_path, on_bad_line)), role=role
-                        ):
+                        async for result in engine.map(counted(requests), role=role):
                             if result.ok:
                                 out.write(output_row(result))
                             else:
@@ -148,6 +154,13 @@ async def _answer(
             except anyio.get_cancelled_exc_class():
                 report.interrupted = True
                 raise
+            except BaseExceptionGroup as group:  # the progress task's group wraps what map raised
+                stopped, _ = group.split(EndpointsFailed)
+                while isinstance(stopped, BaseExceptionGroup):
+                    stopped = stopped.exceptions[0]
+                if stopped is None:
+                    raise
+                raise stopped from None
             finally:
                 report.written = out.rows
                 report.stats = summary(engine)

@@ -13,6 +13,7 @@ from .errors import (
     ConnectError,
     ConnectionDropped,
     DeadlineExceeded,
+    EndpointsFailed,
     EndpointsUnreachable,
     InputError,
     MalformedResponse,
@@ -23,7 +24,9 @@ from .errors import (
     StatusError,
     TransportError,
 )
+from .fleet import TakenOut
 from .journal import Journal, journal_path_for, request_key
+from .tokens import TokenCounter, estimate_prompt_tokens
 
 __all__ = [
     "AsyncsynthError",
@@ -36,6 +39,7 @@ __all__ = [
     "ConnectError",
     "ConnectionDropped",
     "DeadlineExceeded",
+    "EndpointsFailed",
     "EndpointsUnreachable",
     "Engine",
     "InputError",
@@ -50,10 +54,13 @@ __all__ = [
     "Result",
     "ServerError",
     "StatusError",
+    "TakenOut",
+    "TokenCounter",
     "Totals",
     "Transport",
     "TransportError",
     "book_cost",
+    "estimate_prompt_tokens",
     "journal_path_for",
     "made_cost",
     "request_key",

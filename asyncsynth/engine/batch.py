@@ -33,7 +33,6 @@ batches list|status|cancel|download`` manage them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -68,7 +67,7 @@ from .retry import backoff
 
 if TYPE_CHECKING:
     from ..config import Config, EndpointConfig
-    from .engine import Engine, Request, Result
+    from .engine import Engine, Request, Result, _Results
     from .fleet import EndpointState, Fleet
 
 log = logging.getLogger("asyncsynth")
@@ -490,12 +489,12 @@ class BatchRunner:
         self,
         requests: Iterable[Request] | AsyncIterable[Request],
         fleet: Fleet,
-        send: anyio.abc.ObjectSendStream[Result],
+        results: _Results,
         scope: anyio.CancelScope,
         done: anyio.Event,
         failure: list[BaseException],
     ) -> None:
-        """``Engine.map`` over a batch fleet: results go to ``send`` as batches answer."""
+        """``Engine.map`` over a batch fleet: results go to ``results`` as batches answer."""
         engine = self.engine
         journal = self.journal
         limit = max(
@@ -512,10 +511,9 @@ class BatchRunner:
             if isinstance(result, BudgetExceeded):
                 if not failure:
                     failure.append(result)
-            else:  # (the stream is closed only when the map was left early)
-                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    await send.send(result)
-            outstanding -= 1  # only once it is in the stream: the feed then may close it
+            else:
+                await results.put(result)
+            outstanding -= 1  # only once it is handed over: the feed then may close it
             room.set()
             room = anyio.Event()
             if fed and not outstanding:
@@ -523,37 +521,37 @@ class BatchRunner:
 
         try:
             with scope:
-                async with send:
-                    try:
-                        async for request in _each(requests):
-                            key = engine.key(request, fleet)
-                            hit = journal.get(key)
-                            if hit is not None:
-                                result = engine._cached(request, hit)
-                                result.key = key
-                                await send.send(result)
-                                continue
-                            while outstanding >= limit:  # the collect timer sends the queue
-                                await room.wait()
-                            outstanding += 1
-                            try:
-                                await self.submit(request, key, fleet, deliver, pack=True)
-                            except BaseException:
-                                outstanding -= 1
-                                raise
-                            if not outstanding % 1024:  # queueing never waits: let others run
-                                await anyio.lowlevel.checkpoint()
-                    except BudgetExceeded as exc:
-                        failure.append(exc)  # raised by map() once what is in flight is in
-                    fed = True
-                    self._flush_now(fleet)
-                    if outstanding:
-                        await finished.wait()
+                try:
+                    async for request in _each(requests):
+                        key = engine.key(request, fleet)
+                        hit = journal.get(key)
+                        if hit is not None:
+                            result = engine._cached(request, hit)
+                            result.key = key
+                            await results.put(result)
+                            continue
+                        while outstanding >= limit:  # the collect timer sends the queue
+                            await room.wait()
+                        outstanding += 1
+                        try:
+                            await self.submit(request, key, fleet, deliver, pack=True)
+                        except BaseException:
+                            outstanding -= 1
+                            raise
+                        if not outstanding % 1024:  # queueing never waits: let others run
+                            await anyio.lowlevel.checkpoint()
+                except BudgetExceeded as exc:
+                    failure.append(exc)  # raised by map() once what is in flight is in
+                fed = True
+                self._flush_now(fleet)
+                if outstanding:
+                    await finished.wait()
         except Exception as exc:
             while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
                 exc = exc.exceptions[0]
             failure.append(exc)
         finally:
+            results.close()
             done.set()
 
     async def submit(
