@@ -237,6 +237,30 @@ def progress_from_options(
         raise ConfigProblem(f"--log-json {path}: {exc.strerror or exc}") from None
 
 
+def limits_backend_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--limits-backend``: share the endpoints' limits with other processes."""
+    return click.option(
+        "--limits-backend",
+        metavar="URL",
+        help="redis://HOST:PORT/DB: share every endpoint's rpm, tpm and concurrency with the "
+        "other processes naming the same endpoint (overrides engine.limits_backend).",
+    )(fn)
+
+
+def with_limits_backend(config: Config, kw: dict[str, Any]) -> Config:
+    """Pop --limits-backend; the config with it applied."""
+    url = kw.pop("limits_backend")
+    if url is None:
+        return config
+    from .distributed.backends import check_backend_url
+
+    try:
+        check_backend_url(url, "--limits-backend")
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    return replace(config, engine=replace(config.engine, limits_backend=url))
+
+
 def with_wait_options(config: Config, kw: dict[str, Any]) -> Config:
     """Pop --startup-grace and --wait-for-endpoints; the config with them applied."""
     grace, wait = kw.pop("startup_grace"), kw.pop("wait_for_endpoints")
@@ -303,12 +327,26 @@ def main() -> None:
 @click.option(
     "--stats-json", type=click.Path(dir_okay=False), help="Write the end-of-run summary as JSON."
 )
+@limits_backend_option
+@click.option(
+    "--executor",
+    metavar="ray[=ADDRESS]",
+    help="Spread the job over a Ray cluster (needs asyncsynth[ray]): ADDRESS is ray://HOST:10001, "
+    "HOST:6379 or auto; without one, RAY_ADDRESS, else a local cluster for the job.",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(min=1),
+    help="Ray workers for --executor ray (default: the cluster's CPUs).",
+)
 def run(
     input_path: str,
     output_path: str,
     no_cache: bool,
     quiet: bool,
     stats_json: str | None,
+    executor: str | None,
+    actors: int | None,
     **kw: Any,
 ) -> None:
     """Send every request in INPUT.jsonl; answers go to OUTPUT, failures to OUTPUT.errors.jsonl.
@@ -321,7 +359,17 @@ def run(
     from .run import run_file
 
     display = progress_from_options(kw, quiet=quiet, title="run")
-    config = with_wait_options(config_from_options(kw), kw)
+    config = with_limits_backend(with_wait_options(config_from_options(kw), kw), kw)
+    ray = None
+    if executor is not None:
+        from .distributed.ray_run import RayExecutor
+
+        try:
+            ray = RayExecutor.parse(executor, actors=actors)
+        except AsyncsynthError as exc:
+            raise ConfigProblem(str(exc)) from None
+    elif actors is not None:
+        raise ConfigProblem("--actors needs --executor ray")
     with display:
         report, interrupted = _run_async(
             lambda: run_file(
@@ -331,6 +379,7 @@ def run(
                 role=kw["role"],
                 cache=not no_cache,
                 progress=display,
+                executor=ray,
             )
         )
     if interrupted or report is None:
@@ -501,6 +550,7 @@ async def _showing(display: Progress, job: Callable[[], Awaitable[T]]) -> T:
 @click.option("--seed-data", help="Seed JSONL file or hf:NAME[:SPLIT] (default: gra.seed_data).")
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary table.")
 @progress_options
+@limits_backend_option
 def gra(
     config_path: str,
     target: int | None,
@@ -528,7 +578,7 @@ def gra(
         )
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
-    config = with_wait_options(config, kw)
+    config = with_limits_backend(with_wait_options(config, kw), kw)
     display = progress_from_options(kw, quiet=quiet, title="gra", describe=describe)
     with display:
         goal = f"target {settings.target:,}" if settings.target else "every seed"
@@ -583,6 +633,7 @@ def gra(
 @click.option("--rounds", type=click.IntRange(min=0), help="Overrides s3.rounds.")
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
 @progress_options
+@limits_backend_option
 def s3(
     config_path: str,
     out_dir: str,
@@ -612,7 +663,7 @@ def s3(
         raise ConfigProblem(str(exc)) from None
     overrides = {"review": review, "rounds": rounds}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    config = with_wait_options(config, kw)
+    config = with_limits_backend(with_wait_options(config, kw), kw)
     display = progress_from_options(kw, quiet=quiet, title="s3", describe=describe)
 
     async def go() -> Any:

@@ -18,7 +18,7 @@ import codecs
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
@@ -102,12 +102,19 @@ def _lines(f: IO[bytes]) -> Iterator[bytes]:
 
 
 def read_requests(
-    path: str | os.PathLike[str], on_error: Callable[[InputError, bytes], None]
+    path: str | os.PathLike[str],
+    on_error: Callable[[InputError, bytes], None],
+    *,
+    span: Span | None = None,
 ) -> Iterator[Request]:
-    """Requests from a JSONL file, lazily; bad lines go to ``on_error`` and are skipped."""
+    """Requests from a JSONL file, lazily; bad lines go to ``on_error`` and are skipped.
+
+    ``span``: only the lines from byte ``span.start`` to ``span.end`` (a shard of the
+    file, cut at line starts), numbered from ``span.first_line``.
+    """
     source = os.fspath(path)
     with open(source, "rb") as f:
-        for line_no, line in enumerate(_lines(f), 1):
+        for line_no, line in _numbered_lines(f, span):
             if not line.strip():
                 continue
             try:
@@ -116,6 +123,29 @@ def read_requests(
                 on_error(InputError(f"not valid JSON ({exc})", source=source, line=line_no), line)
             except ValueError as exc:
                 on_error(InputError(str(exc), source=source, line=line_no), line)
+
+
+class Span(Protocol):
+    """A run of whole lines of a file (see :class:`asyncsynth.distributed.shards.Span`)."""
+
+    start: int
+    end: int
+    first_line: int
+    lines: int
+
+
+def _numbered_lines(f: IO[bytes], span: Span | None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of the whole file, or of ``span`` of it."""
+    if span is None or (span.start == 0 and span.end >= os.fstat(f.fileno()).st_size):
+        yield from enumerate(_lines(f), 1)
+        return
+    f.seek(span.start)
+    left = span.end - span.start
+    for line_no, line in enumerate(f, span.first_line):
+        if left <= 0:
+            return
+        left -= len(line)
+        yield line_no, line.removeprefix(codecs.BOM_UTF8) if line_no == 1 else line
 
 
 def count_lines(path: str | os.PathLike[str]) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -36,18 +37,78 @@ def _real_llm_missing(modules: tuple[str, ...]) -> str | None:
     return f"needs {', '.join(missing)}" if missing else None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Skip ``real_llm`` tests, with the reason, when the local endpoint is missing.
+def _redis_missing(modules: tuple[str, ...]) -> str | None:
+    """Why a real Redis server cannot run here, or None."""
+    from asyncsynth.testing.services import redis_server_binary
 
-    ``@pytest.mark.real_llm("torch", ...)`` names further modules a test needs. With
-    ``ASYNCSYNTH_REQUIRE_REAL_LLM=1`` (CI) nothing is skipped, so a missing extra fails.
+    if importlib.util.find_spec("redis") is None:
+        return "needs the redis package (the redis extra: scripts/setup.sh installs it)"
+    if redis_server_binary() is None:
+        return "no redis-server (apt-get install redis-server; scripts/setup.sh does)"
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"needs {', '.join(missing)}" if missing else None
+
+
+def _ray_missing(modules: tuple[str, ...]) -> str | None:
+    """Why a local Ray cluster cannot run here, or None."""
+    missing = [m for m in ("ray", *modules) if importlib.util.find_spec(m) is None]
+    return (
+        f"needs {', '.join(missing)} (the ray extra: scripts/setup.sh installs it)"
+        if missing
+        else None
+    )
+
+
+@dataclass(frozen=True)
+class RealComponent:
+    """A real component some tests need: a marker, why it is missing, the CI switch."""
+
+    marker: str
+    what: str
+    missing: Callable[[tuple[str, ...]], str | None]
+    """Why it cannot run here (given the marker's extra module names), or None."""
+    require: str
+    """With this environment variable set to 1 (CI) nothing is skipped: missing fails."""
+
+
+REAL_COMPONENTS = (
+    RealComponent(
+        "real_llm", "real llama.cpp endpoint", _real_llm_missing, "ASYNCSYNTH_REQUIRE_REAL_LLM"
+    ),
+    RealComponent("redis", "real Redis server", _redis_missing, "ASYNCSYNTH_REQUIRE_REDIS"),
+    RealComponent("ray", "local Ray cluster", _ray_missing, "ASYNCSYNTH_REQUIRE_RAY"),
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip tests of a missing real component (:data:`REAL_COMPONENTS`), with the reason.
+
+    ``@pytest.mark.real_llm("torch", ...)`` (or ``redis(...)``, ``ray(...)``) names further
+    modules a test needs. Where the component's ``require`` variable is 1 (CI), nothing is
+    skipped, so a missing component fails.
     """
-    if os.environ.get("ASYNCSYNTH_REQUIRE_REAL_LLM") == "1":
-        return
-    for item in items:
-        marker = item.get_closest_marker("real_llm")
-        if marker is not None and (reason := _real_llm_missing(tuple(marker.args))):
-            item.add_marker(pytest.mark.skip(reason=f"real llama.cpp endpoint: {reason}"))
+    for component in REAL_COMPONENTS:
+        if os.environ.get(component.require) == "1":
+            continue
+        reasons: dict[tuple[str, ...], str | None] = {}
+        for item in items:
+            marker = item.get_closest_marker(component.marker)
+            if marker is None:
+                continue
+            args = tuple(marker.args)
+            if args not in reasons:
+                reasons[args] = component.missing(args)
+            if reason := reasons[args]:
+                item.add_marker(pytest.mark.skip(reason=f"{component.what}: {reason}"))
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real ``redis-server`` on a free loopback port (tests marked ``redis``); stopped after."""
+    from asyncsynth.testing.services import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture

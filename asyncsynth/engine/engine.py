@@ -29,10 +29,12 @@ from .errors import AsyncsynthError, DeadlineExceeded, RateLimited, RequestError
 from .events import EngineStarted, Listener, RateLimitPause, Retry, RoleStarted, ignore
 from .fleet import EndpointState, Fleet
 from .journal import Journal, request_key
+from .limits import open_limits_backend
 from .retry import retrying, server_wait, wait_for
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..distributed.budgets import SharedLimits
 
 MAX_WORKERS = 4096
 COMMIT_ROWS = 256
@@ -133,6 +135,8 @@ class Engine:
         self._body_params: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self.limits: SharedLimits | None = None
+        """The shared backend of ``engine.limits_backend``, when one is named."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -145,8 +149,13 @@ class Engine:
                 self.journal = journal if isinstance(journal, Journal) else Journal(journal)
                 stack.callback(self.journal.close)
             stack.push_async_callback(self._close_transports)
+            if (url := self.settings.limits_backend) is not None:
+                self.limits = await open_limits_backend(url, self._emit)
+                stack.push_async_callback(self.limits.aclose)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._tg.cancel_scope.cancel)
+            if self.limits is not None:
+                self._tg.start_soon(self.limits.run)
         except BaseException:
             await stack.aclose()
             raise
@@ -228,6 +237,8 @@ class Engine:
             transport = make_transport(ep.transport, ep.base_url, ep.api_key(), name=name)
         state = EndpointState(ep, transport)
         state.url = url
+        if self.limits is not None and ep.kind != "local":
+            state.shared = self.limits.attach(state)
         params = self.config.params_for(name)
         extra = dict(params.pop("extra_body", None) or {})
         self._key_params[name] = {**params, "extra_body": extra} if extra else params
@@ -329,9 +340,25 @@ class Engine:
         if retry:  # counted when sent: a last failed attempt is not followed by a retry
             stats.retries += 1
             self.totals.retries += 1
+        admission = None
         try:
             now = time.monotonic()
-            if ep.rpm is not None or ep.tpm is not None or ep.paused_until > now:
+            if ep.shared is not None:
+                if ep.tpm is not None:
+                    tokens = _estimate_tokens(request, self._body_params[ep.name][0])
+                admission = await ep.shared.admit(tokens, ep.limit.slots, deadline)
+                deadline += admission.held  # waiting for the backend is the job's, not its own
+                while (wait := max(admission.wait, ep.paused_until - time.monotonic())) > 0:
+                    if time.monotonic() + wait >= deadline:
+                        raise DeadlineExceeded(
+                            f"rate limits of {ep.name} allow no request before the deadline",
+                            endpoint=ep.name,
+                        )
+                    await anyio.sleep(wait)
+                    if admission.wait > 0:  # the reservation must still stand
+                        admission = await ep.shared.confirm(admission, deadline)
+                        admission.wait = 0.0
+            elif ep.rpm is not None or ep.tpm is not None or ep.paused_until > now:
                 if ep.tpm is not None:
                     tokens = _estimate_tokens(request, self._body_params[ep.name][0])
                 wait = ep.budget_wait(tokens, now)
@@ -353,7 +380,10 @@ class Engine:
             latency = time.monotonic() - start
             usage = completion.usage
             if ep.tpm is not None and (used := usage["prompt_tokens"] + usage["completion_tokens"]):
-                ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
+                if admission is not None:
+                    admission.used = used
+                else:
+                    ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
             return completion, ep, latency
         except RequestError as exc:
             error = exc
@@ -372,6 +402,11 @@ class Engine:
             raise
         finally:
             fleet.release(ep, error, latency)
+            if admission is not None:
+                assert ep.shared is not None
+                ep.shared.release(admission)
+                if ep.limit.adaptive:
+                    ep.shared.share(ep.limit.slots)
 
     def _body(self, ep: EndpointState, request: Request) -> bytes:
         params, extra = self._body_params[ep.name]

@@ -43,7 +43,7 @@ from .events import (
     Unreachable,
     ignore,
 )
-from .limits import AdaptiveLimit, TokenBucket
+from .limits import AdaptiveLimit, SharedBudget, TokenBucket
 from .retry import backoff, names_rate_limit
 from .stats import EndpointStats
 
@@ -74,6 +74,9 @@ class EndpointState:
         self.limit = AdaptiveLimit(config.max_concurrency, adaptive=config.adaptive)
         self.rpm = TokenBucket(config.rpm) if config.rpm else None
         self.tpm = TokenBucket(config.tpm) if config.tpm else None
+        self.shared: SharedBudget | None = None
+        """Its limits when shared with other processes (``engine.limits_backend``): then
+        the budgets are the backend's, and ``rpm``/``tpm`` only give their shape."""
         self.in_flight = 0
         self.paused_until = 0.0
         self.failures_in_a_row = 0

@@ -1,6 +1,9 @@
 """Per-endpoint limits: RPM/TPM token buckets and an adaptive concurrency limit.
 
 Both are plain synchronous objects the event loop drives; neither creates tasks.
+With ``engine.limits_backend`` named, an endpoint's limits are shared with every process
+naming the same endpoint key: :func:`open_limits_backend` gives the backend (from
+:mod:`asyncsynth.distributed`), and the engine asks its :class:`SharedBudget` per request.
 
 - :class:`TokenBucket` reserves: ``reserve(n)`` always takes ``n`` (the level may go
   negative) and says how long the caller must wait before sending. Waiters therefore
@@ -13,6 +16,11 @@ Both are plain synchronous objects the event loop drives; neither creates tasks.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..distributed.budgets import SharedLimits
+    from .events import Listener
 
 DEFAULT_CONCURRENCY_CAP = 1024
 """Ceiling when an endpoint names no ``max_concurrency``: adaptation finds the real one."""
@@ -132,3 +140,41 @@ class AdaptiveLimit:
         self.slow_start = False
         self._ceiling = self.limit
         self.limit = max(1.0, self.limit * DECREASE_FACTOR)
+
+    def adopt(self, limit: float, now: float) -> None:
+        """Take a limit another process learnt on the same endpoint (a shared budget)."""
+        if not self.adaptive:
+            return
+        limit = max(1.0, min(self.cap, limit))
+        if limit < self.limit:
+            self._last_cut = now  # a cut made there: refusals already on their way count for it
+        self.limit = limit
+        self.slow_start = False
+
+
+class SharedBudget(Protocol):
+    """An endpoint's limits shared with other processes, as the engine asks them.
+
+    ``admit`` takes a concurrency slot (under ``slots``, the limit in force) and the
+    request's RPM/TPM budget at once, answering an admission whose ``wait`` the engine
+    sleeps, then has confirmed (a store that restarted forgot what it reserved);
+    ``release`` gives back the slot and the tokens not used (the admission's ``used``,
+    when the answer said); ``share`` tells the other processes a concurrency limit
+    learnt here. See :class:`asyncsynth.distributed.budgets.SharedBudget`.
+    """
+
+    async def admit(self, tokens: float, slots: int | None, deadline: float) -> Any: ...
+    async def confirm(self, admission: Any, deadline: float) -> Any: ...
+    def release(self, admission: Any) -> None: ...
+    def share(self, limit: float) -> None: ...
+
+
+async def open_limits_backend(url: str, on_event: Listener) -> SharedLimits:
+    """The shared backend ``engine.limits_backend`` names, checked to answer now.
+
+    Raises :class:`~asyncsynth.engine.errors.ConfigError` when it cannot be reached or
+    its extra is missing.
+    """
+    from ..distributed.backends import open_backend
+
+    return await open_backend(url, on_event=on_event)
