@@ -252,8 +252,8 @@ class SharedLimits:
                 # whatever was asked meanwhile; first of all, hold our slots again, in
                 # case the store lost them.
                 later, self._outbox = self._outbox, []
-                batch = [*self._renewals(), *(_retry_form(i) for i in batch), *later]
-                batch = [item for item in batch if item is not None]
+                rest = [_retry_form(item) for item in [*batch, *later] if not _renewal(item)]
+                batch = [*self._renewals(), *rest]
                 continue
             except Exception as exc:  # a bug or a refused script: every caller hears it
                 for item in batch:
@@ -344,7 +344,11 @@ def _shape(bucket: Any) -> Shape | None:
     return Shape(burst if burst is not None else bucket.capacity, bucket.rate)
 
 
-def _retry_form(item: _Call | Op) -> _Call | Op | None:
+def _renewal(item: _Call | Op) -> bool:
+    return not isinstance(item, _Call) and item[0] == "renew"
+
+
+def _retry_form(item: _Call | Op) -> _Call | Op:
     """What of ``item`` may be sent again after a batch whose fate is unknown."""
     op = item.op if isinstance(item, _Call) else item
     if op[0] == "release" and op[3]:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from collections.abc import Collection, Sequence
 from typing import Any
+
+import anyio
 
 from ..engine.errors import ConfigError
 from .backends import shown_url
@@ -234,6 +237,7 @@ class RedisStore:
             health_check_interval=0,
         )
         self._pubsub: Any = None
+        self._listening = anyio.Lock()
 
     async def call(self, ops: Sequence[Op]) -> list[Any]:
         """Run ``ops`` in one round trip; raises :class:`StoreUnavailable` if Redis is away."""
@@ -269,6 +273,10 @@ class RedisStore:
     async def wait_free(self, keys: Collection[str], timeout: float) -> bool:
         """Wait up to ``timeout`` s for a slot of one of ``keys`` to be given back anywhere."""
         channels = {f"{_keys(k)[0]}:free" for k in keys}
+        async with self._listening:  # one reader of the subscription at a time
+            return await self._wait_free(channels, timeout)
+
+    async def _wait_free(self, channels: set[str], timeout: float) -> bool:
         try:
             if self._pubsub is None:
                 self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -276,11 +284,16 @@ class RedisStore:
             subscribed = {c.decode() if isinstance(c, bytes) else c for c in pubsub.channels}
             if new := channels - subscribed:
                 await pubsub.subscribe(*new)
-            message = await pubsub.get_message(timeout=timeout)
+            ends = time.monotonic() + timeout
+            while (left := ends - time.monotonic()) > 0:
+                # None for a subscription's own answer (ignored) as for nothing at all
+                message = await pubsub.get_message(timeout=left)
+                if message is not None and message.get("type") == "message":
+                    return True
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             await self._drop_pubsub()
             raise StoreUnavailable(_reason(exc)) from None
-        return message is not None
+        return False
 
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
