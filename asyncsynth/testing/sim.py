@@ -110,6 +110,10 @@ class SimConfig:
     reply: ReplyHook | None = None
     """Scripted replies; called on the server's event loop, after rate limits and faults."""
     record: bool = False
+    rate_window: str = "bucket"
+    """How ``rpm``/``tpm`` are counted: a token bucket, or strictly per ``window`` seconds
+    (``sliding``: at most ``rpm`` requests and ``tpm`` tokens in every ``window`` seconds)."""
+    window: float = 60.0
 
     def __post_init__(self) -> None:
         if self.latency < 0 or self.jitter < 0:
@@ -123,6 +127,10 @@ class SimConfig:
         rates = (self.error_rate, self.drop_rate, self.hang_rate, self.malformed_rate)
         if any(rate < 0 for rate in rates) or sum(rates) > 1:
             raise ValueError("fault rates must be >= 0 and sum to at most 1")
+        if self.rate_window not in _RATE_WINDOWS:
+            raise ValueError(f"rate_window must be one of {', '.join(_RATE_WINDOWS)}")
+        if self.window <= 0:
+            raise ValueError("window must be > 0")
 
     @property
     def fault_rate(self) -> float:
@@ -204,6 +212,41 @@ class _Bucket:
         self.level = min(max(self.rate, amount), self.level + (now - self.stamp) * self.rate)
         self.stamp = now
         return 0.0 if self.level >= amount else (amount - self.level) / self.rate
+
+    def take(self, amount: float, now: float) -> None:
+        self.level -= amount
+
+
+_RATE_WINDOWS = ("bucket", "sliding")
+
+
+class _Window:
+    """At most ``limit`` in every ``window`` seconds, counted at arrival (sliding)."""
+
+    __slots__ = ("entries", "limit", "total", "window")
+
+    def __init__(self, limit: float, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self.entries: deque[tuple[float, float]] = deque()
+        self.total = 0.0
+
+    def wait(self, amount: float, now: float) -> float:
+        entries = self.entries
+        while entries and entries[0][0] <= now - self.window:
+            self.total -= entries.popleft()[1]
+        excess = self.total + amount - self.limit
+        if excess <= 0:
+            return 0.0
+        for stamp, spent in entries:
+            excess -= spent
+            if excess <= 0:
+                return stamp + self.window - now
+        return self.window
+
+    def take(self, amount: float, now: float) -> None:
+        self.entries.append((now, amount))
+        self.total += amount
 
 
 class _Slot:
@@ -429,8 +472,8 @@ class SimServer:
         self._waiters: list[tuple[int, Callable[[], None]]] = []
         self._waiters_lock = threading.Lock()
         self._rng = random.Random(self.config.seed)
-        self._rpm: _Bucket | None = None
-        self._tpm: _Bucket | None = None
+        self._rpm: _Bucket | _Window | None = None
+        self._tpm: _Bucket | _Window | None = None
         self._reset_buckets()
 
     @property
@@ -443,7 +486,7 @@ class SimServer:
         self.config = dataclasses.replace(self.config, **changes)
         if "seed" in changes:
             self._rng = random.Random(self.config.seed)
-        if "rpm" in changes or "tpm" in changes:
+        if changes.keys() & {"rpm", "tpm", "rate_window", "window"}:
             self._reset_buckets()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -728,9 +771,9 @@ class SimServer:
         token_wait = tpm.wait(tokens, now) if tpm is not None else 0.0
         if request_wait <= 0 and token_wait <= 0:
             if rpm is not None:
-                rpm.level -= 1
+                rpm.take(1, now)
             if tpm is not None:
-                tpm.level -= tokens
+                tpm.take(tokens, now)
             return None
         wait = max(request_wait, token_wait)
         headers = {"Retry-After": str(max(1, math.ceil(wait)))}
@@ -796,8 +839,16 @@ class SimServer:
 
     def _reset_buckets(self) -> None:
         cfg = self.config
-        self._rpm = _Bucket(cfg.rpm) if cfg.rpm is not None else None
-        self._tpm = _Bucket(cfg.tpm) if cfg.tpm is not None else None
+
+        def limiter(per_minute: float | None) -> _Bucket | _Window | None:
+            if per_minute is None:
+                return None
+            if cfg.rate_window == "bucket":
+                return _Bucket(per_minute)
+            return _Window(per_minute, cfg.window)
+
+        self._rpm = limiter(cfg.rpm)
+        self._tpm = limiter(cfg.tpm)
 
 
 # -- helpers -----------------------------------------------------------------------------
