@@ -22,6 +22,7 @@ from .engine import (
     StatusError,
     TransportError,
 )
+from .export import ExportResult, export_run, push_to_hub
 from .pipelines.errors import PipelineError, RunFolderError
 from .pipelines.events import PipelineEvent
 from .pipelines.gra import (
@@ -34,6 +35,7 @@ from .pipelines.gra import (
 )
 from .pipelines.s3 import S3Error, S3Result, S3Settings, load_s3_settings, run_s3
 from .progress import Progress
+from .view import ViewServer
 
 __version__ = "0.1.0"
 
@@ -50,6 +52,7 @@ __all__ = [
     "EndpointsUnreachable",
     "Engine",
     "EngineSettings",
+    "ExportResult",
     "GraResult",
     "GraSettings",
     "InputError",
@@ -71,8 +74,11 @@ __all__ = [
     "StatusError",
     "TransportError",
     "Verdict",
+    "ViewServer",
+    "export_run",
     "load_config",
     "load_s3_settings",
+    "push_to_hub",
     "review_sample",
     "run_gra",
     "run_s3",

@@ -547,7 +547,18 @@ async def _showing(display: Progress, job: Callable[[], Awaitable[T]]) -> T:
     type=click.IntRange(min=1),
     help="Candidates per round (default: sized from the acceptance rate so far).",
 )
-@click.option("--seed-data", help="Seed JSONL file or hf:NAME[:SPLIT] (default: gra.seed_data).")
+@click.option(
+    "--seed-data",
+    help="Seed JSONL file or hf:NAME[:SPLIT] / hf:NAME:CONFIG:SPLIT (default: gra.seed_data).",
+)
+@click.option(
+    "--max-rounds", type=click.IntRange(min=1), help="Stop after this many rounds (gra.max_rounds)."
+)
+@click.option(
+    "--time-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds after which no new candidate starts; the run then ends with its report.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary table.")
 @progress_options
 @limits_backend_option
@@ -559,22 +570,31 @@ def gra(
     mode: str | None,
     round_size: int | None,
     seed_data: str | None,
+    max_rounds: int | None,
+    time_budget: float | None,
     quiet: bool,
     **kw: Any,
 ) -> None:
     """GRA synthesis: a committee of LLMs generates, reviews and adjudicates samples.
 
-    Writes OUT/accepted.jsonl, rejected.jsonl, pool.jsonl and report.json. Exits 1 when
-    the target was not reached, 4 when no endpoint of a role answered within the start-up
-    grace, 130 when interrupted (run the same command to resume).
+    Writes OUT/accepted.jsonl, rejected.jsonl, pool.jsonl and report.json, and ends by
+    saying why samples were rejected. Exits 1 when the target was not reached, 4 when no
+    endpoint of a role answered within the start-up grace, 130 when interrupted (run the
+    same command to resume).
     """
-    from .pipelines.gra import JOURNAL_NAME, GraSettings, run_gra
+    from .pipelines.gra import JOURNAL_NAME, GraSettings, explain, run_gra
     from .pipelines.gra.report import describe
 
     try:
         config = load_config(config_path)
         settings = GraSettings.from_config(config).with_overrides(
-            target=target, seed=seed, mode=mode, round_size=round_size, seed_data=seed_data
+            target=target,
+            seed=seed,
+            mode=mode,
+            round_size=round_size,
+            seed_data=seed_data,
+            max_rounds=max_rounds,
+            time_budget=time_budget,
         )
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
@@ -611,9 +631,23 @@ def gra(
         f"kept {adjudicated['kept']:,}; outputs in {result.out_dir}",
         err=True,
     )
+    if not quiet:
+        click.echo("\n".join(explain(report)), err=True)
     if not result.target_reached:
         click.echo(f"Target not reached ({result.stopped}); see {result.report_path}", err=True)
         sys.exit(EXIT_FAILED_ROWS)
+
+
+def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        seeds = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected seeds like 1,2,3, got {value!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise click.BadParameter(f"expected distinct seeds >= 0 like 1,2,3, got {value!r}")
+    return seeds
 
 
 @main.command("s3")
@@ -631,6 +665,18 @@ def gra(
     help="Pass new examples through the GRA committee of [gra] (overrides s3.review).",
 )
 @click.option("--rounds", type=click.IntRange(min=0), help="Overrides s3.rounds.")
+@click.option(
+    "--baseline",
+    type=click.Choice(["none", "gold", "zerogen", "no_extrapolation"]),
+    help="A baseline of the paper instead of S3: the student on gold data, ZeroGen-style "
+    "(no rationales, no extrapolation), or S3 without extrapolation (overrides s3.baseline).",
+)
+@click.option("--seed-size", type=click.IntRange(min=1), help="Overrides s3.seed_size.")
+@click.option(
+    "--seeds",
+    callback=_seed_list,
+    help="Run once per seed (e.g. 1,2,3) into OUT/seed-N; report mean and std per metric.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
 @progress_options
 @limits_backend_option
@@ -639,6 +685,9 @@ def s3(
     out_dir: str,
     review: str | None,
     rounds: int | None,
+    baseline: str | None,
+    seed_size: int | None,
+    seeds: list[int] | None,
     quiet: bool,
     **kw: Any,
 ) -> None:
@@ -652,22 +701,37 @@ def s3(
     interrupted.
     """
     from .pipelines.errors import PipelineError
-    from .pipelines.s3 import load_s3_settings, run_s3
+    from .pipelines.s3 import load_s3_settings, run_s3, s3_settings
+    from .pipelines.s3.baselines import format_table, run_seeds
     from .pipelines.s3.report import describe, format_report
     from .progress import summary
 
     try:
         config = load_config(config_path)
         settings = load_s3_settings(config)
+        if baseline is not None:  # re-validated: a baseline changes other settings
+            table = {**config.sections["s3"], "baseline": baseline}
+            settings = s3_settings(table, where=f"{config.source}: s3", base_dir=settings.base_dir)
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
-    overrides = {"review": review, "rounds": rounds}
+    overrides = {"review": review, "rounds": rounds, "seed_size": seed_size}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if review == "gra":  # the [gra] pool must seat a committee that excludes s3.llm
+        from .pipelines.gra import CommitteeSettings
+
+        try:
+            CommitteeSettings.for_review(config, writer=settings.llm)
+        except AsyncsynthError as exc:
+            raise ConfigProblem(str(exc)) from None
     config = with_limits_backend(with_wait_options(config, kw), kw)
     display = progress_from_options(kw, quiet=quiet, title="s3", describe=describe)
 
     async def go() -> Any:
         try:
+            if seeds is not None:
+                return await run_seeds(
+                    config, out_dir, seeds, settings=settings, on_event=display.on_event
+                )
             return await run_s3(config, out_dir, settings=settings, on_event=display.on_event)
         except PipelineError as exc:
             return exc
@@ -691,6 +755,163 @@ def s3(
     if isinstance(result, PipelineError):
         click.echo(f"Error: {result}", err=True)
         sys.exit(EXIT_FAILED_ROWS)
-    if not quiet:
-        click.echo(format_report(result.report), err=True)
-        click.echo(f"report: {Path(out_dir) / 'report.json'}", err=True)
+    if quiet:
+        return
+    if seeds is not None:
+        click.echo(format_table([result]), err=True)
+        click.echo(f"summary: {Path(out_dir) / 'seeds.json'}", err=True)
+        return
+    click.echo(format_report(result.report), err=True)
+    click.echo(f"report: {Path(out_dir) / 'report.json'}", err=True)
+
+
+@main.command("s3-table")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
+def s3_table(folders: tuple[str, ...]) -> None:
+    """The paper's Table 2 beside the results of `asyncsynth s3 ... --seeds` runs."""
+    from .pipelines.s3.baselines import format_table, read_summaries
+
+    try:
+        summaries = read_summaries(folders)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_table(summaries))
+
+
+@main.command("export")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(exists=True))
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(["messages", "sharegpt", "alpaca", "jsonl", "parquet", "dataset"]),
+    help="GRA: messages (default), sharegpt, alpaca, parquet, dataset; S3: dataset (default), "
+    "parquet, jsonl; run: jsonl (default), messages, parquet, dataset.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(),
+    help="File to write (a folder for datasets and for S3's splits).",
+)
+@click.option("--rounds", help="GRA: the cumulative set of these rounds, e.g. 1-3 or 1,2,4.")
+@click.option("--min-mu", type=float, help="GRA: samples whose committee mean is at least this.")
+@click.option("--domains", help="GRA: comma-separated domains to keep.")
+@click.option(
+    "--decision",
+    "decisions",
+    multiple=True,
+    type=click.Choice(["consensus", "adjudicated"]),
+    help="GRA: keep samples decided this way (repeatable).",
+)
+@click.option("--system", help="A system message for every exported conversation.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The run's config: S3 adds its dev and test splits; the card lists its settings.",
+)
+@click.option("--push-to-hub", "repo_id", metavar="OWNER/NAME", help="Upload to this Hub dataset.")
+@click.option("--private", is_flag=True, help="Create the Hub dataset private.")
+@click.option("--license", "license_id", default="unknown", show_default=True, help="Card license.")
+@click.option("--language", multiple=True, help="Card language code (repeatable), e.g. en.")
+def export(
+    run_dir: str,
+    fmt: str | None,
+    out: str | None,
+    rounds: str | None,
+    min_mu: float | None,
+    domains: str | None,
+    decisions: tuple[str, ...],
+    system: str | None,
+    config_path: str | None,
+    repo_id: str | None,
+    private: bool,
+    license_id: str,
+    language: tuple[str, ...],
+) -> None:
+    """Export a run (GRA or S3 folder, or a `run` output) as a training set.
+
+    Writes --out in --format, and with --push-to-hub uploads it to the Hugging Face Hub
+    (Parquet files and a dataset card; token from HF_TOKEN or `hf auth login`).
+    """
+    from .engine import ConfigError
+    from .export import describe_export, open_source, push_to_hub
+    from .export.exporter import export_source
+
+    if out is None and repo_id is None:
+        raise click.UsageError("give --out PATH, --push-to-hub OWNER/NAME, or both")
+    try:
+        config = load_config(config_path) if config_path else None
+        source = open_source(
+            run_dir,
+            rounds=rounds,
+            min_mu=min_mu,
+            domains=[d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+            decisions=list(decisions) or None,
+            system=system,
+            config=config,
+        )
+        for note in source.notes:
+            click.echo(f"note: {note}", err=True)
+        if out is not None:
+            click.echo(describe_export(export_source(source, fmt or "", out)), err=True)
+        if repo_id is not None:
+            pushed = push_to_hub(
+                source,
+                repo_id,
+                private=private,
+                license=license_id,
+                language=list(language) or None,
+                config=config,
+            )
+            counts = ", ".join(f"{n:,} {split}" for split, n in pushed.rows.items())
+            click.echo(f"pushed {counts} rows to {pushed.url} ({pushed.commit_url})", err=True)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    except AsyncsynthError as exc:  # a bad run folder or row, the Hub's refusal
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:  # option values (--rounds)
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command("view")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(exists=True))
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (loopback; another address makes the run visible to others).",
+)
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the web browser.")
+def view(run_dir: str, host: str, port: int, open_browser: bool) -> None:
+    """Look at a run in the browser: samples, reviews, charts (read-only, offline)."""
+    import errno
+    import threading
+    import webbrowser
+
+    from .view import ViewServer
+
+    try:
+        try:
+            server = ViewServer(run_dir, host=host, port=port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            click.echo(f"port {port} is taken; using a free one", err=True)
+            server = ViewServer(run_dir, host=host, port=0)
+    except AsyncsynthError as exc:
+        raise click.ClickException(str(exc)) from None
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    server.start()
+    click.echo(f"{server.run.kind} run {server.run.name}: {server.url} (Ctrl-C stops)", err=True)
+    if open_browser:
+        webbrowser.open(server.url)
+    try:
+        while not stopped.wait(1.0):
+            pass
+    finally:
+        server.stop()

@@ -24,7 +24,10 @@ commas and smart quotes repaired) and conforms it to the schema with mild coerci
 (``"8"`` -> 8, ``"pass"`` -> true, ``"Clarity"`` -> ``clarity``, a comma-separated string
 -> a list, an over-long list truncated). A reply that still does not fit is re-asked at
 most ``reasks`` times with the problem named (prompt ``structured/reask``); after that
-it is a recorded ``parse_failure`` — never a default value.
+it is a recorded ``parse_failure`` — never a default value. A reply that only repeats the
+prompt's ``<...>`` placeholders (``"assessment": "<one or two sentences: ...>"``, as tiny
+models do) is refused the same way, named ``template_echo`` (:class:`TemplateEcho`); one cut
+at the token limit that fails to parse says so (``truncated``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import json
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,6 +61,19 @@ FailureKind = Literal["parse_failure", "request_error"]
 
 class SchemaMismatch(ValueError):
     """A reply is not JSON, or its JSON does not fit the schema; the message says where."""
+
+    cause: str | None = None
+    """What kind of mismatch it is, when it has a name (``template_echo``)."""
+
+
+class TemplateEcho(SchemaMismatch):
+    """The reply copies the prompt's ``<...>`` placeholders instead of answering.
+
+    Small models often return the reply template they were shown, e.g.
+    ``{"assessment": "<one or two sentences: ...>", ...}``: valid JSON, no answer.
+    """
+
+    cause = "template_echo"
 
 
 # -- schemas ------------------------------------------------------------------------------------
@@ -115,80 +131,103 @@ _FALSE = frozenset({"false", "no", "fail", "failed", "n", "0"})
 def _conform(value: Any, schema: Mapping[str, Any], where: str) -> Any:
     """Check and lightly coerce ``value``: object/array/string/number/integer/boolean,
     properties/required, items/minItems/maxItems, enum, minimum/maximum, minLength."""
-    at = where or "the reply"
-    kind = schema.get("type")
-    if kind == "object":
-        if not isinstance(value, dict):
-            raise SchemaMismatch(f"{at}: expected a JSON object, got {_kind(value)}")
-        props: Mapping[str, Any] = schema.get("properties", {})
-        by_norm = {_norm_key(k): v for k, v in value.items() if isinstance(k, str)}
-        out: dict[str, Any] = {}
-        for name, sub in props.items():
-            if name in value:
-                raw = value[name]
-            elif _norm_key(name) in by_norm:
-                raw = by_norm[_norm_key(name)]
-            else:
-                if name in schema.get("required", ()):
-                    raise SchemaMismatch(f"{where + '.' if where else ''}{name}: missing")
-                continue
-            out[name] = _conform(raw, sub, f"{where}.{name}" if where else name)
-        return out
-    if kind == "array":
-        if isinstance(value, str) and schema.get("items", {}).get("type") == "string":
-            value = [part for part in re.split(r"\s*[,;\n]\s*", value.strip()) if part]
-        if not isinstance(value, list):
-            raise SchemaMismatch(f"{at}: expected a list, got {_kind(value)}")
-        if (most := schema.get("maxItems")) is not None:
-            value = value[:most]
-        if len(value) < schema.get("minItems", 0):
-            raise SchemaMismatch(
-                f"{at}: expected at least {schema['minItems']} items, got {len(value)}"
-            )
-        items = schema.get("items")
-        if items:
-            return [_conform(v, items, f"{where}[{i}]") for i, v in enumerate(value)]
-        return list(value)
-    if kind == "string":
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            raise SchemaMismatch(f"{at}: expected a string, got {_kind(value)}")
-        value = value.strip()
-        if "enum" in schema:
-            for choice in schema["enum"]:
-                if value.casefold() == str(choice).casefold():
-                    return choice
-            raise SchemaMismatch(
-                f"{at}: must be one of {', '.join(map(str, schema['enum']))}; got {value!r}"
-            )
-        if len(value) < schema.get("minLength", 0):
-            raise SchemaMismatch(f"{at}: must not be empty")
-        return value
-    if kind in ("number", "integer"):
-        if isinstance(value, str) and (m := _NUMBER.match(value)):
-            value = float(m.group(1))
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SchemaMismatch(f"{at}: expected a number, got {_kind(value)}")
-        if kind == "integer":
-            if value != int(value):
-                raise SchemaMismatch(f"{at}: expected a whole number, got {value}")
-            value = int(value)
-        low, high = schema.get("minimum"), schema.get("maximum")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise SchemaMismatch(f"{at}: must be between {low} and {high}, got {value}")
-        return value
-    if kind == "boolean":
-        if isinstance(value, str):
-            word = value.strip().casefold()
-            if word in _TRUE:
-                return True
-            if word in _FALSE:
-                return False
-        if isinstance(value, bool):
-            return value
-        raise SchemaMismatch(f"{at}: expected true or false, got {_kind(value)}")
+    check = _CHECKS.get(str(schema.get("type")))
+    return value if check is None else check(value, schema, where)
+
+
+def _at(where: str) -> str:
+    return where or "the reply"
+
+
+def _conform_object(value: Any, schema: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(value, dict):
+        raise SchemaMismatch(f"{_at(where)}: expected a JSON object, got {_kind(value)}")
+    props: Mapping[str, Any] = schema.get("properties", {})
+    by_norm = {_norm_key(k): v for k, v in value.items() if isinstance(k, str)}
+    out: dict[str, Any] = {}
+    for name, sub in props.items():
+        if name in value:
+            raw = value[name]
+        elif _norm_key(name) in by_norm:
+            raw = by_norm[_norm_key(name)]
+        elif name in schema.get("required", ()):
+            raise SchemaMismatch(f"{where + '.' if where else ''}{name}: missing")
+        else:
+            continue
+        out[name] = _conform(raw, sub, f"{where}.{name}" if where else name)
+    return out
+
+
+def _conform_array(value: Any, schema: Mapping[str, Any], where: str) -> Any:
+    items = schema.get("items")
+    if isinstance(value, str) and (items or {}).get("type") == "string":
+        value = [part for part in re.split(r"\s*[,;\n]\s*", value.strip()) if part]
+    if not isinstance(value, list):
+        raise SchemaMismatch(f"{_at(where)}: expected a list, got {_kind(value)}")
+    if (most := schema.get("maxItems")) is not None:
+        value = value[:most]
+    if len(value) < schema.get("minItems", 0):
+        raise SchemaMismatch(
+            f"{_at(where)}: expected at least {schema['minItems']} items, got {len(value)}"
+        )
+    if items:
+        return [_conform(v, items, f"{where}[{i}]") for i, v in enumerate(value)]
+    return list(value)
+
+
+def _conform_string(value: Any, schema: Mapping[str, Any], where: str) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise SchemaMismatch(f"{_at(where)}: expected a string, got {_kind(value)}")
+    value = value.strip()
+    if "enum" in schema:
+        for choice in schema["enum"]:
+            if value.casefold() == str(choice).casefold():
+                return choice
+        raise SchemaMismatch(
+            f"{_at(where)}: must be one of {', '.join(map(str, schema['enum']))}; got {value!r}"
+        )
+    if len(value) < schema.get("minLength", 0):
+        raise SchemaMismatch(f"{_at(where)}: must not be empty")
     return value
+
+
+def _conform_number(value: Any, schema: Mapping[str, Any], where: str) -> Any:
+    if isinstance(value, str) and (m := _NUMBER.match(value)):
+        value = float(m.group(1))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaMismatch(f"{_at(where)}: expected a number, got {_kind(value)}")
+    if schema.get("type") == "integer":
+        if value != int(value):
+            raise SchemaMismatch(f"{_at(where)}: expected a whole number, got {value}")
+        value = int(value)
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise SchemaMismatch(f"{_at(where)}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _conform_boolean(value: Any, schema: Mapping[str, Any], where: str) -> Any:
+    if isinstance(value, str):
+        word = value.strip().casefold()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    if isinstance(value, bool):
+        return value
+    raise SchemaMismatch(f"{_at(where)}: expected true or false, got {_kind(value)}")
+
+
+_CHECKS: dict[str, Callable[[Any, Mapping[str, Any], str], Any]] = {
+    "object": _conform_object,
+    "array": _conform_array,
+    "string": _conform_string,
+    "number": _conform_number,
+    "integer": _conform_number,
+    "boolean": _conform_boolean,
+}
 
 
 def _kind(value: Any) -> str:
@@ -251,26 +290,94 @@ def json_candidates(text: str) -> list[Any]:
     return found
 
 
-def parse_reply(text: str | None, schema: Schema) -> Any:
+_PLACEHOLDER = re.compile(r"<[^<>\n]{1,200}>")
+
+
+def placeholders(messages: Sequence[Mapping[str, Any]]) -> frozenset[str]:
+    """The ``<...>`` placeholders in a prompt's messages (``<one sentence>``, ``<0-10>``).
+
+    A reply whose values are these is an echo of the template, not an answer."""
+    found: set[str] = set()
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            found.update(_PLACEHOLDER.findall(content))
+    return frozenset(found)
+
+
+def _is_placeholder(text: str, known: frozenset[str]) -> bool:
+    """``text`` is one of ``known``, or starts like one (``<one sentence: ...>``)."""
+    text = text.strip()
+    if not (text.startswith("<") and text.endswith(">")):
+        return False
+    if text in known:
+        return True
+    head = _head(text)
+    return bool(head) and any(_head(p) == head for p in known)
+
+
+def _head(placeholder: str) -> str:
+    """``<one sentence: a summary>`` -> ``one sentence``; ``<keyword_2>`` -> ``keyword``."""
+    head = placeholder[1:-1].split(":", 1)[0].strip().casefold()
+    return re.sub(r"[\s_\-]*\d+$", "", head)
+
+
+def _echoes(value: Any, known: frozenset[str], where: str = "") -> Iterator[tuple[str, str]]:
+    """(where, text) of every string in ``value`` that is a placeholder of ``known``."""
+    if isinstance(value, str):
+        if _is_placeholder(value, known):
+            yield where or "the reply", value.strip()
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _echoes(inner, known, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            yield from _echoes(inner, known, f"{where}[{i}]")
+
+
+def _echo(where: str, text: str, more: int) -> TemplateEcho:
+    also = f" (and {more} more)" if more else ""
+    return TemplateEcho(
+        f"template echo: {where} repeats the prompt's placeholder {text!r}{also} instead of "
+        "answering; replace every <...> of the template with your own content"
+    )
+
+
+def _echo_in_value(value: Any, known: frozenset[str]) -> TemplateEcho | None:
+    echoes = list(_echoes(value, known))
+    return _echo(*echoes[0], len(echoes) - 1) if echoes else None
+
+
+def _echo_in_text(text: str, known: frozenset[str]) -> TemplateEcho | None:
+    echoes = [p for p in _PLACEHOLDER.findall(text) if _is_placeholder(p, known)]
+    return _echo("the reply", echoes[0], len(echoes) - 1) if echoes else None
+
+
+def parse_reply(text: str | None, schema: Schema, *, template: frozenset[str] = frozenset()) -> Any:
     """The first JSON value in ``text`` that conforms to ``schema``; else :class:`SchemaMismatch`.
 
     A one-element list around an object, or an object wrapping the expected object under a
-    single key, is unwrapped.
+    single key, is unwrapped. ``template``: the prompt's ``<...>`` placeholders (see
+    :func:`placeholders`); a value that repeats one is refused as a :class:`TemplateEcho`
+    even if it fits the schema, and so is a reply that fits nothing and contains one.
     """
     if not text or not text.strip():
         raise SchemaMismatch("the reply is empty")
-    candidates = json_candidates(text)
-    if not candidates:
-        raise SchemaMismatch("no JSON object found in the reply")
-    first_problem: SchemaMismatch | None = None
-    for candidate in candidates:
+    echo: TemplateEcho | None = None
+    problem: SchemaMismatch | None = None
+    for candidate in json_candidates(text):
         for value in _unwrappings(candidate):
+            found = _echo_in_value(value, template) if template else None
+            if found is not None:
+                echo = echo or found
+                continue
             try:
                 return schema.conform(value)
             except SchemaMismatch as exc:
-                first_problem = first_problem or exc
-    assert first_problem is not None
-    raise first_problem
+                problem = problem or exc
+    if echo is None and template:
+        echo = _echo_in_text(text, template)
+    raise echo or problem or SchemaMismatch("no JSON object found in the reply")
 
 
 def _unwrappings(value: Any) -> list[Any]:
@@ -299,6 +406,9 @@ class StructuredResult:
     format: Format | None = None
     """The response_format the final reply was asked with."""
     reasks: int = 0
+    cause: str | None = None
+    """For a ``parse_failure`` with a known cause: ``template_echo`` (the reply repeated the
+    prompt's ``<...>`` placeholders) or ``truncated`` (it was cut at the token limit)."""
 
     @property
     def ok(self) -> bool:
@@ -397,12 +507,17 @@ class StructuredClient:
         if reply is None:
             return outcome
         fmt = outcome.format or fmt
+        template = placeholders(chat)
         for attempt in range(self.reasks + 1):
             try:
-                outcome.value = parse_reply(reply.completion, schema)
+                outcome.value = parse_reply(reply.completion, schema, template=template)
+                outcome.cause = None
                 return outcome
             except SchemaMismatch as exc:
-                problem = str(exc)
+                problem, outcome.cause = str(exc), exc.cause
+            if outcome.cause is None and reply.finish_reason == "length":
+                outcome.cause = "truncated"
+                problem += " (the reply was cut at the token limit: raise max_tokens)"
             if attempt == self.reasks:
                 outcome.failure, outcome.error = "parse_failure", problem
                 return outcome

@@ -49,6 +49,27 @@ def _redis_missing(modules: tuple[str, ...]) -> str | None:
     return f"needs {', '.join(missing)}" if missing else None
 
 
+CHROMIUM = os.environ.get("ASYNCSYNTH_CHROMIUM", "/usr/bin/chromium")
+"""Debian's chromium, installed by scripts/setup.sh; Playwright never downloads a browser."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def _browser_missing(modules: tuple[str, ...]) -> str | None:
+    """Why Playwright cannot drive the system chromium here, or None."""
+    if importlib.util.find_spec("playwright") is None:
+        return "needs the playwright package (the dev extra: scripts/setup.sh installs it)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no {CHROMIUM} (apt-get install chromium; scripts/setup.sh does)"
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"needs {', '.join(missing)}" if missing else None
+
+
 def _ray_missing(modules: tuple[str, ...]) -> str | None:
     """Why a local Ray cluster cannot run here, or None."""
     missing = [m for m in ("ray", *modules) if importlib.util.find_spec(m) is None]
@@ -77,15 +98,16 @@ REAL_COMPONENTS = (
     ),
     RealComponent("redis", "real Redis server", _redis_missing, "ASYNCSYNTH_REQUIRE_REDIS"),
     RealComponent("ray", "local Ray cluster", _ray_missing, "ASYNCSYNTH_REQUIRE_RAY"),
+    RealComponent("browser", "real browser", _browser_missing, "ASYNCSYNTH_REQUIRE_BROWSER"),
 )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Skip tests of a missing real component (:data:`REAL_COMPONENTS`), with the reason.
 
-    ``@pytest.mark.real_llm("torch", ...)`` (or ``redis(...)``, ``ray(...)``) names further
-    modules a test needs. Where the component's ``require`` variable is 1 (CI), nothing is
-    skipped, so a missing component fails.
+    ``@pytest.mark.real_llm("torch", ...)`` (or ``redis(...)``, ``ray(...)``,
+    ``browser(...)``) names further modules a test needs. Where the component's ``require``
+    variable is 1 (CI), nothing is skipped, so a missing component fails.
     """
     for component in REAL_COMPONENTS:
         if os.environ.get(component.require) == "1":
@@ -109,6 +131,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless system chromium driven by Playwright (tests marked ``browser``)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 @pytest.fixture

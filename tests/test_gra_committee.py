@@ -6,10 +6,14 @@ import random
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterator
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
+from click.testing import CliRunner
 
 from asyncsynth import ConfigError, Engine
 from asyncsynth.pipelines.gra import (
@@ -97,6 +101,91 @@ def test_sample_std_is_configurable() -> None:
     assert decide(values, _settings(delta=2.0, std="sample"))[0] == "consensus"
 
 
+def test_decide_is_exact_at_the_thresholds() -> None:
+    # Reviewers' means 47/6, 47/6 and 50/6: exactly 8 together (rounding each first made 7.99997).
+    assert (
+        decide([Fraction(47, 6), Fraction(47, 6), Fraction(50, 6)], _settings())[0] == "consensus"
+    )
+    assert decide([8.1, 7.9, 8.0], _settings())[0] == "consensus"  # the decimals written: 8.0
+    assert decide([8.1, 7.9, 7.99], _settings())[0] == "low_mean"
+    # sigma == delta exactly (sample std of 6.5, 8, 9.5 is 1.5): consensus, not a dispute.
+    assert decide([6.5, 8, 9.5], _settings(std="sample", tau=7))[0] == "consensus"
+    assert decide([6.5, 8, 9.51], _settings(std="sample", tau=7))[0] == "dispute"
+    assert decide([8.0, 8.3, 7.7], _settings(delta=0.1))[0] == "dispute"
+
+
+def _sums(std: str) -> list[tuple[int, int, int]]:
+    """Every triple of reviewer totals (six 0-10 criteria each: 0-60) whose exact mean is
+    tau = 8, or whose exact standard deviation is delta = 1.5 (none for the population one)."""
+    found = []
+    for a in range(61):
+        for b in range(a, 61):
+            for c in range(b, 61):
+                spread = 3 * (a * a + b * b + c * c) - (a + b + c) ** 2  # 36 * 3 * n * var
+                on_delta = spread == (486 if std == "sample" else 729)
+                if a + b + c == 144 or on_delta:
+                    found.append((a, b, c))
+    return found
+
+
+def _six(total: int) -> list[int]:
+    q, r = divmod(total, 6)
+    return [q + 1] * r + [q] * (6 - r)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("std", ["population", "sample"])
+async def test_every_tie_at_tau_and_delta_is_decided_exactly(pool: Any, std: str) -> None:
+    combos = _sums(std)
+    assert len(combos) == (127 if std == "population" else 127 + 43 - 1)  # one is both
+    slot = {"b": 0, "c": 1, "d": 2}
+
+    def review(call: Call) -> Any:
+        total = combos[int(call.field("Instruction").split()[-1])][slot[call.model]]
+        return {
+            "strengths": "s",
+            "weaknesses": "w",
+            **dict(zip(RESPONSE_CRITERIA, _six(total), strict=True)),
+        }
+
+    _, server = pool(review_response=review)
+    fixed = {"generator": "a", "reviewers": ["b", "c", "d"], "adjudicator": "e"}
+    config = pool_config(server.url, gra={"assignment": "fixed", "fixed": fixed, "std": std})
+    settings = CommitteeSettings.from_config(config)
+    verdicts: dict[int, Any] = {}
+    async with Engine(config) as engine:
+
+        async def one(i: int) -> None:
+            verdicts[i] = await review_sample(
+                engine,
+                f"Combination {i}",
+                "An answer.",
+                generator="a",
+                rng=random.Random(i),
+                settings=settings,
+            )
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(combos)):
+                tg.start_soon(one, i)
+    flipped_before = 0
+    for i, sums in enumerate(combos):
+        mu = Fraction(sum(sums), 18)
+        n = 2 if std == "sample" else 3
+        variance = sum((Fraction(x, 6) - mu) ** 2 for x in sums) / n
+        expected = (
+            "low_mean" if mu < 8 else "consensus" if variance <= Fraction(9, 4) else "adjudicated"
+        )
+        verdict = verdicts[i]
+        assert verdict.path == expected, (sums, verdict.mu, verdict.sigma)
+        assert verdict.disputed == (expected == "adjudicated")
+        if expected != "low_mean":
+            assert verdict.mu >= 8
+        rounded = statistics.fmean(round(statistics.fmean(_six(x)), 4) for x in sums)
+        flipped_before += sum(sums) == 144 and rounded < 8
+    assert flipped_before == 16  # what rounding each reviewer's mean first used to reject
+
+
 # -- every branch against scripted reviewers ----------------------------------------------------
 
 
@@ -168,6 +257,38 @@ async def test_dispute_then_adjudicator_rejects(pool: Any) -> None:
     assert verdict.reason == "adjudicator_reject" and verdict.path == "adjudicated"
     assert verdict.adjudication is not None and not verdict.adjudication.keep
     assert verdict.disputed
+
+
+@pytest.mark.anyio
+async def test_a_failed_adjudication_stays_disputed_with_its_adjudicator(pool: Any) -> None:
+    script, server = pool(
+        review_response=by_model({"b": scores(10), "c": scores(10), "d": scores(6)}),
+        adjudicate=lambda call: "I cannot decide.",
+    )
+    verdict = await _review(server, reasks=1)
+    assert verdict.reason == "parse_failure" and verdict.disputed
+    assert verdict.adjudication is None and verdict.mu == pytest.approx(26 / 3)
+    (failure,) = verdict.failures
+    assert (failure.stage, failure.model, failure.raw) == ("adjudicate", "e", "I cannot decide.")
+    record = verdict.to_dict()
+    assert record["disputed"] is True and record["adjudicator"] == "e"
+    assert script.count("adjudicate", "e") == 2  # asked, then re-asked
+
+
+@pytest.mark.anyio
+async def test_an_echoed_review_is_a_named_parse_failure(pool: Any) -> None:
+    echo = {
+        "strengths": "<one sentence>",
+        "weaknesses": "<one sentence>",
+        **dict.fromkeys(RESPONSE_CRITERIA, 9),
+    }
+    prompts = Path(__file__).parent / "data/template_prompts"  # prompts that show a template
+    _, server = pool(prompts_dir=str(prompts), review_response=by_model({"c": echo}))
+    verdict = await _review(server, reasks=0, prompts_dir=str(prompts))
+    assert verdict.reason == "parse_failure"
+    (failure,) = verdict.failures
+    assert failure.cause == "template_echo" and failure.message.startswith("template echo:")
+    assert verdict.to_dict()["failures"][0]["cause"] == "template_echo"
 
 
 @pytest.mark.anyio
@@ -323,3 +444,52 @@ def test_stage_params_merge_with_defaults() -> None:
     assert settings.params["review"] == {"temperature": 0.0, "max_tokens": 300}
     assert settings.committee.review_params == {"temperature": 0.0, "max_tokens": 300}
     assert settings.params["generate"]["temperature"] == 0.9
+
+
+# -- S3's --review gra: the pool is checked when the config is read ------------------------------
+
+
+def _s3_config(tmp_path: Path, pool: list[str], **gra: Any) -> Path:
+    lines = ["[engine]", "max_attempts = 1", ""]
+    for m in "abcde":
+        lines += [f"[endpoints.{m}]", 'base_url = "http://127.0.0.1:9/v1"', f'model = "{m}"', ""]
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n')
+    lines += ["[s3]", 'llm = "a"', f'gold = "{gold}"', "[s3.labels]", 'pos = "good"', 'neg = "bad"']
+    lines += ["", "[gra]", f"pool = {orjson.dumps(pool).decode()}", 'embedding_model = "none"']
+    lines += [f"{k} = {orjson.dumps(v).decode()}" for k, v in gra.items()]
+    path = tmp_path / "s3.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_review_pool_must_seat_a_committee_without_the_writer(tmp_path: Path) -> None:
+    from asyncsynth.config import load_config
+
+    config = load_config(_s3_config(tmp_path, ["a", "b", "c", "d"]))
+    with pytest.raises(ConfigError) as exc:
+        CommitteeSettings.for_review(config, writer="a")
+    message = str(exc.value)
+    assert message.startswith(str(tmp_path / "s3.toml"))
+    assert (
+        "'a' wrote the samples and may not review them, which leaves 3 for 3 reviewers" in message
+    )
+    assert "allow_shared_roles" in message
+    CommitteeSettings.for_review(config, writer="e")  # not in the pool: 4 models are enough
+    ok = load_config(_s3_config(tmp_path, ["a", "b", "c", "d"], reviewers=2))
+    CommitteeSettings.for_review(ok, writer="a")
+
+
+def test_s3_review_gra_refuses_that_pool_at_config_load(tmp_path: Path) -> None:
+    from asyncsynth.cli import main
+
+    path = _s3_config(tmp_path, ["a", "b", "c", "d"])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["s3", str(path), "--out", str(out), "--review", "gra"])
+    assert result.exit_code == 2, result.output
+    assert "'a' wrote the samples and may not review them" in result.output
+    assert not out.exists()  # refused before anything was written
+    text = path.read_text().replace("[s3]\n", '[s3]\nreview = "gra"\n')
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["s3", str(path), "--out", str(out)])
+    assert result.exit_code == 2 and "may not review them" in result.output

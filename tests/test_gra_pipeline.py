@@ -19,9 +19,17 @@ from click.testing import CliRunner
 from asyncsynth import ConfigError, InputError
 from asyncsynth.cli import main
 from asyncsynth.engine import Journal
+from asyncsynth.pipelines.errors import RunFolderError
 from asyncsynth.pipelines.events import PipelineEvent
-from asyncsynth.pipelines.gra import JOURNAL_NAME, RESPONSE_CRITERIA, GraSettings, run_gra
+from asyncsynth.pipelines.gra import (
+    JOURNAL_NAME,
+    RESPONSE_CRITERIA,
+    GraSettings,
+    explain,
+    run_gra,
+)
 from asyncsynth.pipelines.gra.report import describe
+from asyncsynth.pipelines.gra.samples import sample_rng
 from asyncsynth.prompts import load_prompt
 from asyncsynth.testing import Reply, SimServer
 from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
@@ -171,7 +179,13 @@ def test_outputs_carry_provenance_and_the_report_adds_up(serve: Any, tmp_path: P
     assert models["e"]["reviewer"]["score_histogram"]["5"] == models["e"]["reviewer"]["reviews"]
     assert sum(m["generator"]["accepted"] for m in models.values()) == len(accepted)
     assert report["tokens"]["per_accepted"] > 0
-    assert report["pool"]["annotation"] == {"needed": 2, "annotated": 2, "failures": []}
+    assert report["pool"]["annotation"] == {
+        "needed": 2,
+        "annotated": 2,
+        "retried": 0,
+        "unfinished": 0,
+        "failures": [],
+    }
     assert script.count("annotate") == 2  # the seeds lacking keywords and summary
     pool = read(out / "pool.jsonl")
     # The seed's own domain wins over the annotator's ("coding", first of the list).
@@ -551,3 +565,289 @@ def test_endpoints_refusing_json_schema_fall_back_and_resume_remembers(tmp_path:
         again = run(config, tmp_path, target=4)
     assert len(refused) == before  # the resumed run asked in the format that worked
     assert again.report["engine"]["cached"] == again.report["engine"]["requests"]
+
+
+# -- round 2: truncation, losses, dedup text, fixed roles, stops ----------------------------------
+
+
+def test_a_truncated_response_is_rejected_unreviewed_or_reviewed_if_asked(
+    serve: Any, tmp_path: Path
+) -> None:
+    def respond(call: Call) -> Any:
+        return (
+            Reply(content="The answer starts but", finish_reason="length")
+            if call.model == "b"
+            else None
+        )
+
+    script = GraScript(respond=respond)
+    sim = serve(script)
+    config = pool_config(sim.url)
+    result = run(config, tmp_path / "cut", target=6, round_size=12, max_rounds=1)
+    rejected = read(tmp_path / "cut" / "rejected.jsonl")
+    cut = [r for r in rejected if r["generator"] == "b"]
+    assert cut and all(r["reason"] == "truncated" and r["stage"] == "respond" for r in cut)
+    assert all(
+        r["response"] == "The answer starts but" and r["generation"]["truncated"] for r in cut
+    )
+    assert all("reviews" not in r["review"] for r in cut)  # never scored as if complete
+    assert result.report["rejected"]["truncated"] == len(cut)
+    reviewed_b = [c for c in script.log if c.stage == "review_response" and "starts but" in c.user]
+    assert reviewed_b == []
+    kept = run(
+        config, tmp_path / "kept", target=12, round_size=12, max_rounds=1, truncated="review"
+    )
+    accepted = read(tmp_path / "kept" / "accepted.jsonl")
+    assert kept.accepted == 12
+    assert {r["generator"] == "b" for r in accepted if r["generation"].get("truncated")} == {True}
+
+
+def test_a_failed_summary_is_retried_with_another_model_then_counted(
+    serve: Any, tmp_path: Path
+) -> None:
+    script = GraScript(summarize=lambda call: "no summary" if call.model in "ab" else None)
+    sim = serve(script)
+    config = pool_config(sim.url, gra={"reasks": 0})
+    result = run(config, tmp_path / "out", target=20, round_size=20, max_rounds=1)
+    losses = result.report["losses"]
+    accepted = read(tmp_path / "out" / "accepted.jsonl")
+    failed = set(losses["summary_failed"])
+    assert losses["summary_retried"] > 0 and failed
+    assert script.count("summarize", "a") + script.count("summarize", "b") == (
+        losses["summary_retried"] + len(failed)
+    )
+    pool_ids = {p["id"] for p in read(tmp_path / "out" / "pool.jsonl")}
+    for row in accepted:
+        stages = [f["stage"] for f in row.get("failures", [])]
+        if row["id"] in failed:
+            assert row["summary"] is None and row["id"] not in pool_ids
+            assert stages == ["summarize", "summarize"]  # both models' failures on the record
+        else:
+            assert row["summarized_by"] in "cde" and row["id"] in pool_ids
+            assert stages in ([], ["summarize"])
+    assert any("have no summary" in line for line in explain(result.report))
+
+
+def test_a_failed_annotation_is_retried_then_the_seed_is_left_out_and_named(
+    serve: Any, tmp_path: Path
+) -> None:
+    def annotate(call: Call) -> Any:
+        if "Unannotatable" in call.user or call.model == "a":
+            return "no idea"
+        return None
+
+    script = GraScript(annotate=annotate)
+    sim = serve(script)
+    rows = [{"instruction": f"Question {i}?", "response": f"Answer {i}."} for i in range(6)]
+    rows.append({"instruction": "Unannotatable?", "response": "Indeed."})
+    seeds = write_seeds(tmp_path / "seeds.jsonl", rows)
+    config = pool_config(sim.url, gra={"seed_data": seeds, "reasks": 0})
+    result = run(config, tmp_path / "out", target=4, round_size=4)
+    annotation = result.report["pool"]["annotation"]
+    losses = result.report["losses"]
+    assert annotation["needed"] == 7 and annotation["annotated"] == 6
+    assert losses["annotation_failed"] == [f"{seeds}:7"]
+    assert annotation["failures"][0]["models"][0] != annotation["failures"][0]["models"][1]
+    failed_models = annotation["failures"][0]["models"]
+    # Every seed whose first annotator was a is asked again; the unannotatable one twice.
+    retried = script.count("annotate", "a") - ("a" in failed_models) + 1
+    assert losses["annotation_retried"] == retried and script.count("annotate") == 7 + retried
+    pool = read(tmp_path / "out" / "pool.jsonl")
+    seeds_in_pool = [p for p in pool if p["origin"] == "seed"]
+    assert len(seeds_in_pool) == 6 and all(p["model"] != "a" for p in seeds_in_pool)
+    assert any(f"{seeds}:7" in line for line in explain(result.report))
+
+
+def test_a_domain_without_pairs_falls_back_and_is_counted(serve: Any, tmp_path: Path) -> None:
+    sim = serve(GraScript())
+    seeds = write_seeds(tmp_path / "seeds.jsonl", [SEEDS[0]])  # math only
+    config = pool_config(sim.url, gra={"seed_data": seeds, "domains": ["math", "coding"]})
+    result = run(config, tmp_path / "out", target=8, round_size=8, max_rounds=1, seed=2)
+    rows = read(tmp_path / "out" / "accepted.jsonl") + read(tmp_path / "out" / "rejected.jsonl")
+    fell_back = [r for r in rows if r["generation"].get("examples_from_other_domains")]
+    assert fell_back and {r["domain"] for r in fell_back} == {"coding"}
+    assert all(r["generation"]["examples"] == ["seed-000000"] for r in fell_back)
+    assert result.report["losses"]["domain_fallbacks"] == {"coding": len(fell_back)}
+    assert sum(r["domain"] == "coding" for r in rows) == len(fell_back)
+
+
+@pytest.mark.parametrize(
+    ("same", "text", "kept"),
+    [
+        ("instruction", "instruction", 1),
+        ("instruction", "response", 6),
+        ("instruction", "both", 6),
+        ("response", "response", 1),
+        ("response", "both", 6),
+        ("response", "instruction", 6),
+    ],
+)
+def test_dedup_text_chooses_what_is_compared(
+    serve: Any, tmp_path: Path, same: str, text: str, kept: int
+) -> None:
+    def generate(call: Call) -> Any:
+        return {"keywords": ["x", "y", "z"], "instruction": "One task."}
+
+    def respond(call: Call) -> Any:
+        return "One answer." if same == "response" else f"Answer {call.body['seed']}."
+
+    script = GraScript(respond=respond, **({"generate": generate} if same == "instruction" else {}))
+    sim = serve(script)
+    config = pool_config(sim.url, gra={"dedup_text": text})
+    result = run(config, tmp_path / "out", target=6, round_size=6, max_rounds=1)
+    assert result.accepted == kept
+    assert result.report["rejected"]["duplicate"] == 6 - kept
+    assert result.report["dedup"]["text"] == text
+
+
+def test_fixed_assignment_end_to_end(serve: Any, tmp_path: Path) -> None:
+    def review(call: Call) -> Any:
+        return scores(6 if call.model == "d" and int(call.tag, 16) % 2 else 10)
+
+    script = GraScript(review_response=review)
+    sim = serve(script)
+    fixed = {"generator": "a", "reviewers": ["b", "c", "d"], "adjudicator": "e"}
+    config = pool_config(sim.url, gra={"assignment": "fixed", "fixed": fixed})
+    result = run(config, tmp_path / "out", target=6, round_size=12, max_rounds=1)
+    rows = read(tmp_path / "out" / "accepted.jsonl") + read(tmp_path / "out" / "rejected.jsonl")
+    assert len(rows) == 12 and result.accepted == 12
+    assert {(r["generator"], tuple(r["reviewers"])) for r in rows} == {("a", ("b", "c", "d"))}
+    disputed = [r for r in rows if r["disputed"]]
+    assert disputed and all(r["adjudicator"] == "e" for r in disputed)
+    assert {m for (stage, m) in script.calls if stage in ("generate", "respond")} == {"a"}
+    assert {m for (stage, m) in script.calls if stage.startswith("review")} == {"b", "c", "d"}
+    assert {m for (stage, m) in script.calls if stage == "adjudicate"} == {"e"}
+    assert result.report["committee"]["assignment"] == "fixed"
+    assert result.report["models"]["e"]["adjudicator"]["adjudications"] == len(disputed)
+
+
+def test_refine_stops_when_every_seed_had_its_attempts(serve: Any, tmp_path: Path) -> None:
+    refine = GraScript(
+        refine=lambda call: f"Better: {call.field('Draft answer')}",
+        review_response=lambda call: scores(9 if "draft 0" in call.user else 3),
+    )
+    sim = serve(refine)
+    rows = [{"instruction": f"Question {i}?", "response": f"draft {i}"} for i in range(4)]
+    config = pool_config(
+        sim.url, gra={"seed_data": write_seeds(tmp_path / "s.jsonl", rows), "refine_attempts": 2}
+    )
+    result = run(config, tmp_path / "out", mode="refine", round_size=4)
+    assert result.stopped == "seeds_exhausted" and not result.target_reached
+    assert [r["candidates"] for r in result.report["rounds"]] == [4, 3]
+    assert result.accepted == 1 and result.target == 4
+    attempts = sorted(r["generation"]["attempt"] for r in read(tmp_path / "out" / "rejected.jsonl"))
+    assert attempts == [0, 0, 0, 1, 1, 1]
+    assert "every seed had its refine attempts" in explain(result.report)[0]
+
+
+def test_seed_annotation_streams_into_round_one(serve: Any, tmp_path: Path) -> None:
+    domains = ["math", "coding"]
+    seed = next(  # a run seed whose round 1 (3 candidates) is all math
+        s
+        for s in range(100)
+        if all(sample_rng(s, "generate", i).choice(domains) == "math" for i in range(3))
+    )
+    # The coding seeds lack keywords, and their annotation never answers: round 1 must not
+    # wait for it (its math candidates need only the math seed).
+    script = GraScript(annotate=lambda call: Reply(hang=True) if "Code " in call.user else None)
+    sim = serve(script)
+    rows = [
+        SEEDS[0],
+        *({"instruction": f"Code {i}", "response": "x", "domain": "coding"} for i in range(3)),
+    ]
+    config = pool_config(
+        sim.url,
+        gra={"seed_data": write_seeds(tmp_path / "s.jsonl", rows), "domains": domains},
+        engine={"deadline": 30},
+    )
+    events: list[PipelineEvent] = []
+    result = run(
+        config, tmp_path / "out", target=3, round_size=3, seed=seed, on_event=events.append
+    )
+    assert result.accepted == 3 and result.stopped == "target_reached"
+    annotation = result.report["pool"]["annotation"]
+    assert annotation["needed"] == 3 and annotation["unfinished"] == 3  # cancelled at the end
+    assert script.count("annotate") >= 1  # they were asked, in the background
+    steps = [(e.kind, e.step) for e in events if isinstance(e, PipelineEvent)]  # not the engine's
+    assert ("start", "annotate") in steps and ("done", "annotate") not in steps
+    rows_out = read(tmp_path / "out" / "accepted.jsonl")
+    assert all(r["generation"]["examples"] == ["seed-000000"] for r in rows_out)
+
+
+def test_time_budget_stops_starting_candidates_and_reports(
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time as real_time
+
+    from asyncsynth.pipelines.gra import rounds
+
+    class Clock:
+        offset = 0.0
+
+        def monotonic(self) -> float:
+            return real_time.monotonic() + self.offset
+
+    clock = Clock()
+    monkeypatch.setattr(rounds, "time", clock)
+
+    def generate(call: Call) -> Any:
+        if script.count("generate") == 3:  # the third candidate has started: time is up
+            clock.offset = 10_000.0
+        return None
+
+    script = GraScript(generate=generate)
+    sim = serve(script)
+    config = pool_config(sim.url, gra={"max_in_flight": 1, "time_budget": 60})
+    result = run(config, tmp_path / "out", target=10, round_size=10)
+    assert result.stopped == "time_budget" and result.rounds == 1 and result.candidates == 3
+    assert result.report["bounds"]["time_budget"] == 60
+    assert len(read(tmp_path / "out" / "accepted.jsonl")) == 3
+    assert "the time budget of 60 s was spent" in explain(result.report)[0]
+
+
+def test_a_folder_of_another_setup_is_refused_and_a_new_target_resumes(
+    serve: Any, tmp_path: Path
+) -> None:
+    sim = serve(GraScript())
+    config = pool_config(sim.url)
+    out = tmp_path / "out"
+    run(config, out, target=3, round_size=3)
+    with pytest.raises(RunFolderError, match=r"changed: settings\.committee\.tau") as exc:
+        run(pool_config(sim.url, gra={"tau": 7.0}), out, target=3, round_size=3)
+    assert "state.json" in str(exc.value)
+    sent = sim.stats.requests
+    more = run(config, out, target=6, round_size=3, max_rounds=4)
+    assert more.accepted == 6 and more.report["engine"]["cached"] > 0
+    assert (
+        sim.stats.requests - sent
+        == more.report["engine"]["requests"] - more.report["engine"]["cached"]
+    )
+
+
+def test_cli_says_why_samples_were_rejected_and_hints_at_echoes(serve: Any, tmp_path: Path) -> None:
+    echo = {
+        "assessment": "<one or two sentences: the instruction's main strength or flaw>",
+        **dict.fromkeys(("rationality", "completeness", "clarity"), True),
+    }
+    prompts = Path(__file__).parent / "data/template_prompts"  # prompts that show a template
+    script = GraScript(
+        prompts_dir=str(prompts),
+        review_instruction=lambda call: echo if call.model == "b" else None,
+        review_response=lambda call: scores(5),
+    )
+    sim = serve(script)
+    config = _config_file(tmp_path, sim.url, reasks=0, prompts_dir=str(prompts))
+    out = tmp_path / "out"
+    args = ["gra", str(config), "--target", "5", "--out", str(out), "--max-rounds", "1"]
+    result = CliRunner().invoke(main, [*args, "--round-size", "10"])
+    assert result.exit_code == 1
+    text = result.output
+    assert "Stopped because gra.max_rounds = 1 rounds were done: 0 of 10 candidates" in text
+    assert "Why samples were rejected:" in text
+    assert "low_mean: the reviewers' mean score was below tau = 8" in text
+    assert "parse_failure: a model's reply could not be read as the JSON asked for" in text
+    assert "only repeated the prompt's <...> placeholders" in text
+    report = orjson.loads((out / "report.json").read_bytes())
+    assert (
+        report["failures"]["samples_with_template_echo"] == report["rejected"]["parse_failure"] > 0
+    )

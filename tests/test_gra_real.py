@@ -9,12 +9,15 @@ completes and writes every output, each candidate accounted for), not the verdic
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import anyio
 import orjson
 import pytest
+from click.testing import CliRunner
 
+from asyncsynth.cli import main
 from asyncsynth.config import config_from_dict
 from asyncsynth.pipelines.gra import JOURNAL_NAME, GraSettings, run_gra
 
@@ -97,3 +100,22 @@ def test_gra_runs_end_to_end_on_smollm2(tmp_path: Path) -> None:
     assert report["committee"]["samples_with_shared_roles"] == 2
     assert report["engine"]["requests"] > 0
     assert set(report["structured_formats"]) <= {"smol", "smol-hot"}
+
+
+def test_the_local_example_ends_within_its_bound_with_its_account(tmp_path: Path) -> None:
+    """examples/gra/local.toml, with a smaller budget: it ends on its own, with a report and
+    the plain-words account, within the bound its header states."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "gra" / "local.toml"
+    stated = tomllib.loads(example.read_text())["gra"]["time_budget"]
+    assert "no candidate starts after 5 minutes" in example.read_text()
+    out = tmp_path / "out"
+    args = ["gra", str(example), "--out", str(out), "--time-budget", "60", "--round-size", "3"]
+    result = CliRunner().invoke(main, [*args, "--max-rounds", "1"])
+    assert result.exit_code in (0, 1), result.output
+    report = orjson.loads((out / "report.json").read_bytes())
+    assert report["stopped"] in ("target_reached", "max_rounds", "time_budget")
+    assert report["candidates"] >= 1 and report["bounds"]["time_budget"] == 60
+    assert report["engine"]["wall_s"] <= stated
+    assert "Stopped because" in result.output
+    if report["accepted"] < report["candidates"]:
+        assert "Why samples were rejected:" in result.output

@@ -142,7 +142,7 @@ TINY_STUDENT: dict[str, Any] = {
         "num_attention_heads": 2,
         "intermediate_size": 64,
     },
-    "epochs": 8,
+    "epochs": 12,
     "lr": 0.005,
     "batch_size": 16,
     "max_length": 48,
@@ -737,7 +737,18 @@ def test_outputs_report_and_test_isolation(sentiment: dict[str, Any]) -> None:
         assert (out / name).is_file(), name
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "report.json").read_text()) == report
-    assert report["data"] == {"mining": 42, "dev": 18, "test": 40, "contexts": None}
+    duplicates = {
+        "within": {"mining": 0, "dev": 0, "test": 0},
+        "across": {"mining/dev": 0, "mining/test": 0, "dev/test": 0},
+        "removed": {},
+    }
+    assert report["data"] == {
+        "mining": 42,
+        "dev": 18,
+        "test": 40,
+        "contexts": None,
+        "duplicates": duplicates,
+    }
     assert "test set was evaluated once" in report["selection"]
     final = json.loads((out / "final/metrics.json").read_text())
     assert set(final["dev"]["per_class"]) == {"positive", "negative"}
@@ -879,7 +890,19 @@ def test_three_labels_with_junk_answers_cleaned_and_counted(tmp_path: Path) -> N
     )
     assert min(log[k] for k in JunkReply.KINDS) >= 1, log  # every kind was exercised
     seed = read_jsonl(tmp_path / "out/seed.jsonl")
-    assert len(seed) == 45  # dropped seed texts were asked for again
+    # A dropped seed text is asked again for the same slot, so for the label it drew: the
+    # kept seed has the drawn label counts, less the few slots whose three answers all failed.
+    record = report["seed"]
+    assert len(seed) == record["size"] == 45 - record["unfilled"] and record["unfilled"] < 9
+    drawn = record["drawn_by_label"]
+    assert sum(drawn.values()) == 45
+    for label in labels:
+        assert record["by_label"][label] + record["unfilled_by_label"].get(label, 0) == drawn[label]
+    seed_cleaning = json.loads((tmp_path / "out/cleaning.json").read_text())["steps"]["seed"]
+    for label in labels:
+        asked = seed_cleaning["by_label"][label]
+        assert asked["kept"] == record["by_label"][label]
+        assert asked["received"] >= drawn[label]  # re-asks count too
     assert {row["label"] for row in seed} == set(labels)
     final = json.loads((tmp_path / "out/final/metrics.json").read_text())
     assert set(final["dev"]["confusion"]) == set(labels)
@@ -1036,13 +1059,14 @@ def test_review_gra_passes_new_examples_through_the_committee(tmp_path: Path) ->
 )
 def test_example_configs_load_with_their_data_and_prompts(path: Path) -> None:
     from asyncsynth.config import load_config
-    from asyncsynth.pipelines.s3 import load_gold
+    from asyncsynth.pipelines.s3 import load_gold, make_task
 
     settings = load_s3_settings(load_config(path))
     gold = load_gold(settings)
     assert gold.mining and gold.dev and gold.test
-    assert not {r["text"] for r in gold.test} & {r["text"] for r in gold.mining + gold.dev}
-    assert load_prompt_set(settings).extrapolate
+    key = make_task(settings, gold.contexts).key
+    assert not {key(r) for r in gold.test} & {key(r) for r in gold.mining + gold.dev}
+    assert load_prompt_set(settings, span=gold.needs_span).extrapolate
 
 
 def test_cli_reports_bad_config_and_failed_steps(tmp_path: Path) -> None:

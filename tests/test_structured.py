@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -9,13 +10,18 @@ import pytest
 
 from asyncsynth import Engine
 from asyncsynth.config import config_from_dict
+from asyncsynth.pipelines.gra.committee import INSTRUCTION_CHECK
+from asyncsynth.pipelines.gra.samples import NEW_TASK, annotation_schema
+from asyncsynth.prompts import load_prompt
 from asyncsynth.structured import (
     SchemaMismatch,
     StructuredClient,
+    TemplateEcho,
     json_candidates,
     known_formats,
     object_schema,
     parse_reply,
+    placeholders,
 )
 from asyncsynth.testing import Reply, ReplyContext, SimServer
 
@@ -121,6 +127,87 @@ def test_response_formats() -> None:
     assert SCORE.response_format("off") is None
     assert SCORE.schema["required"] == ["reason", "score", "ok", "tags"]
     assert SCORE.schema["additionalProperties"] is False
+
+
+# -- replies that echo the template -------------------------------------------------------------
+
+ECHOED = [
+    orjson.loads(line) for line in (Path(__file__).parent / "data/echoed_replies.jsonl").open("rb")
+]
+"""Real replies of SmolLM2-135M and Gemma 3 270M (llama.cpp, json_object grammar mode) to
+GRA's prompts when these ended with a reply template (``template``) of ``<...>``
+placeholders: most repeat the placeholders. (The prompts now describe the keys in words,
+which small models copy far less; the check stays for prompts that show a template.)"""
+TEMPLATES = {row["prompt"]: row["template"] for row in ECHOED}
+SCHEMAS = {
+    "gra/annotate_seed": annotation_schema(["coding", "math", "QA", "language"]),
+    "gra/generate_instruction": NEW_TASK,
+    "gra/review_instruction": INSTRUCTION_CHECK,
+}
+
+
+def _rendered(name: str) -> list[dict[str, str]]:
+    """The prompt as it was when the replies were recorded: ending with its template."""
+    prompt = load_prompt(name)
+    messages = prompt.render(**dict.fromkeys(prompt.fields, "some text"))
+    messages[-1]["content"] += "\n\n" + TEMPLATES[name]
+    return messages
+
+
+def test_the_placeholders_of_a_prompt() -> None:
+    found = placeholders(_rendered("gra/review_instruction"))
+    assert "<one or two sentences: the instruction's main strength or flaw>" in found
+    assert "<true or false>" in found
+    assert placeholders(load_prompt("gra/review_instruction").render(instruction="x")) == set()
+
+
+@pytest.mark.parametrize("row", ECHOED, ids=[f"{r['model']}-{i}" for i, r in enumerate(ECHOED)])
+def test_real_echoed_replies_are_template_echoes(row: dict[str, Any]) -> None:
+    schema, template = SCHEMAS[row["prompt"]], placeholders(_rendered(row["prompt"]))
+    if not row["echo"]:
+        assert parse_reply(row["reply"], schema, template=template)["domain"] == "coding"
+        return
+    with pytest.raises(TemplateEcho, match=r"^template echo: .* repeats the prompt's placeholder"):
+        parse_reply(row["reply"], schema, template=template)
+    # Without the prompt's placeholders, some of these would pass as answers.
+    if row["prompt"] == "gra/review_instruction":
+        assert parse_reply(row["reply"], schema)["assessment"].startswith("<one or two")
+
+
+def test_an_echo_names_the_field_and_counts_the_others() -> None:
+    template = placeholders(_rendered("gra/generate_instruction"))
+    reply = (
+        '{"keywords": ["<keyword>", "<keyword>", "<keyword>"], '
+        '"instruction": "<the complete text of the new task>"}'
+    )
+    with pytest.raises(TemplateEcho) as caught:
+        parse_reply(reply, NEW_TASK, template=template)
+    assert "keywords[0] repeats the prompt's placeholder '<keyword>' (and 3 more)" in str(
+        caught.value
+    )
+    assert caught.value.cause == "template_echo"
+
+
+def test_numbered_and_unparseable_echoes_are_caught_and_real_answers_pass() -> None:
+    template = placeholders(_rendered("gra/review_instruction"))
+    with pytest.raises(TemplateEcho):  # not even JSON, but the template's own words
+        parse_reply(
+            '{"assessment": "fine", "rationality": <true or false>}',
+            INSTRUCTION_CHECK,
+            template=template,
+        )
+    answer = (
+        '{"assessment": "Clear <b>bold</b> task.", '
+        '"rationality": true, "completeness": true, "clarity": true}'
+    )
+    assert parse_reply(answer, INSTRUCTION_CHECK, template=template)["clarity"] is True
+    keywords = placeholders(_rendered("gra/generate_instruction"))
+    with pytest.raises(TemplateEcho):
+        parse_reply(
+            '{"keywords": ["<keyword1>", "a", "b"], "instruction": "Do X."}',
+            NEW_TASK,
+            template=keywords,
+        )
 
 
 # -- the client against the simulated endpoint -------------------------------------------------
@@ -302,3 +389,30 @@ async def test_replies_come_from_the_journal_on_a_second_run(tmp_path: Any) -> N
                 assert answer.ok
     assert len(script.bodies) == 1
     assert answer.cached
+
+
+@pytest.mark.anyio
+async def test_an_echo_is_a_named_parse_failure_and_the_reask_says_why() -> None:
+    echo = '{"reason": "<one sentence>", "score": 7, "ok": true, "tags": ["a", "b"]}'
+    script = Script(json_schema=echo)
+    prompt = 'Rate it. Reply as {"reason": "<one sentence>", "score": <0-10>, ...}'
+    with SimServer(reply=script) as sim:
+        async with Engine(_config(sim.url)) as engine:
+            answer = await StructuredClient(engine, reasks=1).ask(
+                [{"role": "user", "content": prompt}], SCORE, role="a"
+            )
+    assert answer.failure == "parse_failure" and answer.cause == "template_echo"
+    assert answer.error is not None and answer.error.startswith("template echo: reason repeats")
+    assert "replace every <...>" in script.bodies[1]["messages"][-1]["content"]
+
+
+@pytest.mark.anyio
+async def test_a_reply_cut_at_the_token_limit_says_so() -> None:
+    script = Script(json_schema=Reply(content='{"reason": "fine", "sco', finish_reason="length"))
+    with SimServer(reply=script) as sim:
+        async with Engine(_config(sim.url)) as engine:
+            answer = await StructuredClient(engine, reasks=0).ask(
+                [{"role": "user", "content": "rate"}], SCORE, role="a"
+            )
+    assert answer.failure == "parse_failure" and answer.cause == "truncated"
+    assert answer.error is not None and "cut at the token limit" in answer.error

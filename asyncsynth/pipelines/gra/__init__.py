@@ -15,7 +15,7 @@ The committee, reusable by other pipelines (S3's ``--review gra``)::
         meta={"id": "s3-17"},        # optional; copied into every request's meta
     )
     verdict.accepted                 # bool
-    verdict.reason                   # None | "instruction_fail" | "low_mean" |
+    verdict.reason                   # None | "instruction_fail" | "truncated" | "low_mean" |
                                      # "adjudicator_reject" | "parse_failure" | "request_error"
     verdict.path                     # "consensus" | "adjudicated" | the rejection reason
     verdict.mu, verdict.sigma        # committee mean and deviation (None if not scored)
@@ -24,7 +24,8 @@ The committee, reusable by other pipelines (S3's ``--review gra``)::
 
 For finer control, ``Committee(engine, settings)`` offers ``draw(rng, generator=...)``,
 ``review(instruction, response, roles)`` and the two phases ``check_instruction`` and
-``score_response`` on a ``Verdict(roles)``; ``decide(scores, settings)`` is the pure rule.
+``score_response`` on a ``Verdict(roles)``; ``decide(scores, settings)`` is the pure rule
+(decided on exact fractions: a mean of exactly tau is tau).
 
 The whole pipeline::
 
@@ -49,9 +50,10 @@ from .committee import (
     draw_roles,
     review_sample,
 )
-from .dedup import DedupOutcome, ExactDeduplicator, SemanticDeduplicator
-from .pipeline import JOURNAL_NAME, GraResult, make_deduplicator, run_gra
-from .seeds import Seed, load_seeds
+from .dedup import DedupOutcome, ExactDeduplicator, SemanticDeduplicator, make_deduplicator
+from .pipeline import JOURNAL_NAME, GraResult, run_gra
+from .report import explain
+from .seeds import Seed, Seeds, load_seeds
 from .settings import DEFAULT_DOMAINS, CommitteeSettings, FixedRoles, GraSettings
 
 __all__ = [
@@ -76,10 +78,12 @@ __all__ = [
     "Review",
     "Roles",
     "Seed",
+    "Seeds",
     "SemanticDeduplicator",
     "Verdict",
     "decide",
     "draw_roles",
+    "explain",
     "load_seeds",
     "make_deduplicator",
     "review_sample",

@@ -16,8 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio
+
+from ...engine.errors import ConfigError
+
 if TYPE_CHECKING:
     import numpy as np
+
+    from .samples import Candidate
+    from .settings import GraSettings
 
 _BLOCK = 1024
 """Candidates compared at once (bounds the similarity matrices' memory)."""
@@ -148,3 +155,56 @@ class SemanticDeduplicator:
             best[better] = values[better]
             arg[better] = top[better] + start
         return best, arg
+
+
+def make_deduplicator(settings: GraSettings, embedder: Embedder | None = None) -> Deduplicator:
+    """Exact matching for ``embedding_model = "none"``, else semantic (loads the model)."""
+    if embedder is None and settings.embedding_model.lower() == "none":
+        return ExactDeduplicator()
+    if embedder is None:
+        try:
+            from ...student.embeddings import SentenceEmbedder
+        except ImportError as exc:
+            raise ConfigError(
+                f"gra.embedding_model = {settings.embedding_model!r} needs torch and transformers "
+                f"(pip install 'asyncsynth[embed]'): {exc}. Set embedding_model = \"none\" to "
+                "drop exact duplicates only"
+            ) from None
+        embedder = SentenceEmbedder(
+            settings.embedding_model, batch_size=settings.embedding_batch_size
+        )
+    return SemanticDeduplicator(embedder, settings.dedup_threshold)
+
+
+def dedup_text(c: Candidate, which: str) -> str:
+    """What is compared (``dedup_text``): the instruction, the response, or both."""
+    if which == "instruction":
+        return c.instruction or ""
+    if which == "response":
+        return c.response or ""
+    return f"{c.instruction}\n\n{c.response}"
+
+
+async def dedup_round(
+    batch: Sequence[Candidate], dedup: Deduplicator, which: str
+) -> list[Candidate]:
+    """GRA's post-processing of a round: the candidates the committee passed, in descending
+    committee mean, each kept (``accepted``) unless it duplicates one kept before it, in this
+    round or an earlier one (rejected as ``duplicate``). Returns the kept ones."""
+    passed = sorted(
+        (c for c in batch if c.status == "passed"), key=lambda c: (-(c.mu or 0.0), c.index)
+    )
+    texts = [(c.id, dedup_text(c, which)) for c in passed]
+    if isinstance(dedup, ExactDeduplicator):
+        outcomes = dedup.select(texts)
+    else:  # embeddings: off the event loop
+        outcomes = await anyio.to_thread.run_sync(dedup.select, texts)
+    kept: list[Candidate] = []
+    for c, outcome in zip(passed, outcomes, strict=True):
+        if outcome.kept:
+            c.status = "accepted"
+            kept.append(c)
+        else:
+            c.reject("duplicate", "dedup")
+            c.duplicate_of, c.similarity = outcome.duplicate_of, outcome.similarity
+    return kept

@@ -1,16 +1,18 @@
-"""``report.json``: acceptance, rejection reasons, adjudication, reviewers, domains, tokens."""
+"""``report.json``: acceptance, rejection reasons, adjudication, reviewers, domains, losses, tokens;
+and :func:`explain`, the same in plain words for the end of a run."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .committee import REASONS
+from .decision import keeps
 from .samples import Candidate
 from .settings import GraSettings
+from .verdict import REASONS, Failure, Verdict
 
 if TYPE_CHECKING:
     from ..events import PipelineEvent
@@ -42,83 +44,99 @@ def _reasons(cands: Sequence[Candidate]) -> dict[str, int]:
     return {r: counts.get(r, 0) for r in REJECTION_REASONS}
 
 
-def _models(settings: GraSettings, cands: Sequence[Candidate]) -> dict[str, Any]:
-    tau = settings.committee.tau
-    out: dict[str, dict[str, Any]] = {}
-    for name in settings.committee.pool:
-        out[name] = {
-            "generator": {"candidates": 0, "passed_committee": 0, "accepted": 0},
-            "reviewer": {
-                "instruction_checks": 0,
-                "instruction_passes": 0,
-                "instruction_agreement": None,
-                "reviews": 0,
-                "score": None,
-                "score_histogram": None,
-                "decision_agreement": None,
-                "mean_abs_deviation": None,
-            },
-            "adjudicator": {"adjudications": 0, "kept": 0, "mean_score": None},
-            "failures": {"parse_failure": 0, "request_error": 0},
-        }
-    scores: dict[str, list[float]] = defaultdict(list)
-    deviations: dict[str, list[float]] = defaultdict(list)
-    agree_check: dict[str, list[bool]] = defaultdict(list)
-    agree_score: dict[str, list[bool]] = defaultdict(list)
-    adj_scores: dict[str, list[float]] = defaultdict(list)
-    for c in cands:
-        gen = c.roles.generator
-        if gen in out:
-            g = out[gen]["generator"]
+def _failures(c: Candidate) -> Iterator[Failure]:
+    yield from c.failures
+    if c.verdict is not None:
+        yield from c.verdict.failures
+
+
+class _ModelTally:
+    """Per pool model: its work as generator, reviewer and adjudicator, and its failures."""
+
+    def __init__(self, settings: GraSettings) -> None:
+        self.settings = settings
+        self.generator: dict[str, Counter[str]] = defaultdict(Counter)
+        self.checks: dict[str, Counter[str]] = defaultdict(Counter)
+        self.failures: dict[str, Counter[str]] = defaultdict(Counter)
+        self.scores: dict[str, list[float]] = defaultdict(list)
+        self.deviations: dict[str, list[float]] = defaultdict(list)
+        self.agree_check: dict[str, list[bool]] = defaultdict(list)
+        self.agree_score: dict[str, list[bool]] = defaultdict(list)
+        self.adjudications: dict[str, Counter[str]] = defaultdict(Counter)
+        self.adj_scores: dict[str, list[float]] = defaultdict(list)
+
+    def add(self, c: Candidate) -> None:
+        if c.roles.generator is not None:
+            g = self.generator[c.roles.generator]
             g["candidates"] += 1
             g["passed_committee"] += c.status in ("passed", "accepted") or c.reason == "duplicate"
             g["accepted"] += c.status == "accepted"
-        for failure in c.failures:
-            if failure.model in out:
-                out[failure.model]["failures"][failure.kind] += 1
-        v = c.verdict
-        if v is None:
-            continue
-        for failure in v.failures:
-            if failure.model in out:
-                out[failure.model]["failures"][failure.kind] += 1
+        for failure in _failures(c):
+            self.failures[failure.model][failure.kind] += 1
+        if c.verdict is not None:
+            self._verdict(c.verdict)
+
+    def _verdict(self, v: Verdict) -> None:
         phase1 = all(ch.passed for ch in v.checks)
         for ch in v.checks:
-            if ch.model in out:
-                r = out[ch.model]["reviewer"]
-                r["instruction_checks"] += 1
-                r["instruction_passes"] += ch.passed
-                agree_check[ch.model].append(ch.passed == phase1)
-        kept = v.accepted
+            self.checks[ch.model]["checks"] += 1
+            self.checks[ch.model]["passes"] += ch.passed
+            self.agree_check[ch.model].append(ch.passed == phase1)
         for review in v.reviews:
-            if review.model not in out:
-                continue
-            scores[review.model].append(review.score)
-            agree_score[review.model].append((round(review.score, 9) >= tau) == kept)
+            self.scores[review.model].append(review.score)
+            self.agree_score[review.model].append(
+                keeps(review.exact, self.settings.committee) == v.accepted
+            )
             others = [o.score for o in v.reviews if o is not review]
             if others:
-                deviations[review.model].append(abs(review.score - statistics.fmean(others)))
-        if (adj := v.adjudication) is not None and adj.model in out:
-            a = out[adj.model]["adjudicator"]
-            a["adjudications"] += 1
-            a["kept"] += adj.keep
-            adj_scores[adj.model].append(adj.score)
-    for name, entry in out.items():
-        g = entry["generator"]
-        g["acceptance"] = _rate(g["accepted"], g["candidates"])
-        r = entry["reviewer"]
-        r["reviews"] = len(scores[name])
-        r["score"] = _stats(scores[name])
-        r["score_histogram"] = _histogram(scores[name])
-        checks = agree_check[name]
-        r["instruction_agreement"] = _rate(sum(checks), len(checks))
-        agree = agree_score[name]
-        r["decision_agreement"] = _rate(sum(agree), len(agree))
-        if deviations[name]:
-            r["mean_abs_deviation"] = round(statistics.fmean(deviations[name]), 4)
-        if adj_scores[name]:
-            entry["adjudicator"]["mean_score"] = round(statistics.fmean(adj_scores[name]), 4)
-    return out
+                self.deviations[review.model].append(abs(review.score - statistics.fmean(others)))
+        if (adj := v.adjudication) is not None:
+            self.adjudications[adj.model]["adjudications"] += 1
+            self.adjudications[adj.model]["kept"] += adj.keep
+            self.adj_scores[adj.model].append(adj.score)
+
+    def entry(self, name: str) -> dict[str, Any]:
+        g = self.generator[name]
+        scores, checks, agree = self.scores[name], self.agree_check[name], self.agree_score[name]
+        deviations, adj = self.deviations[name], self.adjudications[name]
+        return {
+            "generator": {
+                "candidates": g["candidates"],
+                "passed_committee": g["passed_committee"],
+                "accepted": g["accepted"],
+                "acceptance": _rate(g["accepted"], g["candidates"]),
+            },
+            "reviewer": {
+                "instruction_checks": self.checks[name]["checks"],
+                "instruction_passes": self.checks[name]["passes"],
+                "instruction_agreement": _rate(sum(checks), len(checks)),
+                "reviews": len(scores),
+                "score": _stats(scores),
+                "score_histogram": _histogram(scores),
+                "decision_agreement": _rate(sum(agree), len(agree)),
+                "mean_abs_deviation": round(statistics.fmean(deviations), 4)
+                if deviations
+                else None,
+            },
+            "adjudicator": {
+                "adjudications": adj["adjudications"],
+                "kept": adj["kept"],
+                "mean_score": round(statistics.fmean(self.adj_scores[name]), 4)
+                if self.adj_scores[name]
+                else None,
+            },
+            "failures": {
+                "parse_failure": self.failures[name]["parse_failure"],
+                "request_error": self.failures[name]["request_error"],
+            },
+        }
+
+
+def _models(settings: GraSettings, cands: Sequence[Candidate]) -> dict[str, Any]:
+    tally = _ModelTally(settings)
+    for c in cands:
+        tally.add(c)
+    return {name: tally.entry(name) for name in settings.committee.pool}
 
 
 def _domains(cands: Sequence[Candidate]) -> dict[str, Any]:
@@ -137,23 +155,93 @@ def _domains(cands: Sequence[Candidate]) -> dict[str, Any]:
 
 
 def _adjudication(cands: Sequence[Candidate]) -> dict[str, Any]:
-    scored = [c for c in cands if c.verdict is not None and c.verdict.mu is not None]
-    disputed = [c for c in scored if c.verdict is not None and c.verdict.disputed]
-    failed = [
-        c
-        for c in scored
-        if c.verdict is not None and any(f.stage == "adjudicate" for f in c.verdict.failures)
-    ]
-    kept = sum(1 for c in disputed if c.verdict is not None and c.verdict.accepted)
+    verdicts = [c.verdict for c in cands if c.verdict is not None]
+    scored = [v for v in verdicts if v.mu is not None]
+    disputed = [v for v in scored if v.disputed]
+    kept = sum(v.accepted for v in disputed)
+    rejected = sum(v.reason == "adjudicator_reject" for v in disputed)
     return {
         "scored": len(scored),
-        "disputed": len(disputed) + len(failed),
-        "rate": _rate(len(disputed) + len(failed), len(scored)),
+        "disputed": len(disputed),
+        "rate": _rate(len(disputed), len(scored)),
         "kept": kept,
-        "rejected": len(disputed) - kept,
-        "failed": len(failed),
-        "keep_rate": _rate(kept, len(disputed)),
+        "rejected": rejected,
+        "failed": len(disputed) - kept - rejected,
+        "keep_rate": _rate(kept, kept + rejected),
     }
+
+
+def _failure_summary(cands: Sequence[Candidate]) -> dict[str, Any]:
+    """Unusable replies and failed requests, by kind, cause and stage."""
+    kinds: Counter[str] = Counter()
+    causes: Counter[str] = Counter()
+    stages: dict[str, Counter[str]] = defaultdict(Counter)
+    echoed = 0
+    for c in cands:
+        found = list(_failures(c))
+        for f in found:
+            kinds[f.kind] += 1
+            stages[f.stage][f.kind] += 1
+            if f.cause:
+                causes[f.cause] += 1
+        echoed += any(f.cause == "template_echo" for f in found)
+    return {
+        "parse_failure": kinds["parse_failure"],
+        "request_error": kinds["request_error"],
+        "causes": dict(sorted(causes.items())),
+        "samples_with_template_echo": echoed,
+        "by_stage": {s: dict(sorted(k.items())) for s, k in sorted(stages.items())},
+    }
+
+
+def _tokens(cands: Sequence[Candidate], usage: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+    verdicts = [c.verdict for c in cands if c.verdict is not None]
+    empty = {"requests": 0, "in": 0, "out": 0}
+    by_stage = {
+        "annotate": dict(usage.get("annotate", empty)),
+        "generate": {
+            "requests": sum(c.requests for c in cands),
+            "in": sum(c.tokens_in for c in cands),
+            "out": sum(c.tokens_out for c in cands),
+        },
+        "review": {
+            "requests": sum(v.requests for v in verdicts),
+            "in": sum(v.tokens_in for v in verdicts),
+            "out": sum(v.tokens_out for v in verdicts),
+        },
+        "summarize": dict(usage.get("summarize", empty)),
+    }
+    total_in = sum(s["in"] for s in by_stage.values())
+    total_out = sum(s["out"] for s in by_stage.values())
+    accepted = sum(c.status == "accepted" for c in cands)
+    return {
+        "in": total_in,
+        "out": total_out,
+        "per_accepted": round((total_in + total_out) / accepted, 1) if accepted else None,
+        "by_stage": by_stage,
+    }
+
+
+def _committee(settings: GraSettings, cands: Sequence[Candidate]) -> dict[str, Any]:
+    committee = settings.committee
+    shared = sum(1 for c in cands if c.roles.shared)
+    out: dict[str, Any] = {
+        "pool": list(committee.pool),
+        "reviewers": committee.reviewers,
+        "tau": committee.tau,
+        "delta": committee.delta,
+        "std": committee.std,
+        "min_reviews": committee.needed_reviews,
+        "assignment": committee.assignment,
+        "allow_shared_roles": committee.allow_shared_roles,
+        "samples_with_shared_roles": shared,
+    }
+    if shared:
+        out["note"] = (
+            "the pool is smaller than 1 generator + reviewers + 1 adjudicator: "
+            f"{shared} samples had a model in two roles"
+        )
+    return out
 
 
 def build_report(
@@ -169,68 +257,39 @@ def build_report(
     structured: Mapping[str, str],
     stopped: str,
     seeds: int,
+    seed_format: str | None = None,
+    seed_rows: int = 0,
+    losses: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's report as a JSON-ready dict (see the README for every field)."""
-    committee = settings.committee
-    accepted = [c for c in cands if c.status == "accepted"]
-    gen_in = sum(c.tokens_in for c in cands)
-    gen_out = sum(c.tokens_out for c in cands)
-    rev_in = sum(c.verdict.tokens_in for c in cands if c.verdict)
-    rev_out = sum(c.verdict.tokens_out for c in cands if c.verdict)
-    by_stage = {
-        "annotate": dict(usage.get("annotate", {"requests": 0, "in": 0, "out": 0})),
-        "generate": {"requests": sum(c.requests for c in cands), "in": gen_in, "out": gen_out},
-        "review": {
-            "requests": sum(c.verdict.requests for c in cands if c.verdict),
-            "in": rev_in,
-            "out": rev_out,
-        },
-        "summarize": dict(usage.get("summarize", {"requests": 0, "in": 0, "out": 0})),
-    }
-    total_in = sum(s["in"] for s in by_stage.values())
-    total_out = sum(s["out"] for s in by_stage.values())
-    shared = sum(1 for c in cands if c.roles.shared)
+    accepted = sum(c.status == "accepted" for c in cands)
     return {
         "mode": settings.mode,
         "seed": settings.seed,
         "target": target,
-        "accepted": len(accepted),
-        "target_reached": len(accepted) >= target,
+        "accepted": accepted,
+        "target_reached": accepted >= target,
         "stopped": stopped,
+        "bounds": {"max_rounds": settings.max_rounds, "time_budget": settings.time_budget},
         "candidates": len(cands),
-        "acceptance": _rate(len(accepted), len(cands)),
+        "acceptance": _rate(accepted, len(cands)),
         "passed_committee": sum(c.status == "accepted" or c.reason == "duplicate" for c in cands),
         "rejected": _reasons(cands),
         "adjudication": _adjudication(cands),
+        "failures": _failure_summary(cands),
+        "losses": dict(losses or {}),
         "rounds": list(rounds),
-        "pool": {"size": pool_size, "seeds": seeds, "annotation": dict(annotation)},
+        "pool": {
+            "size": pool_size,
+            "seeds": seeds,
+            "seed_rows": seed_rows,
+            "seed_format": seed_format,
+            "annotation": dict(annotation),
+        },
         "domains": _domains(cands),
         "models": _models(settings, cands),
-        "tokens": {
-            "in": total_in,
-            "out": total_out,
-            "per_accepted": round((total_in + total_out) / len(accepted), 1) if accepted else None,
-            "by_stage": by_stage,
-        },
-        "committee": {
-            "pool": list(committee.pool),
-            "reviewers": committee.reviewers,
-            "tau": committee.tau,
-            "delta": committee.delta,
-            "std": committee.std,
-            "min_reviews": committee.needed_reviews,
-            "assignment": committee.assignment,
-            "allow_shared_roles": committee.allow_shared_roles,
-            "samples_with_shared_roles": shared,
-            **(
-                {
-                    "note": "the pool is smaller than 1 generator + reviewers + 1 adjudicator: "
-                    f"{shared} samples had a model in two roles"
-                }
-                if shared
-                else {}
-            ),
-        },
+        "tokens": _tokens(cands, usage),
+        "committee": _committee(settings, cands),
         "dedup": {
             "embedding_model": settings.embedding_model,
             "threshold": settings.dedup_threshold,
@@ -239,6 +298,93 @@ def build_report(
         "structured_formats": dict(structured),
         "engine": dict(engine),
     }
+
+
+# -- in plain words -----------------------------------------------------------------------------
+
+_WHY = {
+    "instruction_fail": "a reviewer found the instruction irrational, incomplete or unclear",
+    "truncated": "the response was cut at the token limit (raise gra.params.generate.max_tokens, "
+    'or set gra.truncated = "review" to review such responses anyway)',
+    "low_mean": "the reviewers' mean score was below tau = {tau:g}",
+    "adjudicator_reject": "the reviewers disagreed and the adjudicator scored it below "
+    "tau = {tau:g}",
+    "parse_failure": "a model's reply could not be read as the JSON asked for, even after "
+    "re-asking",
+    "request_error": "a request failed for good (rejected.jsonl: failures[].message)",
+    "duplicate": "it repeats a sample kept before it ({dedup})",
+}
+_STOPPED = {
+    "target_reached": "the target was reached",
+    "max_rounds": "gra.max_rounds = {max_rounds} rounds were done",
+    "time_budget": "the time budget of {time_budget:g} s was spent (gra.time_budget)",
+    "all_requests_failed": "every request of a round failed",
+    "seeds_exhausted": "every seed had its refine attempts (gra.refine_attempts)",
+}
+
+
+def explain(report: Mapping[str, Any]) -> list[str]:
+    """The run in plain words: why it stopped, why samples were rejected, what was lost."""
+    bounds = report.get("bounds", {})
+    stop = _STOPPED.get(report["stopped"], report["stopped"]).format(**bounds)
+    lines = [
+        f"Stopped because {stop}: {report['accepted']:,} of {report['candidates']:,} "
+        f"candidates accepted (target {report['target']:,})."
+    ]
+    rejected = {r: n for r, n in report["rejected"].items() if n}
+    if rejected:
+        lines.append("Why samples were rejected:")
+        width = len(f"{max(rejected.values()):,}")
+        tau = report["committee"]["tau"]
+        dedup = report["dedup"]
+        similar = (
+            "the same text"
+            if dedup["embedding_model"] == "none"
+            else f"cosine similarity >= {dedup['threshold']:g}"
+        )
+        for reason, n in sorted(rejected.items(), key=lambda kv: -kv[1]):
+            why = _WHY.get(reason, reason).format(tau=tau, dedup=similar)
+            lines.append(f"  {n:>{width},}  {reason}: {why}")
+    lines += _echo_hint(report)
+    lines += _losses(report)
+    return lines
+
+
+def _echo_hint(report: Mapping[str, Any]) -> list[str]:
+    failures = report.get("failures", {})
+    echoed = failures.get("samples_with_template_echo", 0)
+    if not echoed:
+        return []
+    replies = failures.get("causes", {}).get("template_echo", 0)
+    return [
+        f"Hint: {replies:,} replies (in {echoed:,} samples) only repeated the prompt's <...> "
+        'placeholders, e.g. "<one sentence>", instead of answering. Models this small often '
+        "copy the reply template; larger models (examples/gra/vllm.toml) do not, and more "
+        "re-asks (gra.reasks) sometimes help."
+    ]
+
+
+def _losses(report: Mapping[str, Any]) -> list[str]:
+    losses = report.get("losses", {})
+    lines = []
+    if failed := losses.get("annotation_failed"):
+        lines.append(
+            f"{len(failed):,} seeds could not be annotated (left out of the pool): "
+            + ", ".join(failed[:3])
+            + (" ..." if len(failed) > 3 else "")
+        )
+    if failed := losses.get("summary_failed"):
+        lines.append(
+            f"{len(failed):,} accepted samples have no summary (left out of the pool): "
+            + ", ".join(failed[:3])
+            + (" ..." if len(failed) > 3 else "")
+        )
+    if fallbacks := losses.get("domain_fallbacks"):
+        counts = ", ".join(f"{d} {n:,}" for d, n in fallbacks.items())
+        lines.append(
+            f"Domains with no pool pair yet (their generators saw other domains' pairs): {counts}"
+        )
+    return lines
 
 
 def describe(event: PipelineEvent) -> tuple[str, bool] | None:
@@ -251,19 +397,14 @@ def describe(event: PipelineEvent) -> tuple[str, bool] | None:
             f"accepted {data['accepted']:,}/{data['target']:,}",
             True,
         )
-    if kind == "start" and step == "annotate":
-        return (f"annotating {data['seeds']:,} seeds" if data["seeds"] else None), False
+    if step == "annotate":
+        return _describe_annotate(kind, data)
     if kind == "start":
         return (
             f"{step}: {data['candidates']:,} candidates "
             f"(accepted so far {data['accepted']:,} of {data['target']:,})",
             False,
         )
-    if kind == "done" and step == "annotate":
-        if not data["needed"]:
-            return None
-        done, needed, failed = data["annotated"], data["needed"], len(data["failures"])
-        return f"annotate: {done:,} of {needed:,} seeds ({failed} failed)", False
     if kind == "done":
         rejected = ", ".join(f"{n:,} {reason}" for reason, n in data["rejected"].items())
         return (
@@ -271,4 +412,18 @@ def describe(event: PipelineEvent) -> tuple[str, bool] | None:
             f"(rejected: {rejected or 'none'}); {data['accepted_total']:,} in all",
             False,
         )
+    return None
+
+
+def _describe_annotate(kind: str, data: Mapping[str, Any]) -> tuple[str, bool] | None:
+    if not data["needed"]:
+        return None
+    if kind == "start":
+        return (
+            f"annotating {data['needed']:,} of {data['seeds']:,} seeds (alongside round 1)",
+            False,
+        )
+    if kind == "done":
+        done, needed, failed = data["annotated"], data["needed"], len(data["failures"])
+        return f"annotate: {done:,} of {needed:,} seeds ({failed} failed)", False
     return None

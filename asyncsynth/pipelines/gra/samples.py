@@ -9,16 +9,19 @@ reproducible and resumable.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...engine import Engine, Request, Result
 from ...prompts import load_prompt
 from ...structured import Schema, StructuredClient, StructuredResult, object_schema
-from .committee import Committee, Failure, Roles, Verdict
+from .committee import Committee
+from .pool import PoolEntry
+from .roles import Roles
 from .seeds import Seed
 from .settings import GraSettings
+from .verdict import Failure, Verdict
 
 _KEYWORDS = {
     "type": "array",
@@ -48,32 +51,6 @@ def sample_rng(seed: int, *parts: object) -> random.Random:
     return random.Random(":".join(map(str, ("asyncsynth-gra", seed, *parts))))
 
 
-@dataclass(frozen=True, slots=True)
-class PoolEntry:
-    """A (keywords, summary) pair of a domain's pool, from a seed or an accepted sample."""
-
-    id: str
-    domain: str
-    keywords: tuple[str, ...]
-    summary: str
-    origin: str
-    """``seed`` or ``generated``."""
-    round: int = 0
-    model: str | None = None
-    """The model that wrote the keywords and summary (``None``: given in the seed data)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "domain": self.domain,
-            "keywords": list(self.keywords),
-            "summary": self.summary,
-            "origin": self.origin,
-            "round": self.round,
-            "model": self.model,
-        }
-
-
 @dataclass(slots=True)
 class Candidate:
     """A sample being made, and everything recorded about it."""
@@ -85,6 +62,8 @@ class Candidate:
     roles: Roles
     domain: str | None = None
     examples: tuple[PoolEntry, ...] = ()
+    examples_fell_back: bool = False
+    """The domain had no pool pair: the examples come from other domains."""
     seed: Seed | None = None
     attempt: int = 0
     instruction: str | None = None
@@ -155,6 +134,8 @@ class Candidate:
         generation: dict[str, Any] = {"keywords": self.generated_keywords}
         if self.examples:
             generation["examples"] = [e.id for e in self.examples]
+        if self.examples_fell_back:
+            generation["examples_from_other_domains"] = True
         if self.seed is not None:
             generation["seed"] = self.seed.source
             generation["original_response"] = self.seed.response
@@ -165,17 +146,14 @@ class Candidate:
         review = verdict.to_dict() if verdict is not None else None
         if review is not None:
             row["adjudicator"] = review["adjudicator"]
+            row["disputed"] = review["disputed"]
             row["review"] = {
                 k: review[k] for k in ("checks", "reviews", "adjudication") if review[k]
             }
             if roles.shared:
                 row["shared_roles"] = True
         failures = [
-            *(
-                {"stage": f.stage, "model": f.model, "kind": f.kind, "message": f.message}
-                | ({"raw": f.raw} if f.raw else {})
-                for f in self.failures
-            ),
+            *(f.to_dict() for f in self.failures),
             *(review["failures"] if review is not None else []),
         ]
         if failures:
@@ -225,12 +203,9 @@ class SampleMaker:
         return {"sample_id": c.id, "stage": stage}
 
     def _fail(self, c: Candidate, stage: str, model: str, answer: StructuredResult) -> None:
-        raw = answer.raw
-        kind = answer.failure or "parse_failure"
-        c.failures.append(
-            Failure(stage, model, kind, answer.error or "", raw[:500] if raw else None)
-        )
-        c.reject(kind, stage)
+        failure = Failure.of(stage, model, answer)
+        c.failures.append(failure)
+        c.reject(failure.kind, stage)
 
     def _examples_text(self, examples: Sequence[PoolEntry]) -> str:
         if not examples:
@@ -267,6 +242,9 @@ class SampleMaker:
             return False
         c.response = text
         c.truncated = result.finish_reason == "length"
+        if c.truncated and self.settings.truncated == "reject":
+            c.reject("truncated", stage)
+            return False
         return True
 
     async def generate(self, c: Candidate) -> None:
@@ -294,7 +272,18 @@ class SampleMaker:
             return
         c.instruction = answer.value["instruction"]
         c.generated_keywords = answer.value["keywords"]
-        await self._review(c, self._response.render(instruction=c.instruction), "respond")
+        await self.answer(c)
+
+    async def answer(self, c: Candidate, *, check_first: bool = True) -> None:
+        """``c.instruction`` checked -> the generator's response -> scoring and decision.
+
+        The second half of :meth:`generate`, for instructions that come from elsewhere
+        (the quality benchmark's checkable tasks). ``check_first=False`` writes the
+        response before the instruction check, so that even a sample whose instruction
+        fails has one (the benchmark checks every response; the pipeline saves the cost)."""
+        assert c.instruction is not None
+        messages = self._response.render(instruction=c.instruction)
+        await self._review(c, messages, "respond", check_first=check_first)
 
     async def refine(self, c: Candidate) -> None:
         """A seed's instruction check -> its response rewritten -> scoring and decision."""
@@ -303,14 +292,23 @@ class SampleMaker:
         messages = self._refine.render(instruction=c.seed.instruction, response=c.seed.response)
         await self._review(c, messages, "refine")
 
-    async def _review(self, c: Candidate, messages: list[dict[str, str]], stage: str) -> None:
+    async def _review(
+        self,
+        c: Candidate,
+        messages: list[dict[str, str]],
+        stage: str,
+        *,
+        check_first: bool = True,
+    ) -> None:
         assert c.instruction is not None
         verdict = c.verdict = Verdict(c.roles)
         meta = {"sample_id": c.id}
+        if not check_first and not await self._write(c, stage, messages):
+            return
         if not await self.committee.check_instruction(verdict, c.instruction, meta=meta):
             c.reject(verdict.reason or "instruction_fail", "review_instruction")
             return
-        if not await self._write(c, stage, messages):
+        if check_first and not await self._write(c, stage, messages):
             return
         assert c.response is not None
         await self.committee.score_response(verdict, c.instruction, c.response, meta=meta)
@@ -353,19 +351,12 @@ class SampleMaker:
 
 
 def new_candidate(
-    settings: GraSettings,
-    maker: SampleMaker,
-    *,
-    index: int,
-    round_no: int,
-    pools: Mapping[str, Sequence[PoolEntry]],
+    settings: GraSettings, maker: SampleMaker, *, index: int, round_no: int
 ) -> Candidate:
-    """Draw a generate-mode candidate: domain, pool examples, then roles."""
+    """Draw a generate-mode candidate: its domain, then its roles (its pool examples are
+    drawn from :func:`examples_rng` when it starts, see :mod:`.pool`)."""
     rng = sample_rng(settings.seed, "generate", index)
     domain = rng.choice(settings.domains)
-    pool = pools.get(domain) or [e for d in sorted(pools) for e in pools[d]]
-    k = min(settings.examples_per_prompt, len(pool))
-    examples = tuple(rng.sample(list(pool), k)) if k else ()
     roles = maker.committee.draw(rng, draw_generator=True)
     return Candidate(
         id=f"gra-{index:06d}",
@@ -374,8 +365,12 @@ def new_candidate(
         mode="generate",
         roles=roles,
         domain=domain,
-        examples=examples,
     )
+
+
+def examples_rng(settings: GraSettings, c: Candidate) -> random.Random:
+    """The RNG that picks candidate ``c``'s pool examples."""
+    return sample_rng(settings.seed, "examples", c.index)
 
 
 def refine_candidate(

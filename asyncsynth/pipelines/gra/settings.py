@@ -47,7 +47,11 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 }
 """Request parameters per stage; ``[gra.params.STAGE]`` adds to or overrides them."""
 SEED_FIELDS = ("instruction", "response", "domain", "keywords", "summary")
+SEED_FORMATS = ("auto", "fields", "alpaca", "sharegpt", "messages")
+DEFAULT_INPUT_TEMPLATE = "{{instruction}}\n\n{{input}}"
+"""How an Alpaca row's ``input`` joins its ``instruction`` (when the input is not empty)."""
 MODES_RUN = ("generate", "refine")
+TRUNCATED = ("reject", "review")
 
 
 def _choice(*choices: str) -> Check:
@@ -146,6 +150,41 @@ class CommitteeSettings:
             "(reviews by the model that wrote the sample are then possible; the report says so)."
         )
 
+    def check_review_pool(self, config: Config, writer: str | None) -> None:
+        """Refuse, naming the reason, a pool that cannot review what ``writer`` wrote.
+
+        The writer (a role or endpoint of ``config``, e.g. S3's ``s3.llm``) never reviews
+        its own text: when it is in the pool, the pool must seat the reviewers and the
+        adjudicator without it."""
+        if self.assignment == "fixed" or self.allow_shared_roles:
+            return
+        try:
+            names = {*config.role(writer), *([writer] if writer is not None else [])}
+        except ConfigError:  # no single writer to exclude
+            names = set()
+        excluded = sorted(names & set(self.pool))
+        if not excluded:
+            self.check_pool(with_generator=False)
+            return
+        need = self.distinct_needed(with_generator=True)
+        if len(self.pool) >= need:
+            return
+        raise ConfigError(
+            f"{self.source}: gra.pool has {len(self.pool)} models ({', '.join(self.pool)}); "
+            f"{excluded[0]!r} wrote the samples and may not review them, which leaves "
+            f"{len(self.pool) - 1} for {self.reviewers} reviewer{'s' * (self.reviewers != 1)} "
+            "+ 1 adjudicator, all distinct. Add models to gra.pool, lower gra.reviewers, or set "
+            "gra.allow_shared_roles = true."
+        )
+
+    @classmethod
+    def for_review(cls, config: Config, *, writer: str | None) -> CommitteeSettings:
+        """The committee of ``config``'s ``[gra]`` section, checked for reviewing samples that
+        ``writer`` wrote (see :meth:`check_review_pool`)."""
+        committee = GraSettings.from_config(config, check_pool=False).committee
+        committee.check_review_pool(config, writer)
+        return committee
+
     @property
     def shares_roles(self) -> bool:
         """Whether some draws will put one model in two roles of a sample."""
@@ -176,6 +215,13 @@ class GraSettings:
     seed_data: str | None = None
     seed_fields: Mapping[str, str] = field(default_factory=lambda: {f: f for f in SEED_FIELDS})
     seed_limit: int | None = None
+    """At most this many seeds: a random subset drawn with the run's seed."""
+    seed_format: str = "auto"
+    """``fields`` (seed_fields), ``alpaca``, ``sharegpt``, ``messages``, or ``auto`` (the
+    first row decides)."""
+    seed_input_template: str = DEFAULT_INPUT_TEMPLATE
+    domain_map: Mapping[str, str] = field(default_factory=dict)
+    """Seed domains renamed to domains of :attr:`domains` (matched case-insensitively)."""
     examples_per_prompt: int = 3
     target: int | None = None
     mode: str = "generate"
@@ -184,6 +230,12 @@ class GraSettings:
     round_size: int | None = None
     """Fixed candidates per round (default: sized from the acceptance rate seen so far)."""
     max_rounds: int = 20
+    time_budget: float | None = None
+    """Seconds after which no new candidate starts: the run finishes the candidates in
+    flight and their round, writes its outputs and report, and stops (``time_budget``)."""
+    truncated: str = "reject"
+    """A response cut at the token limit: ``reject`` it (reason ``truncated``) or ``review``
+    it anyway (its row says ``generation.truncated``)."""
     initial_acceptance: float = 0.5
     """Acceptance rate assumed to size the first round."""
     refine_attempts: int = 1
@@ -238,6 +290,26 @@ def _stage_params(value: Any, where: str) -> dict[str, dict[str, Any]]:
     return {stage: {**DEFAULT_PARAMS[stage], **table.get(stage, {})} for stage in STAGES}
 
 
+def _domain_map(value: Any, where: str) -> dict[str, str]:
+    table = TABLE(value, where)
+    for key, target in table.items():
+        STRING(target, f"{where}.{key}")
+    return {str(k): str(v) for k, v in table.items()}
+
+
+def _input_template(value: Any, where: str) -> str:
+    from ...prompts import parse_prompt
+
+    text = STRING(value, where)
+    fields = parse_prompt(text, "seed_input_template", where).fields
+    if fields != {"instruction", "input"}:
+        raise ConfigError(
+            f"{where}: must hold {{{{instruction}}}} and {{{{input}}}} and nothing else, "
+            f"got {', '.join(sorted(fields)) or 'no placeholder'}"
+        )
+    return text
+
+
 def _fixed(value: Any, where: str) -> dict[str, Any]:
     spec = {"generator": STRING, "reviewers": NAMES, "adjudicator": STRING}
     return check_table(TABLE(value, where), spec, where, required=tuple(spec))
@@ -261,12 +333,17 @@ _SPEC: dict[str, Check] = {
     "seed_data": STRING,
     "seed_fields": _fields,
     "seed_limit": POSITIVE_INT,
+    "seed_format": _choice(*SEED_FORMATS),
+    "seed_input_template": _input_template,
+    "domain_map": _domain_map,
     "examples_per_prompt": POSITIVE_INT,
     "target": POSITIVE_INT,
     "mode": _choice(*MODES_RUN),
     "rounds": POSITIVE_INT,
     "round_size": POSITIVE_INT,
     "max_rounds": POSITIVE_INT,
+    "time_budget": POSITIVE,
+    "truncated": _choice(*TRUNCATED),
     "initial_acceptance": _fraction,
     "refine_attempts": POSITIVE_INT,
     "summarize_early": BOOLEAN,
@@ -280,9 +357,21 @@ _SPEC: dict[str, Check] = {
 }
 
 
-def _parse(config: Config, table: dict[str, Any], where: str) -> GraSettings:
-    values = check_table(table, _SPEC, where)
-    base = Path(config.source).parent if Path(config.source).is_file() else Path.cwd()
+_COMMITTEE_KEYS = (
+    "reviewers",
+    "tau",
+    "delta",
+    "std",
+    "min_reviews",
+    "assignment",
+    "allow_shared_roles",
+    "structured",
+    "reasks",
+    "request_seed",
+)
+
+
+def _pool(config: Config, values: dict[str, Any], where: str) -> tuple[str, ...]:
     pool = values.pop("pool", None) or tuple(config.endpoints)
     if not pool:
         raise ConfigError(f"{where}.pool: no models: name roles or endpoints of the config")
@@ -296,35 +385,59 @@ def _parse(config: Config, table: dict[str, Any], where: str) -> GraSettings:
             raise ConfigError(
                 f"{where}.pool: {name!r} is neither a role nor an endpoint (known: {known})"
             ) from None
-    fixed_table = values.pop("fixed", None)
-    assignment = values.get("assignment", "random")
-    fixed: FixedRoles | None = None
-    if assignment == "fixed":
-        if fixed_table is None:
-            raise ConfigError(
-                f'{where}.fixed: assignment = "fixed" needs a [gra.fixed] table with '
-                "generator, reviewers and adjudicator"
-            )
-        fixed = FixedRoles(
-            fixed_table["generator"], tuple(fixed_table["reviewers"]), fixed_table["adjudicator"]
+    return tuple(pool)
+
+
+def _fixed_roles(values: dict[str, Any], pool: tuple[str, ...], where: str) -> FixedRoles | None:
+    table = values.pop("fixed", None)
+    if values.get("assignment", "random") != "fixed":
+        if table is not None:
+            raise ConfigError(f'{where}.fixed: only used with assignment = "fixed"')
+        return None
+    if table is None:
+        raise ConfigError(
+            f'{where}.fixed: assignment = "fixed" needs a [gra.fixed] table with '
+            "generator, reviewers and adjudicator"
         )
-        for name in (fixed.generator, *fixed.reviewers, fixed.adjudicator):
-            if name not in pool:
-                raise ConfigError(f"{where}.fixed: {name!r} is not in gra.pool")
-        values.setdefault("reviewers", len(fixed.reviewers))
-        if values["reviewers"] != len(fixed.reviewers):
+    fixed = FixedRoles(table["generator"], tuple(table["reviewers"]), table["adjudicator"])
+    names = [fixed.generator, *fixed.reviewers, fixed.adjudicator]
+    for name in names:
+        if name not in pool:
+            raise ConfigError(f"{where}.fixed: {name!r} is not in gra.pool")
+    values.setdefault("reviewers", len(fixed.reviewers))
+    if values["reviewers"] != len(fixed.reviewers):
+        raise ConfigError(
+            f"{where}.reviewers: {values['reviewers']} but gra.fixed.reviewers names "
+            f"{len(fixed.reviewers)}"
+        )
+    if len(set(names)) != len(names) and not values.get("allow_shared_roles", False):
+        raise ConfigError(
+            f"{where}.fixed: a model holds two roles; name distinct models or set "
+            "gra.allow_shared_roles = true"
+        )
+    return fixed
+
+
+def _check_domain_map(values: dict[str, Any], where: str) -> None:
+    domains = {d.casefold(): d for d in values.get("domains", DEFAULT_DOMAINS)}
+    mapped: dict[str, str] = {}
+    for source, target in values.get("domain_map", {}).items():
+        if target.casefold() not in domains:
             raise ConfigError(
-                f"{where}.reviewers: {values['reviewers']} but gra.fixed.reviewers names "
-                f"{len(fixed.reviewers)}"
+                f"{where}.domain_map.{source}: {target!r} is not one of gra.domains "
+                f"({', '.join(domains.values())})"
             )
-        names = [fixed.generator, *fixed.reviewers, fixed.adjudicator]
-        if len(set(names)) != len(names) and not values.get("allow_shared_roles", False):
-            raise ConfigError(
-                f"{where}.fixed: a model holds two roles; name distinct models or set "
-                "gra.allow_shared_roles = true"
-            )
-    elif fixed_table is not None:
-        raise ConfigError(f'{where}.fixed: only used with assignment = "fixed"')
+        mapped[source] = domains[target.casefold()]
+    if "domain_map" in values:
+        values["domain_map"] = mapped
+
+
+def _parse(config: Config, table: dict[str, Any], where: str) -> GraSettings:
+    values = check_table(table, _SPEC, where)
+    base = Path(config.source).parent if Path(config.source).is_file() else Path.cwd()
+    pool = _pool(config, values, where)
+    fixed = _fixed_roles(values, pool, where)
+    _check_domain_map(values, where)
     params = values.pop("params", None) or _stage_params({}, f"{where}.params")
     reviewers = values.get("reviewers", 3)
     if (mr := values.get("min_reviews")) is not None and mr > reviewers:
@@ -332,26 +445,14 @@ def _parse(config: Config, table: dict[str, Any], where: str) -> GraSettings:
     prompts_dir = values.pop("prompts_dir", None)
     if prompts_dir is not None:
         prompts_dir = str((base / prompts_dir).resolve())
-    committee_keys = (
-        "reviewers",
-        "tau",
-        "delta",
-        "std",
-        "min_reviews",
-        "assignment",
-        "allow_shared_roles",
-        "structured",
-        "reasks",
-        "request_seed",
-    )
     committee = CommitteeSettings(
-        pool=tuple(pool),
+        pool=pool,
         fixed=fixed,
         review_params=params["review"],
         adjudicate_params=params["adjudicate"],
         prompts_dir=prompts_dir,
         source=config.source,
-        **{k: values.pop(k) for k in committee_keys if k in values},
+        **{k: values.pop(k) for k in _COMMITTEE_KEYS if k in values},
     )
     if (seed_data := values.get("seed_data")) and not seed_data.startswith("hf:"):
         values["seed_data"] = str(base / seed_data)

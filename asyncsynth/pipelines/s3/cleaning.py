@@ -1,21 +1,31 @@
 """Cleaning of LLM-written examples before they reach a training set.
 
-Every completion passes, in order:
+Cleaning must never drop or cut a legitimate text: every rule is anchored to the form an
+assistant uses when it wraps, declines or talks about itself, never to words that reviews,
+questions and hypotheses use every day ("Unfortunately, ...", "I'm sorry, but I hated
+...", "I can't help but ...", "Sure, it's long, but ...", "The verdict:", "Note: the 3D
+version is worse"). ``tests/data/s3_cleaning_corpus.jsonl`` holds the labelled corpus
+that proves it. Every completion passes, in order:
 
-1. **stripping** (the text is kept, the fix is counted): an echoed prompt (the whole
-   prompt as a prefix, or any of its lines), a code fence, a chatty preamble ("Sure!
-   Here is a positive review:"), a leading "Title:" line, trailing notes ("Note: ...",
-   "I hope this helps"), a "Review:"-style label prefix, markdown bold and the quotes
-   wrapped around the whole text;
+1. **stripping** (``strip``; the text is kept, the fix is counted): an echoed prompt (the
+   whole prompt as a prefix, or any of its lines), a code fence, an assistant's preamble
+   ("Sure! Here is a positive review:", "Here's my attempt:"), a leading "Title:" line,
+   trailing remarks about the answer itself ("I hope this helps", "Let me know if ...",
+   "Note: I kept the review short", "Explanation: ..."), a "Review:"-style label prefix,
+   whole-text markdown bold and quotes wrapped around the whole text (never half a pair);
 2. **dropping** (the text is lost, the reason is counted): a failed request, a refusal
-   ("As an AI language model ...", "I'm sorry, but I can't ..."), an empty, too short
-   or over-long text, a truncated one when ``drop_truncated`` is set, a copy of a gold
-   example, an exact duplicate and a near duplicate of a text already kept.
+   (``builtin_refusals``: "As an AI language model", "I'm sorry, but I can't help with
+   that", "I cannot fulfil this request"; plus ``refusal_patterns``), an empty, too short
+   or over-long text, a truncated one when ``drop_truncated`` is set, and (``dedup``) a
+   copy of a gold example, an exact duplicate and a near duplicate of a text already kept.
+
+``CleaningSettings.none()`` (``cleaning = "none"``) keeps every answer as it came, as the
+paper did: only failed requests and empty answers are dropped.
 
 Exact duplicates compare the lower-cased word sequence; near duplicates the Jaccard
 similarity of word shingles, found through an index with prefix filtering so that a
-large set is not compared pair by pair. Both are scoped: for text pairs only second
-texts written for the same context are compared. No torch, no embeddings.
+large set is not compared pair by pair. Both are scoped: for text pairs and QA only texts
+written for the same context are compared. No torch, no embeddings.
 """
 
 from __future__ import annotations
@@ -41,24 +51,50 @@ __all__ = [
 _WORD = re.compile(r"\w+")
 _QUOTES = {'"': '"', "“": "”", "„": "“", "«": "»", "‘": "’", "'": "'", "`": "`"}
 _FENCE = re.compile(r"\A```[\w+-]*[ \t]*\n?(.*?)\n?```\Z", re.S)
-_BOLD = re.compile(r"\A\*\*(.+)\*\*\Z", re.S)
-_PREAMBLE_START = re.compile(
-    r"^(?:sure|certainly|of course|absolutely|okay|ok|alright|great|here(?:'s| is| are)|"
-    r"below is|the following is|i'd be happy|i would be happy)\b",
+_BOLD = re.compile(r"\A\*\*([^*]+)\*\*\Z", re.S)
+# What a chat model says before the text it was asked for. Each form is anchored to the
+# assistant's own way of speaking ("Sure! Here is ...", "Here's a positive review:"): words
+# that texts use every day ("Okay, so ...", "Absolutely loved it: ...", "The verdict:",
+# "Here's the thing: ...") never suffice.
+_TOPIC = (
+    r"(?:reviews?|sentences?|questions?|hypothes[ie]s|texts?|examples?|versions?|responses?|"
+    r"answers?|statements?|passages?|paragraphs?|one|attempt|take|draft)"
+)
+_INTRO = r"(?:sure|certainly|of course|absolutely|okay|ok|alright|great)(?:[,!.]+|\s*[-–—])"
+_HERE = r"here(?:'s| is| are| goes)"
+_PREAMBLE_LINE = re.compile(
+    rf"^(?:{_INTRO}\s*)?(?:{_HERE}\b[^\n]{{0,100}}?\b{_TOPIC}\b[^\n]{{0,80}}|"
+    rf"below (?:is|are)\b[^\n]{{0,100}}|the following (?:is|are)\b[^\n]{{0,100}}|"
+    rf"i(?:'ve| have) (?:written|created|come up with)\b[^\n]{{0,100}}|"
+    rf"i(?:'d| would) be (?:happy|glad) to\b[^\n]{{0,120}})$"
+    r"|^(?:sure|certainly|of course)(?:[,!.]+\s*(?:sure|certainly|of course))?[!.]*$",
     re.I,
 )
 _PREAMBLE_INLINE = re.compile(
-    r"\A(?:sure|certainly|of course|absolutely|okay|ok|alright|here(?:'s| is| are))\b"
-    r"[^:\n]{0,120}:\s+(?=\S)",
+    rf"\A(?:{_INTRO}\s*)?{_HERE}\b[^:\n]{{0,100}}?\b{_TOPIC}\b[^:\n]{{0,60}}:\s+(?=\S)",
     re.I,
 )
-_PREAMBLE_TOPIC = re.compile(
-    r"\b(?:here|review|sentence|question|text|example|writ(?:e|ten|ing)|wrote)\b", re.I
-)
 _TITLE = re.compile(r"^(?:\*\*)?title(?:\*\*)?\s*:", re.I)
+# What a chat model says after the text: about its own answer, never about the subject.
+_PRODUCT = r"(?:review|text|sentence|question|hypothesis|example|response|answer|output)"
+_WRITING = (
+    r"\b(?:fictional|fictitious|made[- ]up|as requested|the prompt|word count|the label|"
+    r"the instructions|you asked for)\b"
+    rf"|\bi (?:kept|wrote|made|chose|aimed to (?:keep|make|write)|tried to (?:keep|make|write)|"
+    rf"focused on making) (?:it|the|this|my) (?:\w+ )?{_PRODUCT}"
+    r"|\bi (?:kept|made) (?:it|this) (?:short|brief|concise|simple|under \d+)\b"
+    rf"|\b(?:this|the above|the|my) (?:new |generated |rewritten )?{_PRODUCT} (?:is|was|has been) "
+    r"(?:written|fictional|generated|intended|designed|meant|crafted|created|made up|based on|"
+    r"an example|a sample|not (?:based|about|real))\b"
+)
 _TRAILER = re.compile(
-    r"^\(?(?:note|notes|explanation|disclaimer)\b\s*:?|^(?:i hope (?:this|that|you)|"
-    r"let me know|feel free|hope this helps)\b",
+    rf"^\(?(?:note|notes|disclaimer|p\.?s\.?)\s*:.*(?:{_WRITING})"
+    r"|^\(?(?:explanation|word count|label|sentiment)\s*:"
+    r"|^(?:i hope (?:this|that|it) (?:helps|meets|works|fits|is (?:what|helpful|useful|okay|ok|"
+    r"good|suitable))|hope this helps|let me know if|feel free to (?:ask|let me|modify|adjust|"
+    r"change|edit|use)|is there anything else|would you like (?:me|another|a different|more)|"
+    r"if you(?:'d| would) like (?:me|another|a different|more|any)|"
+    r"i can (?:also )?(?:write|make|provide|adjust|create) (?:another|more|a different|it))\b",
     re.I,
 )
 _PREFIX_NOUNS = (
@@ -73,18 +109,58 @@ _PREFIX_NOUNS = (
     "response",
     "statement",
 )
-_REFUSALS = (
-    r"\bas an? (?:ai|artificial intelligence|language model)\b",
-    r"\bi(?:'m| am) (?:an ai|a language model|just an ai)\b",
-    r"^(?:i'm|i am) (?:sorry|afraid),? (?:but )?(?:i|as an?)\b",
-    r"^(?:sorry|i apologi[sz]e|unfortunately),? (?:but )?i\b",
-    r"^i (?:cannot|can't|can not|won't|will not|am unable to|am not able to|must decline)"
-    r"\b.{0,40}\b(?:help|assist|write|provide|create|generate|comply|fulfil+|do that|"
-    r"produce|complete)",
-    r"\bi (?:cannot|can't|can not|am unable to|won't) (?:fulfil+|comply with|help with|"
-    r"assist with) (?:this|that|your)\b",
+# Refusals: an assistant declining, or talking about itself as a model. Each pattern is
+# anchored to that form (the request, the model, a whole sentence of declining); the words
+# reviews, questions and hypotheses use every day ("unfortunately", "sorry", "I can't",
+# "I'm afraid", "as an AI researcher") never suffice on their own.
+_DECLINE = (
+    r"i(?: can't| cannot| can not| won't| will not| am unable to|'m unable to| am not able to|"
+    r"'m not able to| must (?:respectfully )?decline to| am not comfortable|'m not comfortable|"
+    r" do not feel comfortable| don't feel comfortable| am not going to|'m not going to|"
+    r" won't be able to| will not be able to)"
 )
-_REFUSAL = re.compile("|".join(_REFUSALS), re.I)
+_VERB = (
+    r"(?:fulfil+(?:ing)?|comply(?:ing)? with|assist(?:ing)? with|help(?:ing)?(?: you)? with|"
+    r"provid(?:e|ing)|creat(?:e|ing)|generat(?:e|ing)|writ(?:e|ing)|produc(?:e|ing)|"
+    r"complet(?:e|ing)|do(?:ing)?|continu(?:e|ing)|engag(?:e|ing) with|respond(?:ing)? to|"
+    r"process(?:ing)?)"
+)
+_APOLOGY = (
+    r"(?:(?:i'm|i am) (?:really |so )?(?:sorry|afraid)|sorry|my apologies|i apologi[sz]e|"
+    r"unfortunately)"
+)
+_REQUEST = r"(?:request|task|prompt|instructions?|query|assignment)"
+_REFUSALS = (
+    # the model names itself
+    r"\bas an? (?:ai|artificial intelligence)(?: (?:language )?model| assistant| chatbot)?"
+    r"(?=\s*[,.;:!]|\s+(?:i|developed|created|trained|designed|made)\b)",
+    r"\bas an? (?:ai |artificial intelligence )?(?:large )?language model\b",
+    r"\bi(?:'m| am) (?:just |only |merely )?(?:an ai|an artificial intelligence|a chatbot|"
+    r"a virtual assistant|an ai (?:language model|model|assistant|chatbot)|"
+    r"a (?:large )?language model)(?=\s*(?:[,.;:!]|$)|\s+(?:and|so|i|with|developed|created|"
+    r"trained|designed|made|that|who|without)\b)",
+    r"\bi (?:don't|do not) have (?:personal (?:opinions|feelings|experiences|preferences|beliefs)|"
+    r"the (?:ability|capacity) to (?:watch|see|view|experience|access|browse|form))\b",
+    r"\bmy (?:training data|knowledge cutoff|programming|guidelines)\b",
+    # declining the request
+    rf"\b{_DECLINE} (?:\w+ ){{0,3}}?{_VERB}\b[^.!?\n]{{0,60}}?\b(?:this|that|your|the|such|these) "
+    rf"(?:(?:kind|type) of )?{_REQUEST}\b",
+    rf"\b{_DECLINE} (?:help(?:ing)?|assist(?:ing)?)(?: you)? with (?:that|this|your|creating|"
+    r"writing|generating|producing)\b",
+    rf"\b{_DECLINE} assist you\b",
+    rf"\b{_DECLINE} {_VERB} (?:this|that|such) (?:(?:kind|type|sort) of )?content\b",
+    # a whole sentence of declining, with nothing after the object ("I can't do that.")
+    rf"^(?:{_APOLOGY},? (?:but )?)?{_DECLINE}(?: to)? (?:help(?! but)|assist|comply|"
+    r"(?:do|fulfil+|write|provide|create|generate|produce|complete|answer) (?:that|this|it)|"
+    r"help(?: you)? with (?:that|this|it))(?: for you)?(?: right now| at this time)?\s*"
+    r"(?:[.!]|$)",
+    rf"^(?:{_APOLOGY},? (?:but )?)?{_DECLINE}(?: to)? (?:write|create|generate|produce) "
+    r"(?:reviews?|content|texts?|stories|examples?|questions?|sentences?) "
+    r"(?:about|of|for|involving|depicting|on) (?:real|actual|specific|copyrighted|existing)\b",
+    rf"^{_APOLOGY},? (?:but )?(?:i (?:can't|cannot|won't) (?:do|help with) that|"
+    r"that(?:'s| is) not something i can)\b",
+)
+_REFUSAL = re.compile("|".join(_REFUSALS), re.I | re.M)
 _APOSTROPHES = str.maketrans({"’": "'", "‘": "'"})
 
 
@@ -104,12 +180,85 @@ def _line_key(line: str) -> str:
 
 
 def _unquote(text: str) -> str:
+    """``text`` without quotes wrapped around the whole of it (never half a pair of quotes)."""
     while len(text) >= 2 and text[0] in _QUOTES and text[-1] == _QUOTES[text[0]]:
         opening, closing = text[0], text[-1]
         inner = text[1:-1]
-        if opening != "'" and (opening in inner or closing in inner):
+        if opening == "'":
+            # Apostrophes inside words are fine ("it's"); any other straight single quote
+            # may close the opening one ("'Jaws' is ... 'Duel'"), so the text stays whole.
+            if _STRAY_SINGLE.search(inner):
+                break
+        elif opening in inner or closing in inner:
             break
         text = inner.strip()
+    return text
+
+
+_STRAY_SINGLE = re.compile(r"(?<![^\W\d_])'|'(?![^\W\d_])")
+
+
+def _strip_echo(text: str, prompt: str, fixes: list[str]) -> list[str]:
+    """The lines of ``text`` without an echoed prompt (as a prefix, or any of its lines)."""
+    if prompt and text.startswith(prompt):
+        text = text[len(prompt) :].strip()
+        fixes.append("echo")
+    if m := _FENCE.match(text):
+        text = m.group(1).strip()
+        fixes.append("fence")
+    lines = [line.strip() for line in text.split("\n")]
+    if prompt:
+        echoed = {key for line in prompt.splitlines() if len(key := _line_key(line)) >= 12}
+        kept = [line for line in lines if not line or _line_key(line) not in echoed]
+        if len(kept) != len(lines):
+            lines = kept
+            if "echo" not in fixes:
+                fixes.append("echo")
+    return lines
+
+
+def _strip_lines(lines: list[str], fixes: list[str]) -> list[str]:
+    """Without a first line of preamble or title and last lines of trailer."""
+
+    def several() -> bool:
+        return sum(1 for line in lines if line) > 1
+
+    while lines and not lines[0]:
+        lines.pop(0)
+    if several() and _is_preamble(lines[0]):
+        lines.pop(0)
+        fixes.append("preamble")
+        while lines and not lines[0]:
+            lines.pop(0)
+    if several() and _TITLE.match(lines[0]):
+        lines.pop(0)
+        fixes.append("title")
+    while several():
+        while lines and not lines[-1]:
+            lines.pop()
+        if not _TRAILER.match(lines[-1]):
+            break
+        lines.pop()
+        if "trailer" not in fixes:
+            fixes.append("trailer")
+    return lines
+
+
+def _strip_inline(text: str, nouns: tuple[str, ...], fixes: list[str]) -> str:
+    """Without an inline preamble, a label prefix, whole-text bold and wrapping quotes."""
+    if m := _PREAMBLE_INLINE.match(text):
+        text = text[m.end() :]
+        fixes.append("preamble")
+    if m := _prefix_pattern(nouns).match(text):
+        text = text[m.end() :].strip()
+        fixes.append("prefix")
+    if m := _BOLD.match(text):
+        text = m.group(1).strip()
+        fixes.append("markdown")
+    unquoted = _unquote(text)
+    if unquoted != text:
+        text = unquoted
+        fixes.append("quotes")
     return text
 
 
@@ -122,73 +271,21 @@ def strip_wrappers(
     recognised as a label prefix ("Tweet:") to the built-in ones ("Review:", "Sentence:").
     """
     fixes: list[str] = []
-    text = completion.replace("\r\n", "\n").strip()
-    prompt = prompt.strip()
-    if prompt and text.startswith(prompt):
-        text = text[len(prompt) :].strip()
-        fixes.append("echo")
-    if m := _FENCE.match(text):
-        text = m.group(1).strip()
-        fixes.append("fence")
-
-    lines = [line.strip() for line in text.split("\n")]
-    if prompt:
-        echoed = {key for line in prompt.splitlines() if len(key := _line_key(line)) >= 12}
-        kept = [line for line in lines if not line or _line_key(line) not in echoed]
-        if len(kept) != len(lines):
-            lines = kept
-            if "echo" not in fixes:
-                fixes.append("echo")
-
-    def content() -> list[str]:
-        return [line for line in lines if line]
-
-    while lines and not lines[0]:
-        lines.pop(0)
-    if len(content()) > 1 and _is_preamble(lines[0]):
-        lines.pop(0)
-        fixes.append("preamble")
-        while lines and not lines[0]:
-            lines.pop(0)
-    if len(content()) > 1 and _TITLE.match(lines[0]):
-        lines.pop(0)
-        fixes.append("title")
-    while len(content()) > 1:
-        while lines and not lines[-1]:
-            lines.pop()
-        if not _TRAILER.match(lines[-1]):
-            break
-        lines.pop()
-        if "trailer" not in fixes:
-            fixes.append("trailer")
-
+    lines = _strip_echo(completion.replace("\r\n", "\n").strip(), prompt.strip(), fixes)
+    lines = _strip_lines(lines, fixes)
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
     text = re.sub(r"[ \t]+", " ", text)
-    if m := _PREAMBLE_INLINE.match(text):
-        text = text[m.end() :]
-        fixes.append("preamble")
-    prefix = _prefix_pattern(tuple(nouns))
-    if m := prefix.match(text):
-        text = text[m.end() :].strip()
-        fixes.append("prefix")
-    if m := _BOLD.match(text):
-        text = m.group(1).strip()
-        fixes.append("markdown")
-    unquoted = _unquote(text)
-    if unquoted != text:
-        text = unquoted
-        fixes.append("quotes")
-    return text, fixes
+    return _strip_inline(text, tuple(nouns), fixes), fixes
 
 
 def _is_preamble(line: str) -> bool:
-    if len(line) > 150:
-        return False
-    if line.endswith(":"):
-        return True
-    return bool(_PREAMBLE_START.match(line) and _PREAMBLE_TOPIC.search(line))
+    return len(line) <= 200 and bool(_PREAMBLE_LINE.match(line))
 
 
+_PREFIX_WORDS = (
+    "new|generated|rewritten|revised|modified|improved|extrapolated|synthetic|sample|final|"
+    "similar|another|positive|negative|neutral|movie|film|your|my|the|a|an|example|second"
+)
 _PREFIX_CACHE: dict[tuple[str, ...], re.Pattern[str]] = {}
 
 
@@ -198,7 +295,8 @@ def _prefix_pattern(nouns: tuple[str, ...]) -> re.Pattern[str]:
         extra = [re.escape(n.lower()) for noun in nouns for n in noun.split()[-1:]]
         alternatives = "|".join(sorted({*_PREFIX_NOUNS, *extra}, key=len, reverse=True))
         pattern = re.compile(
-            rf"\A(?:\*\*)?(?:[a-z]+ ){{0,2}}(?:{alternatives})(?: ?\d+)?(?:\*\*)?\s*:(?:\*\*)?\s+",
+            rf"\A(?:\*\*)?(?:(?:{_PREFIX_WORDS}) ){{0,2}}(?:{alternatives})(?: ?#?\d+)?(?:\*\*)?"
+            r"\s*:(?:\*\*)?\s+",
             re.I,
         )
         _PREFIX_CACHE[nouns] = pattern
@@ -290,8 +388,17 @@ class NearDuplicateIndex:
 
 @dataclass(frozen=True, slots=True)
 class CleaningSettings:
-    """Knobs of :class:`Cleaner` (the ``[s3.cleaning]`` table)."""
+    """Knobs of :class:`Cleaner` (the ``[s3.cleaning]`` table, or ``cleaning = "none"``)."""
 
+    enabled: bool = True
+    """False: keep every answer as it came (the paper's setup); only failed requests and
+    empty answers are dropped."""
+    strip: bool = True
+    """Strip wrappers (echoed prompt, preambles, trailers, prefixes, quotes, fences)."""
+    builtin_refusals: bool = True
+    """Drop refusals recognised by the built-in patterns (``refusal_patterns`` still apply)."""
+    dedup: bool = True
+    """Drop copies of gold examples and exact or near duplicates of kept texts."""
     min_chars: int = 5
     max_chars: int = 2000
     near_duplicate: float = 0.9
@@ -303,6 +410,11 @@ class CleaningSettings:
     refusal_patterns: tuple[str, ...] = ()
     """Extra regular expressions (case-insensitive) that mark a refusal."""
 
+    @classmethod
+    def none(cls) -> CleaningSettings:
+        """No cleaning at all, as the paper did."""
+        return cls(enabled=False, strip=False, builtin_refusals=False, dedup=False)
+
 
 @dataclass(slots=True)
 class CleaningCounts:
@@ -312,24 +424,58 @@ class CleaningCounts:
     kept: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     fixed: Counter[str] = field(default_factory=Counter)
+    received_by_label: Counter[str] = field(default_factory=Counter)
+    """Answers received per label they were asked for (classification tasks)."""
+    kept_by_label: Counter[str] = field(default_factory=Counter)
+
+    def count_label(self, label: str | None, kept: bool) -> None:
+        """Record one answer asked for ``label`` (``None``: a task without labels)."""
+        if label is None:
+            return
+        self.received_by_label[label] += 1
+        if kept:
+            self.kept_by_label[label] += 1
+
+    def unkeep(self, reason: str, label: str | None) -> None:
+        """A kept text was dropped after all (a reviewer rejected it)."""
+        self.kept -= 1
+        self.dropped[reason] += 1
+        if label is not None:
+            self.kept_by_label[label] -= 1
 
     def add(self, other: CleaningCounts) -> None:
         self.received += other.received
         self.kept += other.kept
         self.dropped.update(other.dropped)
         self.fixed.update(other.fixed)
+        self.received_by_label.update(other.received_by_label)
+        self.kept_by_label.update(other.kept_by_label)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "received": self.received,
             "kept": self.kept,
             "dropped": dict(sorted(self.dropped.items())),
             "fixed": dict(sorted(self.fixed.items())),
         }
+        if self.received_by_label:
+            out["by_label"] = {
+                label: {"received": n, "kept": self.kept_by_label[label]}
+                for label, n in sorted(self.received_by_label.items())
+            }
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CleaningCounts:
-        return cls(data["received"], data["kept"], Counter(data["dropped"]), Counter(data["fixed"]))
+        by_label = data.get("by_label", {})
+        return cls(
+            data["received"],
+            data["kept"],
+            Counter(data["dropped"]),
+            Counter(data["fixed"]),
+            Counter({k: v["received"] for k, v in by_label.items()}),
+            Counter({k: v["kept"] for k, v in by_label.items()}),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +505,7 @@ class Cleaner:
         self.settings = settings
         self.nouns = tuple(nouns)
         self._extra = (
-            re.compile("|".join(f"(?:{p})" for p in settings.refusal_patterns), re.I)
+            re.compile("|".join(f"(?:{p})" for p in settings.refusal_patterns), re.I | re.M)
             if settings.refusal_patterns
             else None
         )
@@ -384,8 +530,12 @@ class Cleaner:
         scope: str = "",
         finish_reason: str | None = None,
         counts: CleaningCounts | None = None,
+        label: str | None = None,
     ) -> Cleaned:
-        """Clean one completion (``None`` for a failed request) and count the outcome."""
+        """Clean one completion (``None`` for a failed request) and count the outcome.
+
+        ``label`` is the label the text was asked for (counted per label).
+        """
         result = self._clean(completion, prompt, scope, finish_reason)
         if counts is not None:
             counts.received += 1
@@ -394,7 +544,13 @@ class Cleaner:
                 counts.dropped[result.reason or "dropped"] += 1
             else:
                 counts.kept += 1
+            counts.count_label(label, result.text is not None)
         return result
+
+    def _refusal(self, text: str) -> bool:
+        if self.settings.builtin_refusals and is_refusal(text):
+            return True
+        return self._extra is not None and bool(self._extra.search(text))
 
     def _clean(
         self, completion: str | None, prompt: str, scope: str, finish_reason: str | None
@@ -402,22 +558,35 @@ class Cleaner:
         if completion is None:
             return Cleaned(None, "failed")
         settings = self.settings
-        text, fixes = strip_wrappers(completion, prompt, nouns=self.nouns)
+        if not settings.enabled:
+            return Cleaned(completion, None) if completion.strip() else Cleaned(None, "empty")
+        fixes: list[str] = []
+        text = completion.strip()
+        if settings.strip:
+            text, fixes = strip_wrappers(completion, prompt, nouns=self.nouns)
         fixed = tuple(fixes)
-        if is_refusal(text, self._extra):
+        if self._refusal(text):
             return Cleaned(None, "refusal", fixed)
-        if not text:
-            return Cleaned(None, "echo" if "echo" in fixes else "empty", fixed)
-        if len(text) < settings.min_chars:
-            return Cleaned(None, "too_short", fixed)
-        if len(text) > settings.max_chars:
-            return Cleaned(None, "too_long", fixed)
-        if settings.drop_truncated and finish_reason == "length":
-            return Cleaned(None, "truncated", fixed)
-        if self._reference.match(text, scope) is not None:
-            return Cleaned(None, "copies_gold", fixed)
-        duplicate = self._kept.match(text, scope)
-        if duplicate is not None:
-            return Cleaned(None, duplicate, fixed)
-        self._kept.add(text, scope)
+        reason = self._size(text, fixes, finish_reason)
+        if reason is not None:
+            return Cleaned(None, reason, fixed)
+        if settings.dedup:
+            if self._reference.match(text, scope) is not None:
+                return Cleaned(None, "copies_gold", fixed)
+            duplicate = self._kept.match(text, scope)
+            if duplicate is not None:
+                return Cleaned(None, duplicate, fixed)
+            self._kept.add(text, scope)
         return Cleaned(text, None, fixed)
+
+    def _size(self, text: str, fixes: list[str], finish_reason: str | None) -> str | None:
+        settings = self.settings
+        if not text:
+            return "echo" if "echo" in fixes else "empty"
+        if len(text) < settings.min_chars:
+            return "too_short"
+        if len(text) > settings.max_chars:
+            return "too_long"
+        if settings.drop_truncated and finish_reason == "length":
+            return "truncated"
+        return None

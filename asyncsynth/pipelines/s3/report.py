@@ -12,7 +12,7 @@ from .cleaning import CleaningCounts
 
 if TYPE_CHECKING:
     from ..events import PipelineEvent
-    from .pipeline import GoldData
+    from .gold import GoldData
     from .settings import S3Settings
 
 __all__ = ["describe", "format_report", "plot_report", "write_report"]
@@ -29,6 +29,12 @@ NO_DEV_NOTE = (
     "mining set only; the test set was evaluated once, on the final student, after training."
 )
 _REQUEST_KEYS = ("total", "cached", "failed", "tokens_in", "tokens_out")
+METRICS = {
+    "single": ("accuracy", "macro_f1"),
+    "pair": ("accuracy", "macro_f1"),
+    "qa": ("f1", "exact_match"),
+}
+"""Per task, the metrics reported (the first one is the headline)."""
 
 
 def _rounds(steps: Mapping[str, Any], rounds: int) -> list[dict[str, Any]]:
@@ -77,23 +83,31 @@ def write_report(
 
         test_overlap = orjson.loads(final_metrics_path.read_bytes()).get("test_overlap")
     converged = bool(rounds) and rounds[-1]["errors"] == 0 and len(rounds) < settings.rounds
+    seed = steps.get("seed") or {}
     report: dict[str, Any] = {
         "method": "S3: rationale seed synthesis, then error extrapolation (arXiv 2310.13671)",
         "task": settings.task,
+        "baseline": settings.baseline,
+        "metric": METRICS[settings.task][0],
         "labels": settings.label_names,
         "llm": settings.llm,
         "student": settings.student.model,
+        "seed_value": settings.seed,
         "data": {
             "mining": len(gold.mining),
             "dev": len(gold.dev),
             "test": len(gold.test) if gold.test is not None else None,
             "contexts": len(gold.contexts) if gold.contexts is not None else None,
+            "duplicates": gold.duplicates,
         },
         "selection": SELECTION_NOTE if gold.dev else NO_DEV_NOTE,
         "rationales": (steps.get("rationales") or {}).get("per_label"),
         "seed": {
-            "size": steps["seed"]["size"],
-            "by_label": steps["seed"]["by_label"],
+            "size": seed.get("size", 0),
+            "drawn_by_label": seed.get("drawn_by_label"),
+            "by_label": seed.get("by_label"),
+            "unfilled": seed.get("unfilled", 0),
+            "unfilled_by_label": seed.get("unfilled_by_label"),
         },
         "rounds": rounds,
         "stopped_early": converged,
@@ -129,12 +143,13 @@ def plot_report(report: Mapping[str, Any], path: Path) -> bool:
         return False
     rounds = report["rounds"]
     final = report["final"]
+    metric = report.get("metric", "accuracy")
     names = [f"round {r['round']}" for r in rounds] + ["final"]
     sizes = [r["train_size"] for r in rounds] + [final["train_size"]]
     x = list(range(len(names)))
 
     def acc(part: Mapping[str, Any] | None) -> float | None:
-        return part["accuracy"] if part else None
+        return part[metric] if part else None
 
     dev = [acc(r["dev"]) for r in rounds] + [acc(final["dev"])]
     mining = [acc(r["mining"]) for r in rounds] + [None]
@@ -145,18 +160,20 @@ def plot_report(report: Mapping[str, Any], path: Path) -> bool:
     ax_size.set_ylabel("training examples")
     ax_size.set_xticks(x, names)
     ax_acc = ax_size.twinx()
-    for values, style, label in ((dev, "o-", "dev accuracy"), (mining, "s--", "mining accuracy")):
+    lines = ((dev, "o-", f"dev {metric}"), (mining, "s--", f"mining {metric}"))
+    for values, style, label in lines:
         points = [(i, v) for i, v in enumerate(values) if v is not None]
         if points:
             ax_acc.plot(*zip(*points, strict=True), style, label=label)
     if final["test"]:
-        ax_acc.plot([x[-1]], [final["test"]["accuracy"]], "*", ms=14, label="test accuracy")
-    ax_acc.set_ylabel("accuracy")
+        ax_acc.plot([x[-1]], [final["test"][metric]], "*", ms=14, label=f"test {metric}")
+    ax_acc.set_ylabel(metric.replace("_", " "))
     ax_acc.set_ylim(0, 1.02)
     handles = ax_size.get_legend_handles_labels()
     more = ax_acc.get_legend_handles_labels()
     ax_acc.legend(handles[0] + more[0], handles[1] + more[1], loc="lower right", fontsize=8)
-    ax_size.set_title(f"S3: {', '.join(report['labels'])} ({report['student']})", fontsize=10)
+    what = ", ".join(report["labels"]) or "extractive QA"
+    ax_size.set_title(f"S3: {what} ({report['student']})", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
@@ -168,8 +185,23 @@ def plot_report(report: Mapping[str, Any], path: Path) -> bool:
 # -- console lines ---------------------------------------------------------------------------
 
 
-def _pct(part: Mapping[str, Any] | None) -> str:
-    return "-" if not part else f"{100 * part['accuracy']:.1f}%"
+def _headline(part: Mapping[str, Any]) -> str:
+    return "f1" if "f1" in part and "accuracy" not in part else "accuracy"
+
+
+def _pct(part: Mapping[str, Any] | None, metric: str | None = None) -> str:
+    if not part:
+        return "-"
+    return f"{100 * part[metric or _headline(part)]:.1f}%"
+
+
+def _named(part: Mapping[str, Any] | None) -> str:
+    """``accuracy 81.2%`` or ``EM 40.0% F1 52.1%``."""
+    if not part:
+        return "-"
+    if "exact_match" in part:
+        return f"EM {_pct(part, 'exact_match')} F1 {_pct(part, 'f1')}"
+    return f"accuracy {_pct(part, 'accuracy')}"
 
 
 def describe(event: PipelineEvent) -> tuple[str, bool] | None:
@@ -180,9 +212,10 @@ def describe(event: PipelineEvent) -> tuple[str, bool] | None:
     if kind == "train":
         if data.get("event") == "eval":
             best = " (best so far)" if data.get("best") else ""
+            metric = "f1" if "dev_f1" in data else "accuracy"
             return (
                 f"  {step}: epoch {data['epoch']} step {data['step']}/{data['steps']} "
-                f"loss {data['loss']:.3f} dev accuracy {100 * data['dev_accuracy']:.1f}%{best}",
+                f"loss {data['loss']:.3f} dev {metric} {100 * data[f'dev_{metric}']:.1f}%{best}",
                 False,
             )
         return (
@@ -211,15 +244,17 @@ def _done_summary(data: Mapping[str, Any]) -> str:
         parts.append("reasons " + ", ".join(f"{k} {v}" for k, v in data["per_label"].items()))
     if "size" in data:
         parts.append(f"{data['size']:,} examples")
+    if data.get("by_label") and "size" in data:
+        parts.append("by label " + ", ".join(f"{k} {v}" for k, v in data["by_label"].items()))
     if "train_size" in data:
-        parts.append(f"trained on {data['train_size']:,}, dev accuracy {_pct(data.get('dev'))}")
+        parts.append(f"trained on {data['train_size']:,}, dev {_named(data.get('dev'))}")
     if "errors" in data and "added" not in data:
-        mining = _pct(data.get("mining"))
-        parts.append(f"{data['errors']:,} errors on the mining set (accuracy {mining})")
+        mining = _named(data.get("mining"))
+        parts.append(f"{data['errors']:,} errors on the mining set ({mining})")
     if "added" in data:
         parts.append(f"{data['added']:,} added for {data['errors']:,} errors")
     if data.get("test"):
-        parts.append(f"test accuracy {_pct(data['test'])}")
+        parts.append(f"test {_named(data['test'])}")
     if "cleaning" in data:
         dropped = data["cleaning"]["dropped"]
         if dropped:
@@ -229,20 +264,22 @@ def _done_summary(data: Mapping[str, Any]) -> str:
 
 def format_report(report: Mapping[str, Any]) -> str:
     """The rounds and the final student as a short text table."""
-    rows = [("", "train size", "dev acc", "mining acc", "errors", "added")]
+    metric = report.get("metric", "accuracy")
+    short = {"accuracy": "acc", "f1": "F1"}.get(metric, metric)
+    rows = [("", "train size", f"dev {short}", f"mining {short}", "errors", "added")]
     for r in report["rounds"]:
         rows.append(
             (
                 f"round {r['round']}",
                 f"{r['train_size']:,}",
-                _pct(r["dev"]),
-                _pct(r["mining"]),
+                _pct(r["dev"], metric),
+                _pct(r["mining"], metric),
                 f"{r['errors']:,}",
                 "-" if r["added"] is None else f"{r['added']:,}",
             )
         )
     final = report["final"]
-    rows.append(("final", f"{final['train_size']:,}", _pct(final["dev"]), "", "", ""))
+    rows.append(("final", f"{final['train_size']:,}", _pct(final["dev"], metric), "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
@@ -252,9 +289,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         for row in rows
     ]
     if final["test"]:
-        lines.append(
-            f"test accuracy of the final student: {_pct(final['test'])} (n={final['test']['n']})"
-        )
+        lines.append(f"test {_named(final['test'])} of the final student (n={final['test']['n']})")
     cleaning = report["cleaning"]
     lines.append(
         f"cleaning kept {cleaning['kept']:,} of {cleaning['received']:,} texts"

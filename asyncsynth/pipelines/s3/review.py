@@ -17,7 +17,7 @@ import anyio
 
 from ...config import Config
 from ...engine import Engine
-from .pipeline import Reviewer, ReviewSample
+from .context import Reviewer, ReviewSample
 from .settings import S3Settings
 
 __all__ = ["MAX_CONCURRENT_REVIEWS", "gra_reviewer"]

@@ -29,14 +29,16 @@ from ...config import (
     check_table,
 )
 from ...engine import ConfigError
-from ...student.config import StudentConfig
+from ...student.config import QA_METRICS, StudentConfig
 from .cleaning import CleaningSettings
 
 __all__ = ["LabelSpec", "RationaleSettings", "S3Settings", "load_s3_settings", "s3_settings"]
 
-TASKS = ("single", "pair")
+TASKS = ("single", "pair", "qa")
 REVIEWS = ("none", "gra")
-DEFAULT_PROMPT_SETS = {"single": "generic", "pair": "generic-pair"}
+BASELINES = ("none", "gold", "zerogen", "no_extrapolation")
+GOLD_DUPLICATES = ("report", "remove")
+DEFAULT_PROMPT_SETS = {"single": "generic", "pair": "generic-pair", "qa": "generic-qa"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +65,12 @@ class S3Settings:
 
     labels: tuple[LabelSpec, ...]
     gold: str
-    task: Literal["single", "pair"] = "single"
+    task: Literal["single", "pair", "qa"] = "single"
     text_field: str = "text"
     text_pair_field: str | None = None
     label_field: str = "label"
+    question_field: str = "question"
+    answers_field: str = "answers"
     label_map: Mapping[str, str] | None = None
     dev: str | None = None
     dev_fraction: float = 0.3
@@ -91,6 +95,8 @@ class S3Settings:
     context_kind: str = "passage"
     max_failures: float = 0.1
     save_student: bool = True
+    baseline: Literal["none", "gold", "zerogen", "no_extrapolation"] = "none"
+    gold_duplicates: Literal["report", "remove"] = "report"
     cleaning: CleaningSettings = field(default_factory=CleaningSettings)
     student: StudentConfig = field(default_factory=StudentConfig)
     base_dir: str | None = None
@@ -201,7 +207,14 @@ def _rationales(value: Any, where: str) -> RationaleSettings:
 
 
 def _cleaning(value: Any, where: str) -> CleaningSettings:
+    if value == "none":
+        return CleaningSettings.none()
+    if isinstance(value, str):
+        raise ConfigError(f'{where}: a table of cleaning settings, or "none"; got {value!r}')
     spec: dict[str, Check] = {
+        "strip": BOOLEAN,
+        "builtin_refusals": BOOLEAN,
+        "dedup": BOOLEAN,
         "min_chars": _integer(0),
         "max_chars": POSITIVE_INT,
         "near_duplicate": _jaccard,
@@ -259,6 +272,8 @@ _SPEC: dict[str, Check] = {
     "text_field": STRING,
     "text_pair_field": STRING,
     "label_field": STRING,
+    "question_field": STRING,
+    "answers_field": STRING,
     "label_map": _string_table,
     "dev": STRING,
     "dev_fraction": _fraction(upper_open=True),
@@ -283,16 +298,15 @@ _SPEC: dict[str, Check] = {
     "context_kind": STRING,
     "max_failures": _fraction(upper_open=False),
     "save_student": BOOLEAN,
+    "baseline": _choice(*BASELINES),
+    "gold_duplicates": _choice(*GOLD_DUPLICATES),
     "cleaning": _cleaning,
     "student": _student,
 }
 
 
-def s3_settings(
-    table: Mapping[str, Any], *, where: str = "s3", base_dir: str | None = None
-) -> S3Settings:
-    """Validate an ``[s3]`` table (as parsed from TOML) into :class:`S3Settings`."""
-    values = check_table(table, _SPEC, where, required=("labels", "gold"))
+def _task_defaults(values: dict[str, Any], where: str) -> None:
+    """Defaults and consistency checks that depend on the task."""
     task = values.get("task", "single")
     values.setdefault("prompt_set", DEFAULT_PROMPT_SETS[task])
     values.setdefault("k", 2 if task == "single" else 0)
@@ -301,19 +315,58 @@ def s3_settings(
         values.setdefault("text_kind", "sentence")
         if "contexts" not in values:
             raise ConfigError(f"{where}.contexts: a pair task needs a pool of contexts")
+    elif task == "qa":
+        values.setdefault("context_field", "context")
+        values.setdefault("text_kind", "question")
+        for key in ("labels", "label_field", "label_map", "text_pair_field"):
+            if key in values:
+                raise ConfigError(f"{where}.{key}: an extractive QA task has no labels")
+        if values.get("k"):
+            raise ConfigError(f"{where}.k: an extractive QA task has no rationales (k = 0)")
+        values["labels"] = ()
     elif "contexts" in values:
-        raise ConfigError(f"{where}.contexts: only a pair task draws contexts")
+        raise ConfigError(f"{where}.contexts: only pair and qa tasks draw contexts")
     elif "text_pair_field" in values:
         raise ConfigError(f"{where}.text_pair_field: only a pair task has a second text")
-    if values.get("dev") is not None and "dev_fraction" in values:
-        raise ConfigError(f"{where}.dev_fraction: give either dev or dev_fraction, not both")
+    if task != "qa" and "labels" not in values:
+        raise ConfigError(f"{where}.labels: required for a {task} task")
+
+
+def _baseline(values: dict[str, Any], where: str) -> None:
+    """A baseline of the paper is S3 with steps left out (see the README)."""
+    baseline = values.get("baseline", "none")
+    if baseline == "zerogen":  # no rationales, no extrapolation: label-conditioned prompts
+        values.update(k=0, rounds=0)
+    elif baseline in ("no_extrapolation", "gold"):  # gold: the student on gold data, no LLM
+        values["rounds"] = 0
+
+
+def _student_config(values: dict[str, Any], where: str) -> StudentConfig:
     student = values.pop("student", {})
     student.setdefault("seed", values.get("seed", 0))
+    if values.get("task") == "qa":
+        student.setdefault("metric", "f1")
+        if student["metric"] not in QA_METRICS:
+            raise ConfigError(f"{where}.student.metric: QA students use f1 or exact_match")
+    elif student.get("metric", "accuracy") in QA_METRICS:
+        raise ConfigError(f"{where}.student.metric: classifiers are chosen on accuracy or macro_f1")
     try:
-        student_config = StudentConfig(**student)
+        return StudentConfig(**student)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}.student: {exc}") from None
-    return S3Settings(**values, student=student_config, base_dir=base_dir)
+
+
+def s3_settings(
+    table: Mapping[str, Any], *, where: str = "s3", base_dir: str | None = None
+) -> S3Settings:
+    """Validate an ``[s3]`` table (as parsed from TOML) into :class:`S3Settings`."""
+    values = check_table(table, _SPEC, where, required=("gold",))
+    _task_defaults(values, where)
+    if values.get("dev") is not None and "dev_fraction" in values:
+        raise ConfigError(f"{where}.dev_fraction: give either dev or dev_fraction, not both")
+    _baseline(values, where)
+    student = _student_config(values, where)
+    return S3Settings(**values, student=student, base_dir=base_dir)
 
 
 def load_s3_settings(config: Config) -> S3Settings:
@@ -330,4 +383,8 @@ def load_s3_settings(config: Config) -> S3Settings:
             config.role(settings.llm)
         except ConfigError as exc:
             raise ConfigError(f"{where}.llm: {exc}") from None
+    if settings.review == "gra":  # a pool that cannot review s3.llm's text is refused now
+        from ..gra.settings import CommitteeSettings
+
+        CommitteeSettings.for_review(config, writer=settings.llm)
     return settings

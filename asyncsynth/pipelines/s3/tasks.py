@@ -1,163 +1,383 @@
-"""S3's prompts: the prompt sets, what each prompt may say, and reading rationales back.
+"""S3's task kinds behind one small interface: single texts, text pairs, extractive QA.
 
-A prompt set is a folder ``prompts/s3/<set>/`` (or the same path under a user's
-``prompts_dir``) with up to four files:
+A :class:`Task` says what differs between them, and nothing else does:
 
-- ``rationales.md``: ask for reasons that lead to a label (used when ``k > 0``);
-- ``seed_rationales.md``: write an example of a label from ``k`` of its reasons;
-- ``seed.md``: write an example of a label without reasons (``k = 0``);
-- ``extrapolate.md``: write a new example like one the student got wrong, with its gold label.
+- which field of a row the LLM writes (``text``; ``text_pair``; ``question``) and where
+  duplicates of it are looked for (everywhere; among texts for the same context);
+- what a seed example is drawn from (a label and ``k`` of its reasons; plus a context
+  from the pool; a context and an answer span) and which prompt writes it;
+- what an extrapolation keeps of the error (its label; its context; its context and
+  answer) and how the answer becomes a row;
+- which student learns it (a sequence classifier; an extractive-QA model), how its
+  predictions are scored (accuracy; SQuAD exact match and F1) and what counts as an
+  error (a wrong label; exact match 0).
 
-Shipped sets: ``generic`` (single texts, driven by label names and descriptions),
-``generic-pair`` (text pairs), and the paper's ``imdb``, ``rte`` and ``qnli`` prompts.
-
-Placeholders a prompt may use (a prompt uses any subset; an unknown one is refused when
-the run starts, before any request):
-
-- every prompt: ``label`` (name), ``phrase`` (the label as the paper's prompts say it),
-  ``description``, ``labels`` (all labels, one "- name: description" a line),
-  ``text_kind``, ``context_kind``;
-- ``rationales``: ``count``;
-- ``seed_rationales``: ``rationales`` (the drawn reasons, joined as a phrase);
-- pair tasks, seed and extrapolation: ``context``;
-- ``extrapolate``: ``example`` (the misclassified text, or second text of a pair).
+Rows are plain dicts, as written to the run's JSONL files: ``id``, ``text``,
+``text_pair`` (pairs), ``label`` for classification; ``id``, ``context``, ``question``,
+``answers`` (``{"text": [...], "answer_start": [...]}``, SQuAD's shape) for QA.
 """
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ...engine import ConfigError
-from ...prompts import Prompt, load_prompt
-from .cleaning import is_refusal
+from ...prompts import Prompt
+from ...student.config import Example, QAExample
+from ...student.metrics import Metrics, QAMetrics, compute_metrics, compute_qa_metrics, squad_exact
+from .cleaning import words
+from .prompts import PromptSet, join_phrases, label_values, qa_values
 from .settings import LabelSpec, S3Settings
 
-__all__ = ["PromptSet", "join_phrases", "load_prompt_set", "parse_rationales"]
+if TYPE_CHECKING:
+    from ...student.trainer import TrainedQAStudent, TrainedStudent
 
-_COMMON = frozenset({"label", "phrase", "description", "labels", "text_kind", "context_kind"})
-_LABEL_WORDS = frozenset({"label", "phrase", "description"})
-_BULLET = re.compile(r"^\s*(?:[-*•·–]+|\(?\d{1,3}[.):]|\(?[a-zA-Z][.)]|#+)\s+")
-_REASON_PREFIX = re.compile(r"^(?:reason|rationale)\s*\d*\s*[:.-]\s*", re.I)
-_PREAMBLE = re.compile(r"^(?:sure|certainly|of course|okay|ok|here(?:'s| is| are)|below)\b", re.I)
-_MAX_RATIONALE_CHARS = 200
-# A list run into one line ("...this label: 1. Great acting. 2. A gripping plot."):
-# each number after a colon or a sentence's end starts a line of its own.
-_INLINE_ITEM = re.compile(r"(?<=[:.;!?])\s+(?=\(?\d{1,2}[.)]\s)")
+__all__ = [
+    "ClassificationTask",
+    "Draw",
+    "Parsed",
+    "QATask",
+    "Row",
+    "Task",
+    "make_task",
+]
+
+Row = dict[str, Any]
+Progress = Callable[[dict[str, Any]], None]
+AnyMetrics = Metrics | QAMetrics
 
 
-@dataclass(frozen=True)
-class PromptSet:
-    """The loaded prompts of one run."""
+@dataclass
+class Draw:
+    """What one seed example is written from: prompt values and what the row keeps."""
+
+    values: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+    """``label`` (classification), ``context``, ``answer``/``answer_start`` (QA), ``scope``."""
+
+
+@dataclass
+class Parsed:
+    """An answer split into the text to clean and what else it said (QA: the span)."""
+
+    text: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    """Why the answer is unusable before cleaning (``text`` is then None)."""
+
+
+def scope_of(context: str) -> str:
+    return " ".join(words(context))
+
+
+class Task(Protocol):
+    """What differs between S3's task kinds (see the module's docstring)."""
 
     name: str
-    seed: Prompt
-    extrapolate: Prompt
-    rationales: Prompt | None = None
+    labelled: bool
 
-    def texts(self) -> dict[str, str]:
-        """Each prompt's file and template text (part of a run's fingerprint)."""
-        out = {}
-        for prompt in (self.rationales, self.seed, self.extrapolate):
-            if prompt is not None:
-                out[prompt.name] = "\n".join(f"## {role}\n{text}" for role, text in prompt.parts)
-        return out
+    def new_text(self, row: Mapping[str, Any]) -> str:
+        """The text the LLM writes."""
+        ...
+
+    def scope(self, row: Mapping[str, Any]) -> str:
+        """Where duplicates of it are looked for."""
+        ...
+
+    def label(self, row: Mapping[str, Any]) -> str | None:
+        """The label a row was asked for (None without labels)."""
+        ...
+
+    def draw(self, rng: random.Random, rationales: Mapping[str, list[str]]) -> Draw: ...
+
+    def seed_prompt(self, prompts: PromptSet, draw: Draw) -> Prompt: ...
+
+    def parse(self, meta: Mapping[str, Any], completion: str | None) -> Parsed: ...
+
+    def seed_row(self, ident: str, meta: Mapping[str, Any], text: str) -> Row: ...
+
+    def extrapolation_values(self, error: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def extrapolated_row(
+        self, ident: str, error: Mapping[str, Any], text: str, source: str
+    ) -> Row: ...
+
+    def train(
+        self,
+        rows: Sequence[Row],
+        dev: Sequence[Row],
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> Any:
+        """A fresh student trained on ``rows``, its checkpoint chosen on ``dev``."""
+        ...
+
+    def predict(self, student: Any, rows: Sequence[Row]) -> list[str]: ...
+
+    def score(self, rows: Sequence[Row], predicted: Sequence[str]) -> AnyMetrics: ...
+
+    def is_error(self, row: Mapping[str, Any], predicted: str) -> bool: ...
+
+    def key(self, row: Mapping[str, Any]) -> str:
+        """The normal form of a row's input, for exact duplicates across gold parts."""
+        ...
 
 
-def _check(prompt: Prompt, allowed: frozenset[str], required: Iterable[str]) -> Prompt:
-    unknown = prompt.fields - allowed
-    if unknown:
-        raise ConfigError(
-            f"{prompt.source}: unknown placeholder {{{{{sorted(unknown)[0]}}}}} "
-            f"(this prompt may use: {', '.join(sorted(allowed))})"
+class ClassificationTask:
+    """Single texts (``single``) or text pairs (``pair``) with labels."""
+
+    labelled = True
+
+    def __init__(self, settings: S3Settings, contexts: Sequence[str] | None) -> None:
+        self.settings = settings
+        self.name: str = settings.task
+        self.pair = settings.task == "pair"
+        self.contexts = list(contexts or ())
+        self.labels: dict[str, LabelSpec] = {lab.name: lab for lab in settings.labels}
+
+    def new_text(self, row: Mapping[str, Any]) -> str:
+        return str(row["text_pair"] if self.pair else row["text"])
+
+    def scope(self, row: Mapping[str, Any]) -> str:
+        return scope_of(row["text"]) if self.pair else ""
+
+    def label(self, row: Mapping[str, Any]) -> str | None:
+        return str(row["label"])
+
+    def key(self, row: Mapping[str, Any]) -> str:
+        return " ".join(words(row["text"])) + " || " + " ".join(words(row.get("text_pair") or ""))
+
+    def draw(self, rng: random.Random, rationales: Mapping[str, list[str]]) -> Draw:
+        settings = self.settings
+        label = self.labels[rng.choice(settings.label_names)]
+        values = label_values(settings, label)
+        meta: dict[str, Any] = {"label": label.name, "scope": ""}
+        if settings.k > 0:
+            pool = rationales[label.name]
+            chosen = rng.sample(pool, min(settings.k, len(pool)))
+            values["rationales"] = join_phrases(chosen)
+            meta["rationales"] = chosen
+        if self.pair:
+            context = rng.choice(self.contexts)
+            values["context"] = context
+            meta.update(context=context, scope=scope_of(context))
+        return Draw(values, meta)
+
+    def seed_prompt(self, prompts: PromptSet, draw: Draw) -> Prompt:
+        return prompts.seed
+
+    def parse(self, meta: Mapping[str, Any], completion: str | None) -> Parsed:
+        return Parsed(completion)
+
+    def seed_row(self, ident: str, meta: Mapping[str, Any], text: str) -> Row:
+        extra = {"rationales": meta["rationales"]} if "rationales" in meta else {}
+        if self.pair:
+            return _row(ident, meta["context"], text, meta["label"], source="seed", **extra)
+        return _row(ident, text, None, meta["label"], source="seed", **extra)
+
+    def extrapolation_values(self, error: Mapping[str, Any]) -> dict[str, Any]:
+        values = label_values(self.settings, self.labels[error["label"]])
+        values["example"] = self.new_text(error)
+        if self.pair:
+            values["context"] = error["text"]
+        return values
+
+    def extrapolated_row(self, ident: str, error: Mapping[str, Any], text: str, source: str) -> Row:
+        extra = {"source": source, "from": error["id"], "predicted": error["predicted"]}
+        if self.pair:
+            return _row(ident, error["text"], text, error["label"], **extra)
+        return _row(ident, text, None, error["label"], **extra)
+
+    def train(
+        self,
+        rows: Sequence[Row],
+        dev: Sequence[Row],
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> TrainedStudent:
+        from ...student.trainer import train_student
+
+        return train_student(
+            [example(r) for r in rows],
+            [example(r) for r in dev],
+            self.settings.label_names,
+            self.settings.student,
+            progress=progress,
+            cancel=cancel,
         )
-    for name in required:
-        if name not in prompt.fields:
-            raise ConfigError(f"{prompt.source}: must use the placeholder {{{{{name}}}}}")
-    if not prompt.fields & _LABEL_WORDS:
-        raise ConfigError(
-            f"{prompt.source}: never names the label: use {{{{label}}}}, {{{{phrase}}}} "
-            "or {{description}}"
+
+    def predict(self, student: Any, rows: Sequence[Row]) -> list[str]:
+        return _predictions(student, [example(r) for r in rows])
+
+    def score(self, rows: Sequence[Row], predicted: Sequence[str]) -> Metrics:
+        return compute_metrics([r["label"] for r in rows], predicted, self.settings.label_names)
+
+    def is_error(self, row: Mapping[str, Any], predicted: str) -> bool:
+        return predicted != row["label"]
+
+
+_SPAN_ANSWER = re.compile(r"^\s*(?:\*\*)?answer(?:\*\*)?\s*:\s*(.+?)\s*$", re.I | re.M)
+_SPAN_QUESTION = re.compile(r"^\s*(?:\*\*)?question(?:\*\*)?\s*:\s*(.+?)\s*$", re.I | re.M)
+
+
+def find_span(context: str, answer: str) -> int | None:
+    """Where ``answer`` occurs in ``context`` (exactly, else ignoring case), or None."""
+    answer = answer.strip().strip("\"'“”").strip()
+    if not answer:
+        return None
+    at = context.find(answer)
+    if at < 0:
+        at = context.lower().find(answer.lower())
+    return at if at >= 0 else None
+
+
+class QATask:
+    """Extractive QA (the paper's AdQA): the LLM writes questions for context + answer."""
+
+    name = "qa"
+    labelled = False
+
+    def __init__(
+        self,
+        settings: S3Settings,
+        pool: Sequence[tuple[str, tuple[str, ...], tuple[int, ...]]],
+    ) -> None:
+        self.settings = settings
+        self.pool = list(pool)
+
+    def new_text(self, row: Mapping[str, Any]) -> str:
+        return str(row["question"])
+
+    def scope(self, row: Mapping[str, Any]) -> str:
+        return scope_of(row["context"])
+
+    def label(self, row: Mapping[str, Any]) -> str | None:
+        return None
+
+    def key(self, row: Mapping[str, Any]) -> str:
+        return " ".join(words(row["context"])) + " || " + " ".join(words(row["question"]))
+
+    def draw(self, rng: random.Random, rationales: Mapping[str, list[str]]) -> Draw:
+        context, answers, starts = rng.choice(self.pool)
+        meta: dict[str, Any] = {"context": context, "scope": scope_of(context)}
+        if answers:
+            meta.update(answer=answers[0], answer_start=starts[0])
+        else:
+            meta["span"] = True  # the LLM picks the answer (seed_span.md)
+        return Draw(qa_values(self.settings, context, meta.get("answer")), meta)
+
+    def seed_prompt(self, prompts: PromptSet, draw: Draw) -> Prompt:
+        if not draw.meta.get("span"):
+            return prompts.seed
+        assert prompts.seed_span is not None
+        return prompts.seed_span
+
+    def parse(self, meta: Mapping[str, Any], completion: str | None) -> Parsed:
+        """The question; when the LLM picked the span, its answer too, checked in the context."""
+        if completion is None or not meta.get("span"):
+            return Parsed(completion)
+        answer, question = _SPAN_ANSWER.search(completion), _SPAN_QUESTION.search(completion)
+        if answer is None or question is None:
+            return Parsed(None, reason="unparsed")
+        at = find_span(meta["context"], answer.group(1))
+        if at is None:
+            return Parsed(None, reason="answer_not_in_context")
+        text = answer.group(1).strip().strip("\"'“”").strip()
+        span = meta["context"][at : at + len(text)]
+        return Parsed(question.group(1), {"answer": span, "answer_start": at})
+
+    def seed_row(self, ident: str, meta: Mapping[str, Any], text: str) -> Row:
+        return qa_row(ident, meta["context"], text, meta["answer"], meta["answer_start"], "seed")
+
+    def extrapolation_values(self, error: Mapping[str, Any]) -> dict[str, Any]:
+        values = qa_values(self.settings, error["context"], error["answers"]["text"][0])
+        values["example"] = error["question"]
+        return values
+
+    def extrapolated_row(self, ident: str, error: Mapping[str, Any], text: str, source: str) -> Row:
+        answers = error["answers"]
+        first, start = answers["text"][0], answers["answer_start"][0]
+        row = qa_row(ident, error["context"], text, first, start, source)
+        row.update({"from": error["id"], "predicted": error["predicted"]})
+        return row
+
+    def train(
+        self,
+        rows: Sequence[Row],
+        dev: Sequence[Row],
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> TrainedQAStudent:
+        from ...student.trainer import train_qa_student
+
+        return train_qa_student(
+            [qa_example(r) for r in rows],
+            [qa_example(r) for r in dev],
+            self.settings.student,
+            progress=progress,
+            cancel=cancel,
         )
-    return prompt
+
+    def predict(self, student: Any, rows: Sequence[Row]) -> list[str]:
+        return _predictions(student, [qa_example(r) for r in rows])
+
+    def score(self, rows: Sequence[Row], predicted: Sequence[str]) -> QAMetrics:
+        return compute_qa_metrics(predicted, [r["answers"]["text"] for r in rows])
+
+    def is_error(self, row: Mapping[str, Any], predicted: str) -> bool:
+        return squad_exact(predicted, row["answers"]["text"]) == 0.0
 
 
-def load_prompt_set(settings: S3Settings) -> PromptSet:
-    """Load and check the prompts ``settings`` asks for (``prompt_set``, ``prompts_dir``, ``k``)."""
-    folder = settings.path(settings.prompts_dir) if settings.prompts_dir else None
-    base = f"s3/{settings.prompt_set}"
-    pair = settings.task == "pair"
-    context = {"context"} if pair else set()
-    rationales = None
-    if settings.k > 0:
-        rationales = _check(
-            load_prompt(f"{base}/rationales", folder), _COMMON | {"count"}, ("count",)
-        )
-        seed = _check(
-            load_prompt(f"{base}/seed_rationales", folder),
-            _COMMON | {"rationales"} | context,
-            ("rationales", *context),
-        )
-    else:
-        seed = _check(load_prompt(f"{base}/seed", folder), _COMMON | context, tuple(context))
-    extrapolate = _check(
-        load_prompt(f"{base}/extrapolate", folder),
-        _COMMON | {"example"} | context,
-        ("example", *context),
-    )
-    return PromptSet(settings.prompt_set, seed, extrapolate, rationales)
+def _predictions(student: Any, examples: Sequence[Any]) -> list[str]:
+    return [str(p) for p in student.predict(examples)]
 
 
-def label_values(settings: S3Settings, label: LabelSpec) -> dict[str, Any]:
-    """The placeholders every prompt may use, for ``label``."""
-    listing = "\n".join(f"- {lab.name}: {lab.description}" for lab in settings.labels)
-    return {
-        "label": label.name,
-        "phrase": label.phrase,
-        "description": label.description,
-        "labels": listing,
-        "text_kind": settings.text_kind,
-        "context_kind": settings.context_kind,
+def _row(ident: str, text: str, text_pair: str | None, label: str, **extra: Any) -> Row:
+    row: Row = {"id": ident, "text": text}
+    if text_pair is not None:
+        row["text_pair"] = text_pair
+    row["label"] = label
+    row.update(extra)
+    return row
+
+
+def qa_row(
+    ident: str,
+    context: str,
+    question: str,
+    answer: str,
+    answer_start: int,
+    source: str | None = None,
+) -> Row:
+    """A QA row in SQuAD's shape (``answers`` with ``text`` and ``answer_start`` lists)."""
+    row: Row = {
+        "id": ident,
+        "context": context,
+        "question": question,
+        "answers": {"text": [answer], "answer_start": [answer_start]},
     }
+    if source is not None:
+        row["source"] = source
+    return row
 
 
-def render(prompt: Prompt, values: Mapping[str, Any]) -> list[dict[str, str]]:
-    """``prompt`` filled with the subset of ``values`` it uses."""
-    return prompt.render(**{k: v for k, v in values.items() if k in prompt.fields})
+def example(row: Mapping[str, Any]) -> Example:
+    return Example(text=row["text"], text_pair=row.get("text_pair"), label=row["label"])
 
 
-def join_phrases(items: Iterable[str]) -> str:
-    """``["a", "b", "c"]`` -> ``"a, b and c"``."""
-    items = list(items)
-    if len(items) <= 1:
-        return "".join(items)
-    return f"{', '.join(items[:-1])} and {items[-1]}"
+def qa_example(row: Mapping[str, Any]) -> QAExample:
+    answers = row["answers"]
+    return QAExample(
+        row["context"], row["question"], tuple(answers["text"]), tuple(answers["answer_start"])
+    )
 
 
-def _as_phrase(reason: str) -> str:
-    if len(reason) > 1 and reason[0].isupper() and reason[1].islower():
-        reason = reason[0].lower() + reason[1:]
-    return reason
-
-
-def parse_rationales(text: str) -> list[str]:
-    """The reasons listed in a completion, one a line: bullets, numbers and headers removed."""
-    reasons: list[str] = []
-    seen: set[str] = set()
-    for raw in _INLINE_ITEM.sub("\n", text).splitlines():
-        line = raw.strip().replace("**", "")
-        line = _BULLET.sub("", line, count=1)
-        line = _REASON_PREFIX.sub("", line, count=1).strip().strip("\"'“”").strip()
-        line = line.rstrip(" .;,")
-        if not line or raw.strip().endswith(":") or len(line) > _MAX_RATIONALE_CHARS:
-            continue
-        if _PREAMBLE.match(line) or is_refusal(line):
-            continue
-        reason = _as_phrase(line)
-        key = reason.casefold()
-        if key not in seen:
-            seen.add(key)
-            reasons.append(reason)
-    return reasons
+def make_task(settings: S3Settings, contexts: Sequence[Any] | None) -> Task:
+    """The task of ``settings`` (its pool of contexts from the gold data)."""
+    if settings.task == "qa":
+        return QATask(settings, contexts or ())
+    return ClassificationTask(settings, contexts)
