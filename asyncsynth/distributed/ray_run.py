@@ -50,6 +50,8 @@ SHARDS_PER_ACTOR = 4
 POLL_SECONDS = 0.5
 """How often the driver gathers figures from the actors for the display."""
 BUDGETS_ACTOR = "asyncsynth-budgets"
+WORKER_ACTOR = "asyncsynth-worker"
+"""Actors are named ``asyncsynth-worker-<job>-<n>`` (``ray list actors`` shows them)."""
 
 
 def require_ray() -> Any:
@@ -412,8 +414,9 @@ async def run_on_ray(
         cpus = ray.cluster_resources().get("CPU", 1.0)
         per_actor = {"num_cpus": min(1.0, cpus / width)}
         worker_config = config
+        job = f"{os.getpid()}-{time.time_ns()}"
         if config.engine.limits_backend is None:
-            name = f"{BUDGETS_ACTOR}-{os.getpid()}-{time.time_ns()}"
+            name = f"{BUDGETS_ACTOR}-{job}"
             budgets = (
                 _remote(BudgetsActor, max_restarts=-1, max_task_retries=-1)
                 .options(name=name, num_cpus=0)
@@ -428,7 +431,10 @@ async def run_on_ray(
             options["runtime_env"] = {"env_vars": env}
         worker = _remote(ShardWorker)
         actors = [
-            worker.options(**options).remote(worker_config, role, cache) for _ in range(width)
+            worker.options(name=f"{WORKER_ACTOR}-{job}-{i}", **options).remote(
+                worker_config, role, cache
+            )
+            for i in range(width)
         ]
         view = ClusterView(config, shards)
         if lines is not None:
@@ -487,7 +493,7 @@ async def _drive(
             shard = pending.pop(0)
             try:
                 result = await asyncio.wrap_future(actor.run_shard.remote(shard).future())
-            except ray.exceptions.RayTaskError as exc:
+            except ray.exceptions.RayError as exc:
                 cause = getattr(exc, "cause", None)
                 failure.append(cause if isinstance(cause, AsyncsynthError) else exc)
                 tg.cancel_scope.cancel()
