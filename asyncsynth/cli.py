@@ -7,7 +7,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
@@ -17,6 +17,9 @@ from .engine import AsyncsynthError, EndpointsUnreachable, Journal
 from .engine.journal import journal_path_for
 from .io import write_json
 from .progress import DEFAULT_LOG_INTERVAL, Describe, Progress
+
+if TYPE_CHECKING:
+    from .distributed.ray_run import RayExecutor
 
 T = TypeVar("T")
 
@@ -261,6 +264,37 @@ def with_limits_backend(config: Config, kw: dict[str, Any]) -> Config:
     return replace(config, engine=replace(config.engine, limits_backend=url))
 
 
+def executor_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--executor ray[=ADDRESS]`` and ``--actors N``: run the job on a Ray cluster."""
+    fn = click.option(
+        "--actors",
+        type=click.IntRange(min=1),
+        help="Ray workers for --executor ray (default: the cluster's CPUs).",
+    )(fn)
+    return click.option(
+        "--executor",
+        metavar="ray[=ADDRESS]",
+        help="Spread the job over a Ray cluster (needs asyncsynth[ray]): ADDRESS is "
+        "ray://HOST:10001, HOST:6379 or auto; without one, RAY_ADDRESS, else a local cluster "
+        "for the job.",
+    )(fn)
+
+
+def executor_from_options(kw: dict[str, Any]) -> RayExecutor | None:
+    """Pop --executor and --actors; the executor they name, if any."""
+    spec, actors = kw.pop("executor"), kw.pop("actors")
+    if spec is None:
+        if actors is not None:
+            raise ConfigProblem("--actors needs --executor ray")
+        return None
+    from .distributed.ray_run import RayExecutor
+
+    try:
+        return RayExecutor.parse(spec, actors=actors)
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+
 def with_wait_options(config: Config, kw: dict[str, Any]) -> Config:
     """Pop --startup-grace and --wait-for-endpoints; the config with them applied."""
     grace, wait = kw.pop("startup_grace"), kw.pop("wait_for_endpoints")
@@ -328,25 +362,13 @@ def main() -> None:
     "--stats-json", type=click.Path(dir_okay=False), help="Write the end-of-run summary as JSON."
 )
 @limits_backend_option
-@click.option(
-    "--executor",
-    metavar="ray[=ADDRESS]",
-    help="Spread the job over a Ray cluster (needs asyncsynth[ray]): ADDRESS is ray://HOST:10001, "
-    "HOST:6379 or auto; without one, RAY_ADDRESS, else a local cluster for the job.",
-)
-@click.option(
-    "--actors",
-    type=click.IntRange(min=1),
-    help="Ray workers for --executor ray (default: the cluster's CPUs).",
-)
+@executor_options
 def run(
     input_path: str,
     output_path: str,
     no_cache: bool,
     quiet: bool,
     stats_json: str | None,
-    executor: str | None,
-    actors: int | None,
     **kw: Any,
 ) -> None:
     """Send every request in INPUT.jsonl; answers go to OUTPUT, failures to OUTPUT.errors.jsonl.
@@ -360,16 +382,7 @@ def run(
 
     display = progress_from_options(kw, quiet=quiet, title="run")
     config = with_limits_backend(with_wait_options(config_from_options(kw), kw), kw)
-    ray = None
-    if executor is not None:
-        from .distributed.ray_run import RayExecutor
-
-        try:
-            ray = RayExecutor.parse(executor, actors=actors)
-        except AsyncsynthError as exc:
-            raise ConfigProblem(str(exc)) from None
-    elif actors is not None:
-        raise ConfigProblem("--actors needs --executor ray")
+    ray = executor_from_options(kw)
     with display:
         report, interrupted = _run_async(
             lambda: run_file(
@@ -562,6 +575,7 @@ async def _showing(display: Progress, job: Callable[[], Awaitable[T]]) -> T:
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary table.")
 @progress_options
 @limits_backend_option
+@executor_options
 def gra(
     config_path: str,
     target: int | None,
@@ -599,6 +613,7 @@ def gra(
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
     config = with_limits_backend(with_wait_options(config, kw), kw)
+    ray = executor_from_options(kw)
     display = progress_from_options(kw, quiet=quiet, title="gra", describe=describe)
     with display:
         goal = f"target {settings.target:,}" if settings.target else "every seed"
@@ -609,7 +624,9 @@ def gra(
         result, interrupted = _run_async(
             lambda: _showing(
                 display,
-                lambda: run_gra(config, out_dir, settings=settings, on_event=display.on_event),
+                lambda: run_gra(
+                    config, out_dir, settings=settings, on_event=display.on_event, executor=ray
+                ),
             )
         )
         if result is not None:

@@ -1,6 +1,7 @@
-"""The Ray executor of ``run`` on a real local Ray cluster (2 CPUs, on loopback), against
-the simulated endpoint: every line answered and written exactly once, an actor killed
-mid-job, and a driver killed mid-job then run again."""
+"""The Ray executor on a real local Ray cluster (2 CPUs, on loopback), against the
+simulated endpoint. ``run``: every line answered and written exactly once, an actor killed
+mid-job, and a driver killed mid-job then run again. ``gra``: the same accepted set as one
+process, with an actor killed mid-run too."""
 
 from __future__ import annotations
 
@@ -23,8 +24,11 @@ import pytest
 
 from asyncsynth.config import Config
 from asyncsynth.distributed.ray_run import WORKER_ACTOR, RayExecutor
+from asyncsynth.pipelines.gra import GraSettings, run_gra
+from asyncsynth.pipelines.gra.committee import RESPONSE_CRITERIA
 from asyncsynth.run import run_file
 from asyncsynth.testing import SimServer
+from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -182,3 +186,82 @@ def test_a_driver_killed_mid_job_resumes_from_the_shards_journals(
     assert report.written == LINES
     assert report.stats["cached"] > 0  # answers of the first run were not asked again
     assert sum(asked.values()) < 2 * LINES
+
+
+# -- GRA on Ray ---------------------------------------------------------------------------------
+
+
+def gra_script() -> GraScript:
+    """Reviews decided by the request alone: some instructions fail, some responses are
+    disputed and adjudicated either way (so every outcome occurs, deterministically)."""
+
+    def check(call: Call) -> Any:
+        if call.model == "a" and int(call.tag, 16) % 2 == 0:
+            return {"assessment": "vague", "rationality": True, "completeness": True} | {
+                "clarity": False
+            }
+        return None
+
+    def scores(value: float) -> dict[str, Any]:
+        return {"strengths": "s", "weaknesses": "w", **dict.fromkeys(RESPONSE_CRITERIA, value)}
+
+    def adjudicate(call: Call) -> Any:
+        return {"assessment": "settled", **scores(9 if int(call.tag, 16) % 2 else 7)}
+
+    return GraScript(
+        review_instruction=check,
+        review_response=lambda call: scores({"e": 5, "d": 10}.get(call.model, 9)),
+        adjudicate=adjudicate,
+    )
+
+
+GRA_FILES = ("accepted.jsonl", "rejected.jsonl", "pool.jsonl")
+
+
+def gra_outputs(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in GRA_FILES}
+
+
+def run_gra_here(config: Config, out: Path, executor: RayExecutor | None = None) -> Any:
+    settings = GraSettings.from_config(config).with_overrides(target=12, seed=5)
+    return anyio.run(lambda: run_gra(config, out, settings=settings, executor=executor))
+
+
+def test_gra_on_ray_accepts_what_one_process_accepts(ray_cluster: str, tmp_path: Path) -> None:
+    with SimServer(reply=gra_script()) as sim:
+        config = pool_config(sim.url, concurrency=4)
+        alone = run_gra_here(config, tmp_path / "alone")
+        spread = run_gra_here(config, tmp_path / "ray", RayExecutor(actors=2))
+    assert alone.accepted >= 12 and spread.accepted == alone.accepted
+    assert gra_outputs(tmp_path / "ray") == gra_outputs(tmp_path / "alone")
+    journals = sorted(p.name for p in (tmp_path / "ray").glob("gra.journal.ray-*.sqlite"))
+    assert journals == ["gra.journal.ray-0.sqlite", "gra.journal.ray-1.sqlite"]
+
+
+def test_gra_on_ray_survives_an_actor_killed_mid_run(ray_cluster: str, tmp_path: Path) -> None:
+    import ray
+
+    script = gra_script()
+    with SimServer(reply=script) as sim:
+        config = pool_config(sim.url, concurrency=4)
+        alone = run_gra_here(config, tmp_path / "alone")
+        before = sim.stats.requests
+        killed: list[int] = []
+
+        def kill_one_worker() -> None:
+            sim.wait_for_requests(before + 20, timeout=120)
+            names = [n for n in ray.util.list_named_actors() if n.startswith(WORKER_ACTOR)]
+            actor = ray.get_actor(sorted(names)[0])
+            os.kill(ray.get(actor.pid.remote()), signal.SIGKILL)
+            killed.append(sim.stats.requests - before)
+
+        killer = threading.Thread(target=kill_one_worker)
+        killer.start()
+        try:
+            spread = run_gra_here(config, tmp_path / "ray", RayExecutor(actors=2))
+        finally:
+            killer.join()
+        total = sim.stats.requests - before
+    assert killed and killed[0] < total  # killed with work left
+    assert spread.accepted == alone.accepted
+    assert gra_outputs(tmp_path / "ray") == gra_outputs(tmp_path / "alone")

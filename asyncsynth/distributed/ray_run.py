@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from ..engine.journal import journal_path_for
 from ..engine.stats import EndpointStats
 from ..progress import Progress, summary
 from ..run import RunReport, errors_path_for
+from .backends import RAY_ACTOR_SCHEME
 from .shards import Shard, ShardFolder
 
 SHARDS_PER_ACTOR = 4
@@ -133,6 +135,8 @@ class ShardResult:
     endpoints: dict[str, EndpointStats]
     events: list[Event]
     """Events not yet passed on by a snapshot."""
+    peak_rss_mb: float = 0.0
+    """The worker process's peak resident memory so far."""
 
 
 class _Relay(Progress):
@@ -187,6 +191,7 @@ class ShardWorker:
             _totals(engine.totals),
             {name: ep.stats for name, ep in engine.endpoints.items()},
             events,
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -273,6 +278,65 @@ class ActorStore:
 
 def _remote(cls: type, **options: Any) -> Any:
     return require_ray().remote(**options)(cls) if options else require_ray().remote(cls)
+
+
+def job_budgets(config: Config) -> tuple[Config, Any]:
+    """The config the workers get, and the budgets actor started for them (or ``None``).
+
+    With ``engine.limits_backend`` named, the workers share budgets through it; else
+    through a new budgets actor, which :func:`stop_actors` ends with the job.
+    """
+    if config.engine.limits_backend is not None:
+        return config, None
+    name = f"{BUDGETS_ACTOR}-{os.getpid()}-{time.time_ns()}"
+    budgets = (
+        _remote(BudgetsActor, max_restarts=-1, max_task_retries=-1)
+        .options(name=name, num_cpus=0)
+        .remote()
+    )
+    url = f"{RAY_ACTOR_SCHEME}://{name}"
+    return replace(config, engine=replace(config.engine, limits_backend=url)), budgets
+
+
+def start_actors(
+    cls: type,
+    config: Config,
+    roles: Iterable[str | None],
+    args: list[tuple[Any, ...]],
+    *,
+    name: str,
+) -> list[Any]:
+    """One actor of ``cls`` per item of ``args`` (its constructor's arguments), restarted by
+    Ray when it dies (its calls made again), sharing the cluster's CPUs, with the API keys
+    of the ``roles``' endpoints in their environment; named ``asyncsynth-worker-<job>-<n>``."""
+    ray = require_ray()
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    options: dict[str, Any] = {
+        "max_restarts": -1,
+        "max_task_retries": -1,
+        "num_cpus": min(1.0, cpus / len(args)),
+    }
+    env: dict[str, str] = {}
+    for role in roles:
+        env.update(_key_environment(config, role))
+    if env:
+        options["runtime_env"] = {"env_vars": env}
+    job = f"{name}-{os.getpid()}-{time.time_ns()}"
+    worker = _remote(cls)
+    return [
+        worker.options(name=f"{WORKER_ACTOR}-{job}-{i}", **options).remote(*each)
+        for i, each in enumerate(args)
+    ]
+
+
+def stop_actors(actors: list[Any]) -> None:
+    """End ``actors`` for good (no restart); those already gone are skipped."""
+    ray = require_ray()
+    for actor in actors:
+        if actor is None:
+            continue
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -411,31 +475,10 @@ async def run_on_ray(
         folder = ShardFolder(output_path)
         shards = folder.layout(input_path, executor.shards or SHARDS_PER_ACTOR * width)
         width = min(width, len(shards))
-        cpus = ray.cluster_resources().get("CPU", 1.0)
-        per_actor = {"num_cpus": min(1.0, cpus / width)}
-        worker_config = config
-        job = f"{os.getpid()}-{time.time_ns()}"
-        if config.engine.limits_backend is None:
-            name = f"{BUDGETS_ACTOR}-{job}"
-            budgets = (
-                _remote(BudgetsActor, max_restarts=-1, max_task_retries=-1)
-                .options(name=name, num_cpus=0)
-                .remote()
-            )
-            worker_config = replace(
-                config, engine=replace(config.engine, limits_backend=f"ray-actor://{name}")
-            )
-        env = _key_environment(config, role)
-        options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": -1, **per_actor}
-        if env:
-            options["runtime_env"] = {"env_vars": env}
-        worker = _remote(ShardWorker)
-        actors = [
-            worker.options(name=f"{WORKER_ACTOR}-{job}-{i}", **options).remote(
-                worker_config, role, cache
-            )
-            for i in range(width)
-        ]
+        worker_config, budgets = job_budgets(config)
+        actors = start_actors(
+            ShardWorker, config, [role], [(worker_config, role, cache)] * width, name="run"
+        )
         view = ClusterView(config, shards)
         if lines is not None:
             view.totals.total = lines
@@ -445,21 +488,11 @@ async def run_on_ray(
             tg.start_soon(display.run)
             results = await _drive(actors, shards, view, display)
             tg.cancel_scope.cancel()
-    except BaseException:
-        for actor in actors:
-            with contextlib.suppress(Exception):
-                ray.kill(actor, no_restart=True)
-        raise
     finally:
-        if budgets is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(budgets, no_restart=True)
+        stop_actors([*actors, budgets])
         if owned:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(ray.shutdown)
-    for actor in actors:
-        with contextlib.suppress(Exception):
-            ray.kill(actor, no_restart=True)
     folder.merge(shards)
     for result in results:
         report.written += result.written
@@ -468,6 +501,8 @@ async def run_on_ray(
     report.stats = summary(view)  # type: ignore[arg-type]
     report.stats["actors"] = width
     report.stats["shards"] = len(shards)
+    peak = max((r.peak_rss_mb for r in results), default=0.0)
+    report.stats["actor_peak_rss_mb"] = round(peak, 1)
     return report
 
 
