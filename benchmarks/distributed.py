@@ -104,8 +104,7 @@ def shared(args: argparse.Namespace) -> None:
                     rate = (len(times) - 1) / (max(times) - min(times)) if len(times) > 1 else 0
                     label = "shared through Redis" if backend else f"each told {RPM:.0f} rpm"
                     print(
-                        f"{processes:>9}  {label:<26} {refused:>6,} {ok:>9,} "
-                        f"{rate / limit:>10.3f}x"
+                        f"{processes:>9}  {label:<26} {refused:>6,} {ok:>9,} {rate / limit:>10.3f}x"
                     )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
