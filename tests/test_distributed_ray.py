@@ -5,6 +5,7 @@ process, with an actor killed mid-run too."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -87,6 +88,29 @@ def every_id(lines: int = LINES) -> list[str]:
     return [f"line-{i}" for i in range(1, lines + 1)]
 
 
+@contextlib.contextmanager
+def one_worker_killed(sim: SimServer, after: int) -> Iterator[list[int]]:
+    """SIGKILL one worker actor once ``sim`` has seen ``after`` requests, while the block
+    runs; yields a list that then holds the requests seen at the kill."""
+    import ray
+
+    killed: list[int] = []
+
+    def kill() -> None:
+        sim.wait_for_requests(after, timeout=120)
+        names = [n for n in ray.util.list_named_actors() if n.startswith(WORKER_ACTOR)]
+        actor = ray.get_actor(sorted(names)[0])
+        os.kill(ray.get(actor.pid.remote()), signal.SIGKILL)
+        killed.append(sim.stats.requests)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        yield killed
+    finally:
+        killer.join()
+
+
 def test_every_line_is_answered_and_written_exactly_once(
     ray_cluster: str,
     counting_sim: tuple[SimServer, Counter[str]],
@@ -113,30 +137,14 @@ def test_an_actor_killed_mid_job_is_restarted_and_nothing_is_lost_or_doubled(
     config_for: Callable[..., Config],
     tmp_path: Path,
 ) -> None:
-    import ray
-
     sim, asked = counting_sim
     source = write_input(tmp_path / "in.jsonl")
     config = config_for(sim.url, max_concurrency=4)
-    killed: list[int] = []
-
-    def kill_one_worker() -> None:
-        sim.wait_for_requests(LINES // 4, timeout=120)
-        names = [n for n in ray.util.list_named_actors() if n.startswith(WORKER_ACTOR)]
-        actor = ray.get_actor(sorted(names)[0])
-        pid = ray.get(actor.pid.remote())
-        os.kill(pid, signal.SIGKILL)
-        killed.append(sim.stats.requests)
-
-    killer = threading.Thread(target=kill_one_worker)
-    killer.start()
     out = tmp_path / "out.jsonl"
-    try:
+    with one_worker_killed(sim, LINES // 4) as killed:
         report = anyio.run(
             lambda: run_file(config, source, out, progress=False, executor=RayExecutor(actors=2))
         )
-    finally:
-        killer.join()
     assert killed and killed[0] < LINES  # killed while there was work left
     ids = output_ids(out)
     assert len(ids) == LINES and sorted(ids) == sorted(every_id())  # none lost, none twice
@@ -239,29 +247,13 @@ def test_gra_on_ray_accepts_what_one_process_accepts(ray_cluster: str, tmp_path:
 
 
 def test_gra_on_ray_survives_an_actor_killed_mid_run(ray_cluster: str, tmp_path: Path) -> None:
-    import ray
-
-    script = gra_script()
-    with SimServer(reply=script) as sim:
+    with SimServer(reply=gra_script()) as sim:
         config = pool_config(sim.url, concurrency=4)
         alone = run_gra_here(config, tmp_path / "alone")
         before = sim.stats.requests
-        killed: list[int] = []
-
-        def kill_one_worker() -> None:
-            sim.wait_for_requests(before + 20, timeout=120)
-            names = [n for n in ray.util.list_named_actors() if n.startswith(WORKER_ACTOR)]
-            actor = ray.get_actor(sorted(names)[0])
-            os.kill(ray.get(actor.pid.remote()), signal.SIGKILL)
-            killed.append(sim.stats.requests - before)
-
-        killer = threading.Thread(target=kill_one_worker)
-        killer.start()
-        try:
+        with one_worker_killed(sim, before + 20) as killed:
             spread = run_gra_here(config, tmp_path / "ray", RayExecutor(actors=2))
-        finally:
-            killer.join()
-        total = sim.stats.requests - before
+        total = sim.stats.requests
     assert killed and killed[0] < total  # killed with work left
     assert spread.accepted == alone.accepted
     assert gra_outputs(tmp_path / "ray") == gra_outputs(tmp_path / "alone")
