@@ -13,7 +13,7 @@ import anyio
 import click
 
 from .config import DEFAULT_CONFIG, Config, load_config, single_endpoint_config
-from .engine import AsyncsynthError, EndpointsUnreachable, Journal
+from .engine import AsyncsynthError, EndpointsFailed, EndpointsUnreachable, Journal
 from .engine.journal import journal_path_for
 from .io import write_json
 from .progress import DEFAULT_LOG_INTERVAL, Describe, Progress
@@ -25,12 +25,20 @@ T = TypeVar("T")
 
 EXIT_FAILED_ROWS = 1
 EXIT_BAD_CONFIG = 2
+EXIT_ENDPOINTS_FAILED = 3
+"""Every endpoint of a role was taken out (bad key, unknown model...): fix it, run again."""
 EXIT_UNREACHABLE = 4
 EXIT_INTERRUPTED = 130
 
 
 class ConfigProblem(click.ClickException):
     exit_code = EXIT_BAD_CONFIG
+
+
+class Stopped(click.ClickException):
+    """The job stopped: no endpoint of a role can answer (:class:`EndpointsFailed`)."""
+
+    exit_code = EXIT_ENDPOINTS_FAILED
 
 
 class Unreachable(click.ClickException):
@@ -41,6 +49,8 @@ class Unreachable(click.ClickException):
 
 def _problem(exc: AsyncsynthError) -> click.ClickException:
     """The exit a deliberate error of the job ends in."""
+    if isinstance(exc, EndpointsFailed):
+        return Stopped(f"{exc}. Stopped; fix that and run the same command again to resume")
     if isinstance(exc, EndpointsUnreachable):
         return Unreachable(
             f"{exc}. The job stopped; every answer received is kept. Check the endpoints "
@@ -180,6 +190,12 @@ def endpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--deadline",
             type=click.FloatRange(min=0, min_open=True),
             help="Seconds per request across all attempts.",
+        ),
+        click.option(
+            "--fail-fast",
+            type=click.IntRange(min=0),
+            help="Take an endpoint out after N answers in a row that no request can get past "
+            "(401, 403, 404, the same 400); 0: never (default 3).",
         ),
     ]
     for option in reversed(options):
@@ -327,7 +343,11 @@ def config_from_options(kw: dict[str, Any]) -> Config:
         endpoint_flags |= {"kind": "local", "gguf": gguf}
         if endpoint_flags["model"] is None:  # the journal key names the model really used
             endpoint_flags["model"] = default_model_name(gguf)
-    engine_flags = {"max_attempts": kw.pop("max_attempts"), "deadline": kw.pop("deadline")}
+    engine_flags = {
+        "max_attempts": kw.pop("max_attempts"),
+        "deadline": kw.pop("deadline"),
+        "fail_fast": kw.pop("fail_fast"),
+    }
     return resolve_config(
         kw.pop("config_path"),
         kw.get("role"),
@@ -363,44 +383,69 @@ def main() -> None:
 )
 @limits_backend_option
 @executor_options
+@click.option(
+    "--max-n",
+    type=click.IntRange(min=1),
+    help='Most samples one line may ask for with "n" (default 10,000).',
+)
+@click.option(
+    "--allow-duplicate-ids",
+    is_flag=True,
+    default=None,
+    help="Send lines whose id an earlier line had (else they are refused as bad lines).",
+)
 def run(
     input_path: str,
     output_path: str,
     no_cache: bool,
     quiet: bool,
     stats_json: str | None,
+    max_n: int | None,
+    allow_duplicate_ids: bool | None,
     **kw: Any,
 ) -> None:
     """Send every request in INPUT.jsonl; answers go to OUTPUT, failures to OUTPUT.errors.jsonl.
 
     Input lines: {"messages": [...]}, {"prompt": "..."} or OpenAI Batch lines
     ({"custom_id": ..., "body": {...}}). Re-running the same command resumes. Exits 0 when
-    every request succeeded, 1 when some failed, 2 for a bad config, 4 when no endpoint
-    answered within the start-up grace, 130 when interrupted.
+    every request succeeded, 1 when any failed or a line was bad, 2 for a bad config, 3 when
+    every endpoint was taken out (a bad key, an unknown model), 4 when no endpoint answered
+    within the start-up grace, 130 when interrupted.
     """
     from .run import run_file
 
     display = progress_from_options(kw, quiet=quiet, title="run")
     config = with_limits_backend(with_wait_options(config_from_options(kw), kw), kw)
     ray = executor_from_options(kw)
-    with display:
-        report, interrupted = _run_async(
-            lambda: run_file(
-                config,
-                input_path,
-                output_path,
-                role=kw["role"],
-                cache=not no_cache,
-                progress=display,
-                executor=ray,
+    checks = {"max_n": max_n, "allow_duplicate_ids": allow_duplicate_ids}
+    if checks := {k: v for k, v in checks.items() if v is not None}:
+        config = replace(config, input=replace(config.input, **checks))
+
+    def saved() -> str:
+        if no_cache or not journal_path_for(output_path).exists():
+            return ""
+        with Journal(journal_path_for(output_path)) as journal:
+            return f" {len(journal):,} answers are saved in the journal;"
+
+    try:
+        with display:
+            report, interrupted = _run_async(
+                lambda: run_file(
+                    config,
+                    input_path,
+                    output_path,
+                    role=kw["role"],
+                    cache=not no_cache,
+                    progress=display,
+                    executor=ray,
+                )
             )
-        )
+    except Stopped as exc:
+        kept = saved().strip(" ;")
+        click.echo(f"Error: {exc.message}." + (f" {kept}." if kept else ""), err=True)
+        sys.exit(exc.exit_code)
     if interrupted or report is None:
-        saved = ""
-        if not no_cache and journal_path_for(output_path).exists():
-            with Journal(journal_path_for(output_path)) as journal:
-                saved = f" {len(journal):,} answers are saved in the journal;"
-        click.echo(f"Interrupted.{saved} run the same command again to resume.", err=True)
+        click.echo(f"Interrupted.{saved()} run the same command again to resume.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if stats_json:
         write_json(stats_json, report.stats)

@@ -20,6 +20,7 @@ from .distributed.backends import check_backend_url
 from .engine.errors import ConfigError
 from .engine.retry import (
     DEFAULT_DEADLINE,
+    DEFAULT_FAIL_FAST,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_STARTUP_GRACE,
     DEFAULT_TIMEOUT,
@@ -207,6 +208,8 @@ class EngineSettings:
     backoff_base: float = INITIAL_BACKOFF
     backoff_max: float = MAX_BACKOFF
     journal: bool = True
+    fail_fast: int = DEFAULT_FAIL_FAST
+    """Answers in a row (401, 403, 404, the same 400) that take an endpoint out; 0: never."""
     startup_grace: float | None = DEFAULT_STARTUP_GRACE
     """Seconds a role may go without any endpoint answering before the job stops;
     ``None`` waits up to the request ``deadline``."""
@@ -215,11 +218,25 @@ class EngineSettings:
     and max_concurrency through that server (see :mod:`asyncsynth.distributed`)."""
 
 
+DEFAULT_MAX_N = 10_000
+"""The most samples (``"n"``) one input line may ask for."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputSettings:
+    """Checks on input files (``[input]``)."""
+
+    max_n: int = DEFAULT_MAX_N
+    allow_duplicate_ids: bool = False
+    """Duplicate ``id``s make output rows that cannot be told apart: refused unless allowed."""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     endpoints: Mapping[str, EndpointConfig]
     roles: Mapping[str, tuple[str, ...]]
     engine: EngineSettings = EngineSettings()
+    input: InputSettings = InputSettings()
     defaults: Mapping[str, Any] = field(default_factory=dict)
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = "<config>"
@@ -293,9 +310,12 @@ _ENGINE_SPEC: dict[str, Check] = {
     "backoff_base": NON_NEGATIVE,
     "backoff_max": NON_NEGATIVE,
     "journal": BOOLEAN,
+    "fail_fast": _number(integer=True),
     "startup_grace": POSITIVE,
     "limits_backend": lambda value, where: check_backend_url(STRING(value, where), where),
 }
+
+_INPUT_SPEC: dict[str, Check] = {"max_n": POSITIVE_INT, "allow_duplicate_ids": BOOLEAN}
 
 PIPELINE_SECTIONS = ("gra", "s3")
 
@@ -322,6 +342,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> Confi
         "endpoints": TABLE,
         "roles": TABLE,
         "engine": TABLE,
+        "input": TABLE,
         "defaults": check_params,
         **{section: TABLE for section in PIPELINE_SECTIONS},
     }
@@ -340,12 +361,14 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> Confi
                 if member not in endpoints:
                     raise _fail(f"roles.{role}", f"names unknown endpoint {member!r}")
         engine = EngineSettings(**check_table(values.get("engine", {}), _ENGINE_SPEC, "engine"))
+        inputs = InputSettings(**check_table(values.get("input", {}), _INPUT_SPEC, "input"))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return Config(
         endpoints=endpoints,
         roles=roles,
         engine=engine,
+        input=inputs,
         defaults=values.get("defaults", {}),
         sections={s: values[s] for s in PIPELINE_SECTIONS if s in values},
         source=source,

@@ -553,8 +553,8 @@ def _bucket_waits(bucket: Any, now: float) -> bool:
 
 def _endpoint_status(ep: EndpointState, now: float, rate: float) -> dict[str, Any]:
     state, detail = "ok", ""
-    if (out := getattr(ep, "taken_out", None)) is not None:
-        state, detail = "out", f"HTTP {out.status}" if getattr(out, "status", None) else str(out)
+    if (out := ep.taken_out) is not None:
+        state, detail = "out", f"HTTP {out.status}"
     elif ep.down:
         error = ep.last_error
         reason = failure_reason(error.kind, error.message) if error is not None else "down"

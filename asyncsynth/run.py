@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import anyio
 
 from .config import Config
-from .engine import Engine, InputError, Journal, Request
+from .engine import EndpointsFailed, Engine, InputError, Journal, Request
 from .engine.events import ignore
 from .engine.journal import journal_path_for
 from .engine.limits import open_limits_backend
@@ -68,7 +68,9 @@ async def run_file(
     :class:`Progress` to show them with. Cancelling it (Ctrl-C) stops cleanly: the journal
     and output hold exactly the answers received, and running it again resumes. If no
     endpoint answers within the start-up grace it raises
-    :class:`~asyncsynth.engine.EndpointsUnreachable` (the answers received are kept too).
+    :class:`~asyncsynth.engine.EndpointsUnreachable` (the answers received are kept too);
+    when every endpoint of the role was taken out (a bad key, an unknown model) it raises
+    :class:`~asyncsynth.engine.EndpointsFailed`, and running it again resumes as well.
 
     ``executor``: spread the job over a Ray cluster (see
     :mod:`asyncsynth.distributed.ray_run`); ``span``: answer only those lines of the input
@@ -156,9 +158,14 @@ async def _answer(
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(display.run)
-                    async for result in engine.map(
-                        counted(read_requests(input_path, on_bad_line, span=span)), role=role
-                    ):
+                    requests = read_requests(
+                        input_path,
+                        on_bad_line,
+                        max_n=config.input.max_n,
+                        allow_duplicate_ids=config.input.allow_duplicate_ids,
+                        span=span,
+                    )
+                    async for result in engine.map(counted(requests), role=role):
                         if result.ok:
                             out.write(output_row(result))
                         else:
@@ -168,6 +175,13 @@ async def _answer(
             except anyio.get_cancelled_exc_class():
                 report.interrupted = True
                 raise
+            except BaseExceptionGroup as group:  # the progress task's group wraps what map raised
+                stopped, _ = group.split(EndpointsFailed)
+                while isinstance(stopped, BaseExceptionGroup):
+                    stopped = stopped.exceptions[0]
+                if stopped is None:
+                    raise
+                raise stopped from None
             finally:
                 report.written = out.rows
                 report.stats = summary(engine)

@@ -43,6 +43,7 @@ import anyio.abc
 
 from ..engine.errors import ConfigError, DeadlineExceeded
 from ..engine.events import Listener, Wait, ignore
+from ..engine.limits import RateHeaders, TokenBucket
 from .store import Admitted, Op, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -473,6 +474,23 @@ class SharedBudget:
             return
         self.learnt = limit
         self.limits.post(("share", self.key, float(limit), self.limits.new_id()))
+
+    def observe_headers(self, seen: RateHeaders, marks: tuple[float, float] | None) -> None:
+        """What a provider's ``x-ratelimit-*`` headers said, for every process: a limit
+        below the configured one becomes the budget's shape (sized as the engine's own
+        buckets are); what remains caps its level. ``marks``: the admission's."""
+        for kind, limit, remaining, mark in (
+            ("r", seen.limit_requests, seen.remaining_requests, marks[0] if marks else None),
+            ("t", seen.limit_tokens, seen.remaining_tokens, marks[1] if marks else None),
+        ):
+            base = self.rpm if kind == "r" else self.tpm
+            shape = None
+            if limit:
+                lower = _shape(TokenBucket(limit))
+                if base is None or (lower is not None and lower.rate < base.rate):
+                    shape = lower
+            if shape is not None or remaining is not None:
+                self.observe(kind, shape, remaining, mark)
 
     def observe(
         self,

@@ -9,6 +9,7 @@ from .errors import (
     ConnectError,
     ConnectionDropped,
     DeadlineExceeded,
+    EndpointsFailed,
     EndpointsUnreachable,
     InputError,
     MalformedResponse,
@@ -19,7 +20,9 @@ from .errors import (
     StatusError,
     TransportError,
 )
+from .fleet import TakenOut
 from .journal import Journal, journal_path_for, request_key
+from .tokens import TokenCounter, estimate_prompt_tokens
 
 __all__ = [
     "AsyncsynthError",
@@ -29,6 +32,7 @@ __all__ = [
     "ConnectError",
     "ConnectionDropped",
     "DeadlineExceeded",
+    "EndpointsFailed",
     "EndpointsUnreachable",
     "Engine",
     "InputError",
@@ -41,9 +45,12 @@ __all__ = [
     "Result",
     "ServerError",
     "StatusError",
+    "TakenOut",
+    "TokenCounter",
     "Totals",
     "Transport",
     "TransportError",
+    "estimate_prompt_tokens",
     "journal_path_for",
     "request_key",
 ]

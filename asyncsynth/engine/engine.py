@@ -9,13 +9,18 @@
 pulling the next request from the (lazily read) input; results stream out as they
 complete, so memory does not grow with the input. The engine knows nothing of GRA
 or S3.
+
+When every endpoint of a role is taken out (a bad key, an unknown model: see
+``fleet.py``), ``map`` and ``complete`` raise :class:`EndpointsFailed` at once; the
+results already handed out are journaled, and no result is made for requests not sent.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,12 +30,19 @@ import anyio.abc
 import orjson
 
 from .client import Completion, Transport, make_transport
-from .errors import AsyncsynthError, DeadlineExceeded, RateLimited, RequestError
+from .errors import (
+    AsyncsynthError,
+    DeadlineExceeded,
+    EndpointsFailed,
+    RateLimited,
+    RequestError,
+)
 from .events import EngineStarted, Listener, RateLimitPause, Retry, RoleStarted, ignore
 from .fleet import EndpointState, Fleet
 from .journal import Journal, request_key
-from .limits import open_limits_backend
-from .retry import retrying, server_wait, wait_for
+from .limits import RateHeaders, open_limits_backend
+from .retry import is_retryable, retrying, server_wait, wait_for
+from .tokens import completion_budget
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -40,8 +52,6 @@ MAX_WORKERS = 4096
 COMMIT_ROWS = 256
 COMMIT_SECONDS = 0.02
 """A journaled ``map`` commits (and then yields) after this many results or seconds."""
-DEFAULT_MAX_TOKENS_ESTIMATE = 512
-"""Assumed completion length for TPM budgeting when a request names no ``max_tokens``."""
 
 
 @dataclass(slots=True)
@@ -102,9 +112,6 @@ class Totals:
     tokens_in: int = 0
     tokens_out: int = 0
     started: float = field(default_factory=time.monotonic)
-
-
-_END = object()
 
 
 class Engine:
@@ -208,7 +215,13 @@ class Engine:
                 assert tg is not None
                 roles = self.config.roles
                 name = role or (next(iter(roles)) if len(roles) == 1 else names[0])
-                fleet = Fleet(name, states, tg.start_soon, emit=self._emit)
+                fleet = Fleet(
+                    name,
+                    states,
+                    tg.start_soon,
+                    fail_fast=self.settings.fail_fast,
+                    emit=self._emit,
+                )
                 self._fleets[role] = fleet
                 grace = self.settings.startup_grace or self.settings.deadline
                 self._emit(RoleStarted(fleet.role, tuple(map(_describe, states)), grace))
@@ -286,7 +299,7 @@ class Engine:
             completion, ep, latency = await self._attempt(request, fleet, deadline)
             return self._result(request, completion, ep, latency, 1)
         except RequestError as first:
-            if not first.retryable or self.settings.max_attempts == 1:
+            if not is_retryable(first) or self.settings.max_attempts == 1:
                 return self._failed(request, first, 1)
             return await self._retry(request, fleet, deadline, first)
 
@@ -332,9 +345,11 @@ class Engine:
         self, request: Request, fleet: Fleet, deadline: float, *, retry: bool = False
     ) -> tuple[Completion, EndpointState, float]:
         ep = await fleet.acquire(deadline)
+        load = ep.in_flight
         error: RequestError | None = None
         latency = start = 0.0
         tokens = 0.0
+        marks: tuple[float, float] | None = None
         stats = ep.stats
         stats.attempts += 1
         if retry:  # counted when sent: a last failed attempt is not followed by a retry
@@ -342,12 +357,12 @@ class Engine:
             self.totals.retries += 1
         admission = None
         try:
-            now = time.monotonic()
-            if ep.shared is not None:
+            if ep.shared is not None:  # the budget of every process on this endpoint key
                 if ep.tpm is not None:
-                    tokens = _estimate_tokens(request, self._body_params[ep.name][0])
+                    tokens = await self._tokens(ep, request)
                 admission = await ep.shared.admit(tokens, ep.limit.slots, deadline)
                 deadline += admission.held  # waiting for the backend is the job's, not its own
+                marks = admission.marks
                 while (wait := max(admission.wait, ep.paused_until - time.monotonic())) > 0:
                     if time.monotonic() + wait >= deadline:
                         raise DeadlineExceeded(
@@ -358,10 +373,12 @@ class Engine:
                     if admission.wait > 0:  # the reservation must still stand
                         admission = await ep.shared.confirm(admission, deadline)
                         admission.wait = 0.0
-            elif ep.rpm is not None or ep.tpm is not None or ep.paused_until > now:
+            elif ep.rpm is not None or ep.tpm is not None or ep.paused_until > time.monotonic():
                 if ep.tpm is not None:
-                    tokens = _estimate_tokens(request, self._body_params[ep.name][0])
+                    tokens = await self._tokens(ep, request)
+                now = time.monotonic()
                 wait = ep.budget_wait(tokens, now)
+                marks = ep.budget_marks()
                 while wait > 0:
                     if now + wait >= deadline:
                         raise DeadlineExceeded(
@@ -378,12 +395,15 @@ class Engine:
                 raise DeadlineExceeded("the request's deadline ran out", endpoint=ep.name)
             completion = await ep.transport.chat(body, timeout)
             latency = time.monotonic() - start
-            usage = completion.usage
-            if ep.tpm is not None and (used := usage["prompt_tokens"] + usage["completion_tokens"]):
-                if admission is not None:
-                    admission.used = used
-                else:
-                    ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
+            if completion.rate is not None:
+                self._observe(ep, completion.rate, marks, start + latency)
+            if ep.tpm is not None:
+                usage = completion.usage
+                if used := usage["prompt_tokens"] + usage["completion_tokens"]:
+                    if admission is not None:
+                        admission.used = used
+                    else:
+                        ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
             return completion, ep, latency
         except RequestError as exc:
             error = exc
@@ -392,6 +412,8 @@ class Engine:
             stats.errors += 1
             if isinstance(exc, RateLimited):
                 stats.rate_limited += 1
+                if (seen := RateHeaders.parse(exc.headers)) is not None:
+                    self._observe(ep, seen, marks, time.monotonic())
                 if ep.pauses_on(exc):
                     settings = self.settings
                     pause = wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max)
@@ -401,12 +423,28 @@ class Engine:
                     ep.pause(pause)
             raise
         finally:
-            fleet.release(ep, error, latency)
+            fleet.release(ep, error, latency, load)
             if admission is not None:
                 assert ep.shared is not None
                 ep.shared.release(admission)
                 if ep.limit.adaptive:
                     ep.shared.share(ep.limit.slots)
+
+    def _observe(
+        self, ep: EndpointState, seen: RateHeaders, marks: tuple[float, float] | None, now: float
+    ) -> None:
+        """What a server's ``x-ratelimit-*`` headers said: to the shared budget, if any."""
+        if ep.shared is not None:
+            ep.shared.observe_headers(seen, marks)
+        else:
+            ep.observe(seen, marks, now)
+
+    async def _tokens(self, ep: EndpointState, request: Request) -> float:
+        """What a request may cost of a TPM budget: its prompt and its completion budget."""
+        max_tokens = request.params.get("max_tokens") or self._body_params[ep.name][0].get(
+            "max_tokens"
+        )
+        return await ep.tokens.prompt_tokens(request.messages) + completion_budget(max_tokens)
 
     def _body(self, ep: EndpointState, request: Request) -> bytes:
         params, extra = self._body_params[ep.name]
@@ -486,24 +524,22 @@ class Engine:
         At most ``concurrency`` requests (default: what the role's endpoints allow) are
         read ahead of their results. A failed request yields a result with ``error`` set;
         it never stops the others. Leaving the loop early cancels what is in flight.
+        Raises :class:`EndpointsFailed` when every endpoint of the role was taken out.
         """
         fleet = await self.fleet(role)
         workers = max(1, min(concurrency or fleet.capacity, MAX_WORKERS))
-        send, receive = anyio.create_memory_object_stream[Result](workers)
+        results = _Results(workers)
         scope = anyio.CancelScope()
         done = anyio.Event()
         failure: list[BaseException] = []
         assert self._tg is not None
-        self._tg.start_soon(self._run_workers, requests, fleet, workers, send, scope, done, failure)
+        self._tg.start_soon(
+            self._run_workers, requests, fleet, workers, results, scope, done, failure
+        )
         try:
-            async with receive:
-                if self.journal is None:
-                    async for result in receive:
-                        yield result
-                else:
-                    async for batch in self._committed_batches(receive):
-                        for result in batch:
-                            yield result
+            async for batch in self._batches(results):
+                for result in batch:
+                    yield result
         finally:
             scope.cancel()
             with anyio.CancelScope(shield=True):
@@ -511,81 +547,113 @@ class Engine:
         if failure:
             raise failure[0]
 
-    async def _committed_batches(
-        self, receive: anyio.abc.ObjectReceiveStream[Result]
-    ) -> AsyncIterator[list[Result]]:
-        """Results in batches, each journaled and committed before it is handed on.
+    async def _batches(self, results: _Results) -> AsyncIterator[list[Result]]:
+        """Results as they come, in batches (a batch: what arrived since the last one).
 
-        A batch closes at ``COMMIT_ROWS`` results or ``COMMIT_SECONDS`` after its first,
-        so commits stay cheap at high rates and results never wait long at low ones.
+        With a journal, each batch is journaled and committed before it is handed on,
+        and closes at ``COMMIT_ROWS`` results or ``COMMIT_SECONDS`` after its first, so
+        commits stay cheap at high rates and results never wait long at low ones.
         """
-        while True:
-            batch: list[Result] = []
-            ended = False
-            try:
+        journal = self.journal
+        while batch := await results.take():
+            if journal is not None:
                 try:
-                    batch.append(await receive.receive())
-                except anyio.EndOfStream:
-                    return
-                closes = time.monotonic() + COMMIT_SECONDS
-                while not ended:
-                    _drain(receive, batch)
-                    remaining = closes - time.monotonic()
-                    if remaining <= 0 or len(batch) >= COMMIT_ROWS:
-                        break
-                    with anyio.move_on_after(remaining):
-                        try:
-                            batch.append(await receive.receive())
-                        except anyio.EndOfStream:
-                            ended = True
-            except BaseException:  # cancelled (Ctrl-C): keep every answer that arrived
-                _drain(receive, batch)
+                    closes = time.monotonic() + COMMIT_SECONDS
+                    while len(batch) < COMMIT_ROWS and (remaining := closes - time.monotonic()) > 0:
+                        more: list[Result] = []
+                        with anyio.move_on_after(remaining):
+                            more = await results.take()
+                        if not more:
+                            break
+                        batch += more
+                except BaseException:  # cancelled (Ctrl-C): keep every answer that arrived
+                    self._record(batch + results.take_nowait())
+                    raise
                 self._record(batch)
-                raise
-            self._record(batch)
             yield batch
-            if ended:
-                return
 
     async def _run_workers(
         self,
         requests: Iterable[Request] | AsyncIterable[Request],
         fleet: Fleet,
         workers: int,
-        send: anyio.abc.ObjectSendStream[Result],
+        results: _Results,
         scope: anyio.CancelScope,
         done: anyio.Event,
         failure: list[BaseException],
     ) -> None:
         try:
             with scope:
-                async with send, anyio.create_task_group() as tg:
+                async with anyio.create_task_group() as tg:
                     pull = _puller(requests)
                     for _ in range(workers):
-                        tg.start_soon(self._worker, pull, fleet, send)
-        except Exception as exc:  # a bug or a failing input iterator: surface it in map()
-            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]  # as raised, not wrapped by the workers' task group
-            failure.append(exc)
+                        tg.start_soon(self._worker, pull, fleet, results)
+        except Exception as exc:  # a bug, a failing input iterator, every endpoint taken out
+            failure.append(_sole(exc))
         finally:
+            results.close()
             done.set()
 
-    async def _worker(
-        self, pull: Any, fleet: Fleet, send: anyio.abc.ObjectSendStream[Result]
-    ) -> None:
+    async def _worker(self, pull: _Pull, fleet: Fleet, results: _Results) -> None:
         execute = self._execute
+        put = results.put
         while True:
             request = await pull()
-            if request is _END:
+            if request is None:
                 return
-            result = await execute(request, fleet)
-            try:
-                try:  # usually there is room: hand it over without another pass of the loop
-                    send.send_nowait(result)
-                except anyio.WouldBlock:
-                    await send.send(result)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return
+            await put(await execute(request, fleet))
+
+
+class _Results:
+    """The results the workers hand to ``map``: a bounded buffer, taken in batches.
+
+    Cheaper than a memory stream per result: a worker appends (and waits only when
+    ``size`` results are already waiting); ``map`` takes all that arrived at once.
+    """
+
+    __slots__ = ("_closed", "_items", "_ready", "_room", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._items: deque[Result] = deque()
+        self._size = size
+        self._ready: anyio.Event | None = None
+        self._room: deque[anyio.Event] = deque()
+        self._closed = False
+
+    async def put(self, result: Result) -> None:
+        items = self._items
+        while len(items) >= self._size:
+            room = anyio.Event()
+            self._room.append(room)
+            await room.wait()
+        items.append(result)
+        if (ready := self._ready) is not None:
+            self._ready = None
+            ready.set()
+
+    def close(self) -> None:
+        """No more results will come: ``take`` returns what is left, then nothing."""
+        self._closed = True
+        if (ready := self._ready) is not None:
+            self._ready = None
+            ready.set()
+
+    async def take(self) -> list[Result]:
+        """Every result waiting, after waiting for one; ``[]`` once closed and empty."""
+        while not self._items:
+            if self._closed:
+                return []
+            ready = self._ready = anyio.Event()
+            await ready.wait()
+        return self.take_nowait()
+
+    def take_nowait(self) -> list[Result]:
+        batch = list(self._items)
+        self._items.clear()
+        room = self._room
+        while room:
+            room.popleft().set()
+        return batch
 
 
 def _describe(ep: EndpointState) -> dict[str, Any]:
@@ -605,51 +673,51 @@ def _describe(ep: EndpointState) -> dict[str, Any]:
     }
 
 
-def _drain(receive: anyio.abc.ObjectReceiveStream[Result], into: list[Result]) -> None:
-    """Move every result already waiting in ``receive`` to ``into``."""
-    try:
-        while True:
-            into.append(receive.receive_nowait())
-    except (anyio.WouldBlock, anyio.EndOfStream):
-        pass
+def _sole(exc: Exception) -> Exception:
+    """The exception as raised, not wrapped by the workers' task group.
+
+    Several workers may find the role's endpoints all taken out in the same moment:
+    one :class:`EndpointsFailed` stands for them all.
+    """
+    while isinstance(exc, ExceptionGroup):
+        if len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+            continue
+        stopped, rest = exc.split(EndpointsFailed)
+        if stopped is None or rest is not None:
+            break
+        while isinstance(stopped, ExceptionGroup):
+            stopped = stopped.exceptions[0]
+        return stopped
+    return exc
 
 
-def _puller(requests: Iterable[Request] | AsyncIterable[Request]) -> Any:
-    """A coroutine function returning the next request or ``_END``, safe for many workers."""
+_Pull = Callable[[], Awaitable[Request | None]]
+
+
+def _puller(requests: Iterable[Request] | AsyncIterable[Request]) -> _Pull:
+    """A coroutine function returning the next request or ``None``, safe for many workers."""
     if isinstance(requests, AsyncIterable):
         iterator = aiter(requests)
         lock = anyio.Lock()
         finished = False
 
-        async def pull_async() -> Any:
+        async def pull_async() -> Request | None:
             nonlocal finished
             async with lock:
                 if finished:
-                    return _END
+                    return None
                 try:
                     return await anext(iterator)
                 except StopAsyncIteration:
                     finished = True
-                    return _END
+                    return None
 
         return pull_async
 
-    sync_iterator: Iterator[Request] = iter(requests)
+    sync_iterator = iter(requests)
 
-    async def pull() -> Any:
-        return next(sync_iterator, _END)
+    async def pull() -> Request | None:
+        return next(sync_iterator, None)
 
     return pull
-
-
-def _estimate_tokens(request: Request, params: dict[str, Any]) -> float:
-    """Prompt (~4 characters a token) plus the completion budget, before the call."""
-    chars = 0
-    for message in request.messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif content is not None:
-            chars += len(orjson.dumps(content))
-    max_tokens = request.params.get("max_tokens") or params.get("max_tokens")
-    return chars / 4 + (max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE)

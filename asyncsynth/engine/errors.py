@@ -3,6 +3,7 @@
 AsyncsynthError
 ├── ConfigError                    bad config file, key or value
 ├── InputError                     a bad input line (file and line number)
+├── EndpointsFailed                every endpoint of a role was taken out: the job stops
 ├── EndpointsUnreachable           no endpoint of a role answered within the start-up grace
 └── RequestError                   one request failed (carries .attempts)
     ├── TransportError             nothing usable came back
@@ -53,6 +54,24 @@ class InputError(AsyncsynthError, ValueError):
         super().__init__(f"{where}{message}")
 
 
+class EndpointsFailed(AsyncsynthError):
+    """Every endpoint of a role was taken out for the run: no request to it can succeed.
+
+    An endpoint is taken out after answering 401, 403 or 404 (a bad key, an unknown model),
+    or the same 400 or 422, to several requests in a row (``[engine] fail_fast``). ``reasons``
+    maps each endpoint to why it was taken out. Raised by ``Engine.map`` and
+    ``Engine.complete``; the CLI exits with code 3. Fix the cause and run again: the
+    journal keeps every answer received.
+    """
+
+    def __init__(self, role: str, reasons: Mapping[str, str]) -> None:
+        self.role = role
+        self.reasons = dict(reasons)
+        super().__init__(
+            f"every endpoint of role {role!r} was taken out: " + "; ".join(self.reasons.values())
+        )
+
+
 class EndpointsUnreachable(AsyncsynthError):
     """No endpoint of a role answered within the start-up grace: the job stops.
 
@@ -71,6 +90,9 @@ class RequestError(AsyncsynthError):
 
     status: int | None = None
     retryable: bool = False
+    reroute: bool = False
+    """Set by the fleet when another attempt should go at once to the role's endpoints
+    (the answer speaks of the endpoint, a bad key or unknown model, not of the request)."""
 
     def __init__(self, message: str, *, endpoint: str = "", attempts: int = 1) -> None:
         super().__init__(message)
@@ -114,10 +136,13 @@ class StatusError(RequestError):
         headers: Mapping[str, str] | None = None,
         endpoint: str = "",
         attempts: int = 1,
+        code: str | None = None,
     ) -> None:
         super().__init__(message, endpoint=endpoint, attempts=attempts)
         self.status = status
         self.headers = dict(headers or {})
+        self.code = code
+        """The error body's ``code`` (or ``type``), e.g. ``invalid_api_key``."""
 
 
 class RateLimited(StatusError):
