@@ -363,3 +363,24 @@ async def test_engines_on_one_key_share_its_rate_and_concurrency(
     assert sim.stats.max_in_flight <= 4
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert 0.9 * 20 <= rate <= 20 * 1.05  # one budget of 20 a second, not two
+
+
+async def test_a_lower_limit_in_rate_headers_shapes_the_budget_of_every_process() -> None:
+    from asyncsynth.distributed.budgets import _shape
+    from asyncsynth.engine.limits import RateHeaders, TokenBucket
+
+    memory = MemoryStore()
+    configured = _shape(TokenBucket(6000))  # what both were told
+    said = TokenBucket(60)  # what the provider's headers say
+    one, two = [await SharedLimits(memory).open() for _ in range(2)]
+    here = one.budget("k", rpm=configured, tpm=None, slots=False)
+    there = two.budget("k", rpm=configured, tpm=None, slots=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one.run)
+        tg.start_soon(two.run)
+        first = await here.admit(0.0, None, anyio.current_time() + 30)
+        here.observe_headers(RateHeaders(limit_requests=60.0), first.marks)
+        await one.ask(("ping",))  # sent after the observation, in order
+        a, b = [await there.admit(0.0, None, anyio.current_time() + 30) for _ in range(2)]
+        tg.cancel_scope.cancel()
+    assert b.wait - a.wait == pytest.approx(1 / said.rate, rel=0.05)  # not 1 / 97 s
