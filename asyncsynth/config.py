@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .distributed.backends import check_backend_url
 from .engine.batch import BatchSettings, check_batch
 from .engine.cost import Price, check_price
 from .engine.errors import ConfigError
@@ -179,6 +180,9 @@ class EndpointConfig:
     transport: str = "aiohttp"
     n_ctx: int = 2048
     params: Mapping[str, Any] = field(default_factory=dict)
+    budget_key: str | None = None
+    """The name its limits are shared under (with ``engine.limits_backend``); by default
+    made from its base URL, model and a hash of its key."""
     price: Price | None = None
     """USD per million tokens; None: cost unknown (never guessed)."""
     max_cost: float | None = None
@@ -217,6 +221,9 @@ class EngineSettings:
     startup_grace: float | None = DEFAULT_STARTUP_GRACE
     """Seconds a role may go without any endpoint answering before the job stops;
     ``None`` waits up to the request ``deadline``."""
+    limits_backend: str | None = None
+    """``redis://HOST:PORT/DB``: every process naming an endpoint's key shares its rpm, tpm
+    and max_concurrency through that server (see :mod:`asyncsynth.distributed`)."""
     max_cost: float | None = None
     """USD the whole job (earlier runs of its journal included) may spend at most."""
     max_tokens_total: int | None = None
@@ -305,6 +312,7 @@ _ENDPOINT_SPEC: dict[str, Check] = {
     "transport": _string(choices=TRANSPORTS),
     "n_ctx": POSITIVE_INT,
     "params": check_params,
+    "budget_key": STRING,
     "price": check_price,
     "max_cost": NON_NEGATIVE,
     "max_tokens_total": POSITIVE_INT,
@@ -319,6 +327,7 @@ _ENGINE_SPEC: dict[str, Check] = {
     "journal": BOOLEAN,
     "fail_fast": _number(integer=True),
     "startup_grace": POSITIVE,
+    "limits_backend": lambda value, where: check_backend_url(STRING(value, where), where),
     "max_cost": NON_NEGATIVE,
     "max_tokens_total": POSITIVE_INT,
 }

@@ -44,12 +44,13 @@ from .errors import (
 from .events import EngineStarted, Listener, RateLimitPause, Retry, RoleStarted, ignore
 from .fleet import EndpointState, Fleet
 from .journal import Journal, request_key
-from .limits import RateHeaders
+from .limits import RateHeaders, open_limits_backend
 from .retry import is_retryable, retrying, server_wait, wait_for
 from .tokens import completion_budget, estimate_prompt_tokens
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..distributed.budgets import SharedLimits
 
 MAX_WORKERS = 4096
 COMMIT_ROWS = 256
@@ -151,6 +152,8 @@ class Engine:
         self._body_params: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self.limits: SharedLimits | None = None
+        """The shared backend of ``engine.limits_backend``, when one is named."""
         self.ledger = Ledger.for_config(config)
         self.ledger.emit = self._emit
         """What the job spent and holds in flight; its caps (``max_cost``, ``max_tokens_total``)."""
@@ -174,8 +177,13 @@ class Engine:
                     self.batches = BatchRunner(self, self.journal)
                     stack.push_async_callback(self.batches.aclose)
             stack.push_async_callback(self._close_transports)
+            if (url := self.settings.limits_backend) is not None:
+                self.limits = await open_limits_backend(url, self._emit)
+                stack.push_async_callback(self.limits.aclose)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._tg.cancel_scope.cancel)
+            if self.limits is not None:
+                self._tg.start_soon(self.limits.run)
         except BaseException:
             await stack.aclose()
             raise
@@ -272,6 +280,8 @@ class Engine:
             transport = make_transport(ep.transport, ep.base_url, ep.api_key(), name=name)
         state = EndpointState(ep, transport)
         state.url = url
+        if self.limits is not None and ep.kind != "local":
+            state.shared = self.limits.attach(state)
         params = self.config.params_for(name)
         extra = dict(params.pop("extra_body", None) or {})
         self._key_params[name] = {**params, "extra_body": extra} if extra else params
@@ -387,10 +397,27 @@ class Engine:
         if retry:  # counted when sent: a last failed attempt is not followed by a retry
             stats.retries += 1
             self.totals.retries += 1
+        admission = None
         try:
             if self.ledger.capped:  # the worst case is held until it is answered or fails
                 hold = await self.ledger.reserve(ep.name, *self._worst_case(ep, request))
-            if ep.rpm is not None or ep.tpm is not None or ep.paused_until > time.monotonic():
+            if ep.shared is not None:  # the budget of every process on this endpoint key
+                if ep.tpm is not None:
+                    tokens = await self._tokens(ep, request)
+                admission = await ep.shared.admit(tokens, ep.limit.slots, deadline)
+                deadline += admission.held  # waiting for the backend is the job's, not its own
+                marks = admission.marks
+                while (wait := max(admission.wait, ep.paused_until - time.monotonic())) > 0:
+                    if time.monotonic() + wait >= deadline:
+                        raise DeadlineExceeded(
+                            f"rate limits of {ep.name} allow no request before the deadline",
+                            endpoint=ep.name,
+                        )
+                    await anyio.sleep(wait)
+                    if admission.wait > 0:  # the reservation must still stand
+                        admission = await ep.shared.confirm(admission, deadline)
+                        admission.wait = 0.0
+            elif ep.rpm is not None or ep.tpm is not None or ep.paused_until > time.monotonic():
                 if ep.tpm is not None:
                     tokens = await self._tokens(ep, request)
                 now = time.monotonic()
@@ -413,10 +440,13 @@ class Engine:
             completion = await ep.transport.chat(body, timeout)
             latency = time.monotonic() - start
             if completion.rate is not None:
-                ep.observe(completion.rate, marks, start + latency)
+                self._observe(ep, completion.rate, marks, start + latency)
             usage = completion.usage
             if ep.tpm is not None and (used := usage["prompt_tokens"] + usage["completion_tokens"]):
-                ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
+                if admission is not None:
+                    admission.used = used
+                else:
+                    ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
             completion.cost = self.ledger.charge(ep.name, usage)
             return completion, ep, latency
         except RequestError as exc:
@@ -427,7 +457,7 @@ class Engine:
             if isinstance(exc, RateLimited):
                 stats.rate_limited += 1
                 if (seen := RateHeaders.parse(exc.headers)) is not None:
-                    ep.observe(seen, marks, time.monotonic())
+                    self._observe(ep, seen, marks, time.monotonic())
                 if ep.pauses_on(exc):
                     settings = self.settings
                     pause = wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max)
@@ -440,6 +470,20 @@ class Engine:
             if hold is not None:
                 self.ledger.release(hold)
             fleet.release(ep, error, latency, load)
+            if admission is not None:
+                assert ep.shared is not None
+                ep.shared.release(admission)
+                if ep.limit.adaptive:
+                    ep.shared.share(ep.limit.slots)
+
+    def _observe(
+        self, ep: EndpointState, seen: RateHeaders, marks: tuple[float, float] | None, now: float
+    ) -> None:
+        """What a server's ``x-ratelimit-*`` headers said: to the shared budget, if any."""
+        if ep.shared is not None:
+            ep.shared.observe_headers(seen, marks)
+        else:
+            ep.observe(seen, marks, now)
 
     async def _tokens(self, ep: EndpointState, request: Request) -> float:
         """What a request may cost of a TPM budget: its prompt and its completion budget."""
