@@ -30,7 +30,17 @@ from .config import DEFAULT_MAX_N, PARAM_KEYS, ConfigError, check_params
 from .engine import InputError, Request, Result
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-_RESERVED = ("completion", "finish_reason", "usage", "model", "latency_s", "attempts", "error")
+_RESERVED = (
+    "completion",
+    "finish_reason",
+    "usage",
+    "model",
+    "latency_s",
+    "attempts",
+    "error",
+    "cost_usd",
+    "first_cost_usd",
+)
 ROLES = ("system", "developer", "user", "assistant", "tool")
 _ROLES = frozenset(ROLES)
 
@@ -268,8 +278,12 @@ def output_row(result: Result) -> dict[str, Any]:
     row["model"] = result.model
     row["latency_s"] = round(result.latency_s, 4)
     row["attempts"] = result.attempts
+    row["cost_usd"] = result.cost  # None: the endpoint has no price
+    if result.batch:
+        row["batch"] = True
     if result.cached:
         row["cached"] = True
+        row["first_cost_usd"] = result.first_cost
     return row
 
 

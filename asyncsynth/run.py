@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import anyio
 
 from .config import Config
-from .engine import EndpointsFailed, Engine, InputError, Journal, Request
+from .engine import BudgetExceeded, EndpointsFailed, Engine, InputError, Journal, Request
 from .engine.events import ignore
 from .engine.journal import journal_path_for
 from .engine.limits import open_limits_backend
@@ -36,11 +36,13 @@ class RunReport:
     failed: int = 0
     bad_lines: int = 0
     interrupted: bool = False
+    budget: BudgetExceeded | None = None
+    """Set when a cap stopped the run (what was answered is written; re-run to go on)."""
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not (self.failed or self.bad_lines or self.interrupted)
+        return not (self.failed or self.bad_lines or self.interrupted or self.budget)
 
 
 def errors_path_for(output: str | os.PathLike[str]) -> Path:
@@ -75,6 +77,8 @@ async def run_file(
     ``executor``: spread the job over a Ray cluster (see
     :mod:`asyncsynth.distributed.ray_run`); ``span``: answer only those lines of the input
     (one shard of a job; the executor's workers do that).
+
+    A budget cap reached stops it like Ctrl-C, with ``report.budget`` set.
     """
     for name in config.role(role):  # refuse what cannot run before touching any file
         ep = config.endpoints[name]
@@ -165,12 +169,15 @@ async def _answer(
                         allow_duplicate_ids=config.input.allow_duplicate_ids,
                         span=span,
                     )
-                    async for result in engine.map(counted(requests), role=role):
-                        if result.ok:
-                            out.write(output_row(result))
-                        else:
-                            report.failed += 1
-                            errors.write(error_row(result))
+                    try:
+                        async for result in engine.map(counted(requests), role=role):
+                            if result.ok:
+                                out.write(output_row(result))
+                            else:
+                                report.failed += 1
+                                errors.write(error_row(result))
+                    except BudgetExceeded as exc:  # what was in flight is in: stop like Ctrl-C
+                        report.budget = exc
                     tg.cancel_scope.cancel()
             except anyio.get_cancelled_exc_class():
                 report.interrupted = True

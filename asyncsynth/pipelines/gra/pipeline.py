@@ -146,6 +146,7 @@ class _Writer:
             pool_size=len(self.pool()),
             annotation=run.annotations.record(),
             usage=run.usage.by_stage,
+            costs=run.usage.costs,
             engine=engine,
             structured=known_formats(self.engine),
             stopped=run.stopped,
