@@ -89,6 +89,8 @@ async def run_file(
             await anyio.to_thread.run_sync(check_local_endpoint, ep)
     if (url := config.engine.limits_backend) is not None:
         await (await open_limits_backend(url, ignore)).aclose()  # reachable, or exit 2
+    if executor is not None:
+        executor.check(config)
     output_path = Path(output_path)
     report = RunReport(output=output_path, errors=errors_path_for(output_path))
     for target in (output_path, report.errors):

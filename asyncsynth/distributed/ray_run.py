@@ -94,6 +94,24 @@ class RayExecutor:
             raise ConfigError("--executor ray=ADDRESS: the address is empty")
         return cls(address or None, actors)
 
+    def check(self, config: Config) -> None:
+        """Refuse what cannot be kept across actors: a cost or token cap is counted by each
+        process's own ledger, so on several actors a job could spend the cap once per actor."""
+        caps = [
+            where
+            for where, scope in (
+                ("engine", config.engine),
+                *((f"endpoints.{n}", ep) for n, ep in config.endpoints.items()),
+            )
+            if scope.max_cost is not None or scope.max_tokens_total is not None
+        ]
+        if caps:
+            raise ConfigError(
+                f"{config.source}: {caps[0]}: max_cost and max_tokens_total are kept per process, "
+                "so --executor ray could spend them once per actor; run without the executor "
+                "to cap the job"
+            )
+
     def connect(self) -> bool:
         """Join (or start) the cluster unless this process already did; whether it did now."""
         ray = require_ray()
