@@ -17,6 +17,7 @@ import anyio
 
 from .config import Config
 from .engine import EndpointsFailed, Engine, InputError, Journal, Request
+from .engine.errors import first_leaf
 from .engine.journal import journal_path_for
 from .io import JsonlWriter, count_lines, error_row, input_error_row, output_row, read_requests
 from .progress import Progress, summary
@@ -150,11 +151,9 @@ async def _answer(
                 raise
             except BaseExceptionGroup as group:  # the progress task's group wraps what map raised
                 stopped, _ = group.split(EndpointsFailed)
-                while isinstance(stopped, BaseExceptionGroup):
-                    stopped = stopped.exceptions[0]
                 if stopped is None:
                     raise
-                raise stopped from None
+                raise first_leaf(stopped) from None
             finally:
                 report.written = out.rows
                 report.stats = summary(engine)

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,6 +37,7 @@ from .errors import (
     EndpointsFailed,
     RateLimited,
     RequestError,
+    first_leaf,
 )
 from .events import EngineStarted, Listener, RateLimitPause, Retry, RoleStarted, ignore
 from .fleet import EndpointState, Fleet
@@ -149,8 +151,8 @@ class Engine:
         await stack.__aenter__()
         try:
             if self._journal_arg is not None and self.settings.journal:
-                journal = self._journal_arg
-                self.journal = journal if isinstance(journal, Journal) else Journal(journal)
+                arg = self._journal_arg
+                self.journal = arg if isinstance(arg, Journal) else Journal(arg)
                 stack.callback(self.journal.close)
             stack.push_async_callback(self._close_transports)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -167,13 +169,16 @@ class Engine:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         stack, self._stack = self._stack, None
         if stack is None:
             return
         try:
-            await stack.__aexit__(exc_type, exc, tb)  # type: ignore[arg-type]
+            await stack.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
             # The engine's background task group wraps what the caller's block raised:
             # hand that exception back as it was raised.
@@ -642,9 +647,7 @@ def _sole(exc: Exception) -> Exception:
         stopped, rest = exc.split(EndpointsFailed)
         if stopped is None or rest is not None:
             break
-        while isinstance(stopped, ExceptionGroup):
-            stopped = stopped.exceptions[0]
-        return stopped
+        return first_leaf(stopped)
     return exc
 
 

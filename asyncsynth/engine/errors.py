@@ -21,6 +21,7 @@ AsyncsynthError
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 
 class AsyncsynthError(Exception):
@@ -150,3 +151,14 @@ class ClientError(StatusError):
 
 class DeadlineExceeded(RequestError):
     """The per-request deadline ran out before an attempt succeeded."""
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def first_leaf(group: BaseExceptionGroup[E]) -> E:
+    """The first exception in ``group`` that is not itself a group, however deep it lies."""
+    found: E | BaseExceptionGroup[E] = group.exceptions[0]
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
