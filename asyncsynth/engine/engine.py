@@ -343,7 +343,6 @@ class Engine:
         load = ep.in_flight
         error: RequestError | None = None
         latency = start = 0.0
-        tokens = 0.0
         marks: tuple[float, float] | None = None
         stats = ep.stats
         stats.attempts += 1
@@ -351,21 +350,7 @@ class Engine:
             stats.retries += 1
             self.totals.retries += 1
         try:
-            if ep.rpm is not None or ep.tpm is not None or ep.paused_until > time.monotonic():
-                if ep.tpm is not None:
-                    tokens = await self._tokens(ep, request)
-                now = time.monotonic()
-                wait = ep.budget_wait(tokens, now)
-                marks = ep.budget_marks()
-                while wait > 0:
-                    if now + wait >= deadline:
-                        raise DeadlineExceeded(
-                            f"rate limits of {ep.name} allow no request before the deadline",
-                            endpoint=ep.name,
-                        )
-                    await anyio.sleep(wait)
-                    now = time.monotonic()
-                    wait = ep.paused_until - now  # a 429 may have paused it meanwhile
+            tokens, marks = await self._await_budget(ep, request, deadline)
             body = self._body(ep, request)
             start = time.monotonic()
             timeout = min(ep.config.timeout, deadline - start)
@@ -386,19 +371,50 @@ class Engine:
                 latency = time.monotonic() - start
             stats.errors += 1
             if isinstance(exc, RateLimited):
-                stats.rate_limited += 1
-                if (seen := RateHeaders.parse(exc.headers)) is not None:
-                    ep.observe(seen, marks, time.monotonic())
-                if ep.pauses_on(exc):
-                    settings = self.settings
-                    pause = wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max)
-                    if ep.paused_until <= time.monotonic():  # a new pause, not one more 429
-                        asked = server_wait(exc.headers)
-                        self._emit(RateLimitPause(ep.name, pause, asked, exc.message))
-                    ep.pause(pause)
+                self._rate_limited(ep, exc, marks)
             raise
         finally:
             fleet.release(ep, error, latency, load)
+
+    async def _await_budget(
+        self, ep: EndpointState, request: Request, deadline: float
+    ) -> tuple[float, tuple[float, float] | None]:
+        """Wait until ``ep``'s rate limits, and any pause after a 429, let ``request`` go.
+
+        Returns the tokens it takes from the TPM budget and the budget marks that rate
+        headers are read against: ``(0.0, None)`` for an endpoint with no limit or pause.
+        """
+        if ep.rpm is None and ep.tpm is None and ep.paused_until <= time.monotonic():
+            return 0.0, None
+        tokens = await self._tokens(ep, request) if ep.tpm is not None else 0.0
+        now = time.monotonic()
+        wait = ep.budget_wait(tokens, now)
+        marks = ep.budget_marks()
+        while wait > 0:
+            if now + wait >= deadline:
+                raise DeadlineExceeded(
+                    f"rate limits of {ep.name} allow no request before the deadline",
+                    endpoint=ep.name,
+                )
+            await anyio.sleep(wait)
+            now = time.monotonic()
+            wait = ep.paused_until - now  # a 429 may have paused it meanwhile
+        return tokens, marks
+
+    def _rate_limited(
+        self, ep: EndpointState, exc: RateLimited, marks: tuple[float, float] | None
+    ) -> None:
+        """A 429 from ``ep``: learn its rate headers and pause the endpoint if it asks to."""
+        ep.stats.rate_limited += 1
+        if (seen := RateHeaders.parse(exc.headers)) is not None:
+            ep.observe(seen, marks, time.monotonic())
+        if ep.pauses_on(exc):
+            settings = self.settings
+            pause = wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max)
+            if ep.paused_until <= time.monotonic():  # a new pause, not one more 429
+                asked = server_wait(exc.headers)
+                self._emit(RateLimitPause(ep.name, pause, asked, exc.message))
+            ep.pause(pause)
 
     async def _tokens(self, ep: EndpointState, request: Request) -> float:
         """What a request may cost of a TPM budget: its prompt and its completion budget."""
