@@ -58,6 +58,12 @@ def _browser_missing(modules: tuple[str, ...]) -> str | None:
     return f"needs {', '.join(missing)}" if missing else None
 
 
+def _tools_missing(modules: tuple[str, ...]) -> str | None:
+    """Why the linters in ``modules`` cannot run here, or None."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"needs {', '.join(missing)} (the dev extra)" if missing else None
+
+
 @dataclass(frozen=True)
 class RealComponent:
     """A real component some tests need: a marker, why it is missing, the CI switch."""
@@ -75,6 +81,7 @@ REAL_COMPONENTS = (
         "real_llm", "real llama.cpp endpoint", _real_llm_missing, "ASYNCSYNTH_REQUIRE_REAL_LLM"
     ),
     RealComponent("browser", "real browser", _browser_missing, "ASYNCSYNTH_REQUIRE_BROWSER"),
+    RealComponent("lint", "linter", _tools_missing, "ASYNCSYNTH_REQUIRE_LINT"),
 )
 
 
