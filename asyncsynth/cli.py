@@ -20,6 +20,7 @@ from .io import write_json
 from .progress import DEFAULT_LOG_INTERVAL, Describe, Progress
 
 if TYPE_CHECKING:
+    from .distributed.ray_run import RayExecutor
     from .pipelines.s3 import S3Settings
 
 T = TypeVar("T")
@@ -255,6 +256,61 @@ def progress_from_options(
         raise ConfigProblem(f"--log-json {path}: {exc.strerror or exc}") from None
 
 
+def limits_backend_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--limits-backend``: share the endpoints' limits with other processes."""
+    return click.option(
+        "--limits-backend",
+        metavar="URL",
+        help="redis://HOST:PORT/DB: share every endpoint's rpm, tpm and concurrency with the "
+        "other processes naming the same endpoint (overrides engine.limits_backend).",
+    )(fn)
+
+
+def with_limits_backend(config: Config, kw: dict[str, Any]) -> Config:
+    """Pop --limits-backend; the config with it applied."""
+    url = kw.pop("limits_backend")
+    if url is None:
+        return config
+    from .distributed.backends import check_backend_url
+
+    try:
+        check_backend_url(url, "--limits-backend")
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    return replace(config, engine=replace(config.engine, limits_backend=url))
+
+
+def executor_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--executor ray[=ADDRESS]`` and ``--actors N``: run the job on a Ray cluster."""
+    fn = click.option(
+        "--actors",
+        type=click.IntRange(min=1),
+        help="Ray workers for --executor ray (default: the cluster's CPUs).",
+    )(fn)
+    return click.option(
+        "--executor",
+        metavar="ray[=ADDRESS]",
+        help="Spread the job over a Ray cluster (needs asyncsynth[ray]): ADDRESS is "
+        "ray://HOST:10001, HOST:6379 or auto; without one, RAY_ADDRESS, else a local cluster "
+        "for the job.",
+    )(fn)
+
+
+def executor_from_options(kw: dict[str, Any]) -> RayExecutor | None:
+    """Pop --executor and --actors; the executor they name, if any."""
+    spec, actors = kw.pop("executor"), kw.pop("actors")
+    if spec is None:
+        if actors is not None:
+            raise ConfigProblem("--actors needs --executor ray")
+        return None
+    from .distributed.ray_run import RayExecutor
+
+    try:
+        return RayExecutor.parse(spec, actors=actors)
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+
 def with_wait_options(config: Config, kw: dict[str, Any]) -> Config:
     """Pop --startup-grace and --wait-for-endpoints; the config with them applied."""
     grace, wait = kw.pop("startup_grace"), kw.pop("wait_for_endpoints")
@@ -325,6 +381,8 @@ def main() -> None:
 @click.option(
     "--stats-json", type=click.Path(dir_okay=False), help="Write the end-of-run summary as JSON."
 )
+@limits_backend_option
+@executor_options
 @click.option(
     "--max-n",
     type=click.IntRange(min=1),
@@ -357,7 +415,8 @@ def run(
     from .run import run_file
 
     display = progress_from_options(kw, quiet=quiet, title="run")
-    config = with_wait_options(config_from_options(kw), kw)
+    config = with_limits_backend(with_wait_options(config_from_options(kw), kw), kw)
+    ray = executor_from_options(kw)
     checks: dict[str, Any] = {"max_n": max_n, "allow_duplicate_ids": allow_duplicate_ids}
     if checks := {k: v for k, v in checks.items() if v is not None}:
         config = replace(config, input=replace(config.input, **checks))
@@ -378,6 +437,7 @@ def run(
                     role=kw["role"],
                     cache=not no_cache,
                     progress=display,
+                    executor=ray,
                 )
             )
     except Stopped as exc:
@@ -559,6 +619,8 @@ async def _showing(display: Progress, job: Callable[[], Awaitable[T]]) -> T:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary table.")
 @progress_options
+@limits_backend_option
+@executor_options
 def gra(
     config_path: str,
     target: int | None,
@@ -595,7 +657,8 @@ def gra(
         )
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
-    config = with_wait_options(config, kw)
+    config = with_limits_backend(with_wait_options(config, kw), kw)
+    ray = executor_from_options(kw)
     display = progress_from_options(kw, quiet=quiet, title="gra", describe=describe)
     with display:
         goal = f"target {settings.target:,}" if settings.target else "every seed"
@@ -606,7 +669,9 @@ def gra(
         result, interrupted = _run_async(
             lambda: _showing(
                 display,
-                lambda: run_gra(config, out_dir, settings=settings, on_event=display.on_event),
+                lambda: run_gra(
+                    config, out_dir, settings=settings, on_event=display.on_event, executor=ray
+                ),
             )
         )
         if result is not None:
@@ -707,6 +772,7 @@ def _s3_settings(
 )
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
 @progress_options
+@limits_backend_option
 def s3(
     config_path: str,
     out_dir: str,
@@ -736,7 +802,7 @@ def s3(
     config, settings = _s3_settings(
         config_path, baseline=baseline, review=review, rounds=rounds, seed_size=seed_size
     )
-    config = with_wait_options(config, kw)
+    config = with_limits_backend(with_wait_options(config, kw), kw)
     display = progress_from_options(kw, quiet=quiet, title="s3", describe=describe)
 
     async def go() -> Any:

@@ -22,7 +22,7 @@ import os
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, Protocol
 
 import orjson
 
@@ -207,15 +207,18 @@ def read_requests(
     *,
     max_n: int = DEFAULT_MAX_N,
     allow_duplicate_ids: bool = False,
+    span: Span | None = None,
 ) -> Iterator[Request]:
     """Requests from a JSONL file, lazily; bad lines go to ``on_error`` and are skipped.
 
     A line whose id an earlier line had is bad too, unless ``allow_duplicate_ids``.
+    ``span``: only the lines from byte ``span.start`` to ``span.end`` (a shard of the
+    file, cut at line starts), numbered from ``span.first_line``; ids are checked within it.
     """
     source = os.fspath(path)
     seen = None if allow_duplicate_ids else SeenIds()
     with open(source, "rb") as f:
-        for line_no, line in enumerate(_lines(f), 1):
+        for line_no, line in _numbered_lines(f, span):
             if not line.strip():
                 continue
             try:
@@ -232,6 +235,33 @@ def read_requests(
                 on_error(InputError(str(exc), source=source, line=line_no), line)
             else:
                 yield from requests
+
+
+class Span(Protocol):
+    """A run of whole lines of a file (see :class:`asyncsynth.distributed.shards.Span`)."""
+
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def first_line(self) -> int: ...
+    @property
+    def lines(self) -> int: ...
+
+
+def _numbered_lines(f: IO[bytes], span: Span | None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of the whole file, or of ``span`` of it."""
+    if span is None or (span.start == 0 and span.end >= os.fstat(f.fileno()).st_size):
+        yield from enumerate(_lines(f), 1)
+        return
+    f.seek(span.start)
+    left = span.end - span.start
+    for line_no, line in enumerate(f, span.first_line):
+        if left <= 0:
+            return
+        left -= len(line)
+        yield line_no, line.removeprefix(codecs.BOM_UTF8) if line_no == 1 else line
 
 
 def count_lines(path: str | os.PathLike[str]) -> int:

@@ -42,12 +42,13 @@ from .errors import (
 from .events import EngineStarted, Listener, RateLimitPause, Retry, RoleStarted, ignore
 from .fleet import EndpointState, Fleet
 from .journal import Journal, request_key
-from .limits import RateHeaders
+from .limits import RateHeaders, open_limits_backend
 from .retry import is_retryable, retrying, server_wait, wait_for
 from .tokens import completion_budget
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..distributed.budgets import SharedLimits
 
 MAX_WORKERS = 4096
 COMMIT_ROWS = 256
@@ -143,6 +144,8 @@ class Engine:
         self._body_params: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self.limits: SharedLimits | None = None
+        """The shared backend of ``engine.limits_backend``, when one is named."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -155,8 +158,13 @@ class Engine:
                 self.journal = arg if isinstance(arg, Journal) else Journal(arg)
                 stack.callback(self.journal.close)
             stack.push_async_callback(self._close_transports)
+            if (url := self.settings.limits_backend) is not None:
+                self.limits = await open_limits_backend(url, self._emit)
+                stack.push_async_callback(self.limits.aclose)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._tg.cancel_scope.cancel)
+            if self.limits is not None:
+                self._tg.start_soon(self.limits.run)
         except BaseException:
             await stack.aclose()
             raise
@@ -247,6 +255,8 @@ class Engine:
             transport = make_transport(ep.transport, ep.base_url, ep.api_key(), name=name)
         state = EndpointState(ep, transport)
         state.url = url
+        if self.limits is not None and ep.kind != "local":
+            state.shared = self.limits.attach(state)
         params = self.config.params_for(name)
         extra = dict(params.pop("extra_body", None) or {})
         self._key_params[name] = {**params, "extra_body": extra} if extra else params
@@ -343,14 +353,32 @@ class Engine:
         load = ep.in_flight
         error: RequestError | None = None
         latency = start = 0.0
+        tokens = 0.0
         marks: tuple[float, float] | None = None
         stats = ep.stats
         stats.attempts += 1
         if retry:  # counted when sent: a last failed attempt is not followed by a retry
             stats.retries += 1
             self.totals.retries += 1
+        admission = None
         try:
-            tokens, marks = await self._await_budget(ep, request, deadline)
+            if ep.shared is not None:  # the budget of every process on this endpoint key
+                tokens = await self._tokens(ep, request) if ep.tpm is not None else 0.0
+                admission = await ep.shared.admit(tokens, ep.limit.slots, deadline)
+                deadline += admission.held  # waiting for the backend is the job's, not its own
+                marks = admission.marks
+                while (wait := max(admission.wait, ep.paused_until - time.monotonic())) > 0:
+                    if time.monotonic() + wait >= deadline:
+                        raise DeadlineExceeded(
+                            f"rate limits of {ep.name} allow no request before the deadline",
+                            endpoint=ep.name,
+                        )
+                    await anyio.sleep(wait)
+                    if admission.wait > 0:  # the reservation must still stand
+                        admission = await ep.shared.confirm(admission, deadline)
+                        admission.wait = 0.0
+            else:
+                tokens, marks = await self._await_budget(ep, request, deadline)
             body = self._body(ep, request)
             start = time.monotonic()
             timeout = min(ep.config.timeout, deadline - start)
@@ -358,12 +386,7 @@ class Engine:
                 raise DeadlineExceeded("the request's deadline ran out", endpoint=ep.name)
             completion = await ep.transport.chat(body, timeout)
             latency = time.monotonic() - start
-            if completion.rate is not None:
-                ep.observe(completion.rate, marks, start + latency)
-            if ep.tpm is not None:
-                usage = completion.usage
-                if used := usage["prompt_tokens"] + usage["completion_tokens"]:
-                    ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
+            self._answered(ep, completion, marks, tokens, admission, start + latency)
             return completion, ep, latency
         except RequestError as exc:
             error = exc
@@ -375,11 +398,12 @@ class Engine:
             raise
         finally:
             fleet.release(ep, error, latency, load)
+            self._release_shared(ep, admission)
 
     async def _await_budget(
         self, ep: EndpointState, request: Request, deadline: float
     ) -> tuple[float, tuple[float, float] | None]:
-        """Wait until ``ep``'s rate limits, and any pause after a 429, let ``request`` go.
+        """Wait until ``ep``'s own rate limits, and any pause after a 429, let ``request`` go.
 
         Returns the tokens it takes from the TPM budget and the budget marks that rate
         headers are read against: ``(0.0, None)`` for an endpoint with no limit or pause.
@@ -401,13 +425,33 @@ class Engine:
             wait = ep.paused_until - now  # a 429 may have paused it meanwhile
         return tokens, marks
 
+    def _answered(
+        self,
+        ep: EndpointState,
+        completion: Completion,
+        marks: tuple[float, float] | None,
+        tokens: float,
+        admission: Any,
+        now: float,
+    ) -> None:
+        """What an answer tells the limits: its rate headers, and the tokens it really used."""
+        if completion.rate is not None:
+            self._observe(ep, completion.rate, marks, now)
+        if ep.tpm is not None:
+            usage = completion.usage
+            if used := usage["prompt_tokens"] + usage["completion_tokens"]:
+                if admission is not None:
+                    admission.used = used
+                else:
+                    ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
+
     def _rate_limited(
         self, ep: EndpointState, exc: RateLimited, marks: tuple[float, float] | None
     ) -> None:
         """A 429 from ``ep``: learn its rate headers and pause the endpoint if it asks to."""
         ep.stats.rate_limited += 1
         if (seen := RateHeaders.parse(exc.headers)) is not None:
-            ep.observe(seen, marks, time.monotonic())
+            self._observe(ep, seen, marks, time.monotonic())
         if ep.pauses_on(exc):
             settings = self.settings
             pause = wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max)
@@ -415,6 +459,23 @@ class Engine:
                 asked = server_wait(exc.headers)
                 self._emit(RateLimitPause(ep.name, pause, asked, exc.message))
             ep.pause(pause)
+
+    def _release_shared(self, ep: EndpointState, admission: Any) -> None:
+        """Give the shared budget back its admission (if any), and tell it the limit learnt."""
+        if admission is not None:
+            assert ep.shared is not None
+            ep.shared.release(admission)
+            if ep.limit.adaptive:
+                ep.shared.share(ep.limit.slots)
+
+    def _observe(
+        self, ep: EndpointState, seen: RateHeaders, marks: tuple[float, float] | None, now: float
+    ) -> None:
+        """What a server's ``x-ratelimit-*`` headers said: to the shared budget, if any."""
+        if ep.shared is not None:
+            ep.shared.observe_headers(seen, marks)
+        else:
+            ep.observe(seen, marks, now)
 
     async def _tokens(self, ep: EndpointState, request: Request) -> float:
         """What a request may cost of a TPM budget: its prompt and its completion budget."""

@@ -21,11 +21,23 @@ AsyncsynthError
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 
 class AsyncsynthError(Exception):
     """Base of every error asyncsynth raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable whatever the subclass's keyword arguments (a Ray worker's error
+        # reaches the driver whole).
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type[AsyncsynthError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(AsyncsynthError, ValueError):

@@ -109,7 +109,10 @@ class Rounds:
         target: int,
         on_event: OnEvent | None = None,
         on_round: Callable[[list[Candidate]], None] | None = None,
+        maker: SampleMaker | None = None,
     ) -> None:
+        """``maker``: who makes the candidates (default: a :class:`SampleMaker` on
+        ``engine``; the Ray executor's sends them to its actors)."""
         self.engine = engine
         self.settings = settings
         self.seeds = seeds
@@ -117,7 +120,7 @@ class Rounds:
         self.target = target
         self.on_event = on_event
         self.on_round = on_round
-        self.maker = SampleMaker(engine, settings)
+        self.maker = maker or SampleMaker(engine, settings)
         self.usage = Usage()
         self.annotations = SeedAnnotations(seeds, self.maker, self.usage.tally)
         self.summaries = Summaries(self.maker, self.usage.tally)
