@@ -533,14 +533,6 @@ async def _drive(
     results: list[ShardResult] = []
     failure: list[BaseException] = []
 
-    def pass_on(events: Any) -> None:
-        for event in events:
-            if isinstance(event, RoleStarted):  # each worker starts the role: show it once
-                if event.role in view.roles:
-                    continue
-                view.roles.add(event.role)
-            display.on_event(event)
-
     async def work(index: int, actor: Any) -> None:
         while pending and not failure:
             shard = pending.pop(0)
@@ -551,7 +543,7 @@ async def _drive(
                 failure.append(cause if isinstance(cause, AsyncsynthError) else exc)
                 tg.cancel_scope.cancel()
                 return
-            pass_on(result.events)
+            _pass_on(result.events, view, display)
             view.finished(index, result)
             results.append(result)
 
@@ -565,7 +557,7 @@ async def _drive(
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                     view.lost(index)  # restarting: its shard starts over from the journal
                     continue
-                pass_on(snap.get("events", ()))
+                _pass_on(snap.get("events", ()), view, display)
                 view.live(index, snap)
 
     async with anyio.create_task_group() as tg:
@@ -578,6 +570,16 @@ async def _drive(
         raise failure[0]
     results.sort(key=lambda r: r.index)
     return results
+
+
+def _pass_on(events: Any, view: ClusterView, display: Progress) -> None:
+    """Workers' events to the display; each worker starts the role, so that is shown once."""
+    for event in events:
+        if isinstance(event, RoleStarted):
+            if event.role in view.roles:
+                continue
+            view.roles.add(event.role)
+        display.on_event(event)
 
 
 def _journal_entries(shard: Shard) -> int:
