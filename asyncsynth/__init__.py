@@ -3,6 +3,9 @@
 from .config import Config, EndpointConfig, EngineSettings, load_config, single_endpoint_config
 from .engine import (
     AsyncsynthError,
+    BatchError,
+    BatchSettings,
+    BudgetExceeded,
     ClientError,
     ConfigError,
     ConnectError,
@@ -14,6 +17,7 @@ from .engine import (
     InputError,
     Journal,
     MalformedResponse,
+    Price,
     RateLimited,
     Request,
     RequestError,
@@ -42,6 +46,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncsynthError",
+    "BatchError",
+    "BatchSettings",
+    "BudgetExceeded",
     "ClientError",
     "CommitteeSettings",
     "Config",
@@ -62,6 +69,7 @@ __all__ = [
     "MalformedResponse",
     "PipelineError",
     "PipelineEvent",
+    "Price",
     "Progress",
     "RateLimited",
     "Request",

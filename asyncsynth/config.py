@@ -16,6 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .distributed.backends import check_backend_url
+from .engine.batch import BatchSettings, check_batch
+from .engine.cost import Price, check_price
 from .engine.errors import ConfigError
 from .engine.retry import (
     DEFAULT_DEADLINE,
@@ -177,6 +180,15 @@ class EndpointConfig:
     transport: str = "aiohttp"
     n_ctx: int = 2048
     params: Mapping[str, Any] = field(default_factory=dict)
+    budget_key: str | None = None
+    """The name its limits are shared under (with ``engine.limits_backend``); by default
+    made from its base URL, model and a hash of its key."""
+    price: Price | None = None
+    """USD per million tokens; None: cost unknown (never guessed)."""
+    max_cost: float | None = None
+    max_tokens_total: int | None = None
+    batch: BatchSettings | None = None
+    """Answer through the Batch API (``/v1/files`` + ``/v1/batches``); None: online only."""
 
     def api_key(self) -> str | None:
         """The key, read from the environment at use; it is never stored in config."""
@@ -209,6 +221,12 @@ class EngineSettings:
     startup_grace: float | None = DEFAULT_STARTUP_GRACE
     """Seconds a role may go without any endpoint answering before the job stops;
     ``None`` waits up to the request ``deadline``."""
+    limits_backend: str | None = None
+    """``redis://HOST:PORT/DB``: every process naming an endpoint's key shares its rpm, tpm
+    and max_concurrency through that server (see :mod:`asyncsynth.distributed`)."""
+    max_cost: float | None = None
+    """USD the whole job (earlier runs of its journal included) may spend at most."""
+    max_tokens_total: int | None = None
 
 
 DEFAULT_MAX_N = 10_000
@@ -294,6 +312,11 @@ _ENDPOINT_SPEC: dict[str, Check] = {
     "transport": _string(choices=TRANSPORTS),
     "n_ctx": POSITIVE_INT,
     "params": check_params,
+    "budget_key": STRING,
+    "price": check_price,
+    "max_cost": NON_NEGATIVE,
+    "max_tokens_total": POSITIVE_INT,
+    "batch": check_batch,
 }
 
 _ENGINE_SPEC: dict[str, Check] = {
@@ -304,6 +327,9 @@ _ENGINE_SPEC: dict[str, Check] = {
     "journal": BOOLEAN,
     "fail_fast": _number(integer=True),
     "startup_grace": POSITIVE,
+    "limits_backend": lambda value, where: check_backend_url(STRING(value, where), where),
+    "max_cost": NON_NEGATIVE,
+    "max_tokens_total": POSITIVE_INT,
 }
 
 _INPUT_SPEC: dict[str, Check] = {"max_n": POSITIVE_INT, "allow_duplicate_ids": BOOLEAN}

@@ -22,7 +22,7 @@ import os
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
@@ -30,7 +30,17 @@ from .config import DEFAULT_MAX_N, PARAM_KEYS, ConfigError, check_params
 from .engine import InputError, Request, Result
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-_RESERVED = ("completion", "finish_reason", "usage", "model", "latency_s", "attempts", "error")
+_RESERVED = (
+    "completion",
+    "finish_reason",
+    "usage",
+    "model",
+    "latency_s",
+    "attempts",
+    "error",
+    "cost_usd",
+    "first_cost_usd",
+)
 ROLES = ("system", "developer", "user", "assistant", "tool")
 _ROLES = frozenset(ROLES)
 
@@ -185,15 +195,18 @@ def read_requests(
     *,
     max_n: int = DEFAULT_MAX_N,
     allow_duplicate_ids: bool = False,
+    span: Span | None = None,
 ) -> Iterator[Request]:
     """Requests from a JSONL file, lazily; bad lines go to ``on_error`` and are skipped.
 
     A line whose id an earlier line had is bad too, unless ``allow_duplicate_ids``.
+    ``span``: only the lines from byte ``span.start`` to ``span.end`` (a shard of the
+    file, cut at line starts), numbered from ``span.first_line``; ids are checked within it.
     """
     source = os.fspath(path)
     seen = None if allow_duplicate_ids else SeenIds()
     with open(source, "rb") as f:
-        for line_no, line in enumerate(_lines(f), 1):
+        for line_no, line in _numbered_lines(f, span):
             if not line.strip():
                 continue
             try:
@@ -210,6 +223,29 @@ def read_requests(
                 on_error(InputError(str(exc), source=source, line=line_no), line)
             else:
                 yield from requests
+
+
+class Span(Protocol):
+    """A run of whole lines of a file (see :class:`asyncsynth.distributed.shards.Span`)."""
+
+    start: int
+    end: int
+    first_line: int
+    lines: int
+
+
+def _numbered_lines(f: IO[bytes], span: Span | None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of the whole file, or of ``span`` of it."""
+    if span is None or (span.start == 0 and span.end >= os.fstat(f.fileno()).st_size):
+        yield from enumerate(_lines(f), 1)
+        return
+    f.seek(span.start)
+    left = span.end - span.start
+    for line_no, line in enumerate(f, span.first_line):
+        if left <= 0:
+            return
+        left -= len(line)
+        yield line_no, line.removeprefix(codecs.BOM_UTF8) if line_no == 1 else line
 
 
 def count_lines(path: str | os.PathLike[str]) -> int:
@@ -242,8 +278,12 @@ def output_row(result: Result) -> dict[str, Any]:
     row["model"] = result.model
     row["latency_s"] = round(result.latency_s, 4)
     row["attempts"] = result.attempts
+    row["cost_usd"] = result.cost  # None: the endpoint has no price
+    if result.batch:
+        row["batch"] = True
     if result.cached:
         row["cached"] = True
+        row["first_cost_usd"] = result.first_cost
     return row
 
 

@@ -152,6 +152,7 @@ def test_output_and_error_rows() -> None:
         "model": "m",
         "latency_s": 0.1235,
         "attempts": 2,
+        "cost_usd": None,
     }
     failed = Result(
         request,

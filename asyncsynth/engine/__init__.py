@@ -1,9 +1,13 @@
 """The request engine: knows endpoints, limits, retries and journals; nothing of GRA or S3."""
 
+from .batch import BatchSettings
 from .client import Completion, Transport
+from .cost import Ledger, Price, book_cost, made_cost, sum_usd
 from .engine import Engine, Request, Result, Totals
 from .errors import (
     AsyncsynthError,
+    BatchError,
+    BudgetExceeded,
     ClientError,
     ConfigError,
     ConnectError,
@@ -26,6 +30,9 @@ from .tokens import TokenCounter, estimate_prompt_tokens
 
 __all__ = [
     "AsyncsynthError",
+    "BatchError",
+    "BatchSettings",
+    "BudgetExceeded",
     "ClientError",
     "Completion",
     "ConfigError",
@@ -37,7 +44,9 @@ __all__ = [
     "Engine",
     "InputError",
     "Journal",
+    "Ledger",
     "MalformedResponse",
+    "Price",
     "RateLimited",
     "Request",
     "RequestError",
@@ -50,7 +59,10 @@ __all__ = [
     "Totals",
     "Transport",
     "TransportError",
+    "book_cost",
     "estimate_prompt_tokens",
     "journal_path_for",
+    "made_cost",
     "request_key",
+    "sum_usd",
 ]

@@ -48,6 +48,10 @@ class Completion:
     finish_reason: str | None
     usage: dict[str, int]
     model: str | None
+    cost: float | None = None
+    """USD it cost when it was made (None: the price is unknown)."""
+    batch: bool = False
+    """Answered through the Batch API."""
     rate: RateHeaders | None = None
     """What the response's ``x-ratelimit-*`` headers said, if it had any (never journaled)."""
 
@@ -117,13 +121,16 @@ def parse_completion(raw: bytes, endpoint: str, rate: RateHeaders | None = None)
         message = choice.get("message") or {}
         content = message.get("content")
         usage = data.get("usage") or {}
+        counts = {
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+        }
+        if cached := (usage.get("prompt_tokens_details") or {}).get("cached_tokens"):
+            counts["cached_tokens"] = int(cached)  # prompt tokens served from the provider's cache
         return Completion(
             content=content,
             finish_reason=choice.get("finish_reason"),
-            usage={
-                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                "completion_tokens": int(usage.get("completion_tokens") or 0),
-            },
+            usage=counts,
             model=data.get("model"),
             rate=rate,
         )

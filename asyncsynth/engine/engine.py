@@ -29,9 +29,13 @@ import anyio
 import anyio.abc
 import orjson
 
+from .batch import BatchRunner
 from .client import Completion, Transport, make_transport
+from .cost import Hold, Ledger
 from .errors import (
     AsyncsynthError,
+    BudgetExceeded,
+    ConfigError,
     DeadlineExceeded,
     EndpointsFailed,
     RateLimited,
@@ -40,12 +44,13 @@ from .errors import (
 from .events import EngineStarted, Listener, RateLimitPause, Retry, RoleStarted, ignore
 from .fleet import EndpointState, Fleet
 from .journal import Journal, request_key
-from .limits import RateHeaders
+from .limits import RateHeaders, open_limits_backend
 from .retry import is_retryable, retrying, server_wait, wait_for
-from .tokens import completion_budget
+from .tokens import completion_budget, estimate_prompt_tokens
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..distributed.budgets import SharedLimits
 
 MAX_WORKERS = 4096
 COMMIT_ROWS = 256
@@ -87,6 +92,12 @@ class Result:
     error: RequestError | None = None
     key: bytes | None = None
     """The journal key, when the engine keeps a journal."""
+    cost: float | None = None
+    """USD this answer cost in this run (0 from the journal; None: the price is unknown)."""
+    first_cost: float | None = None
+    """For an answer from the journal: what it cost when it was first made."""
+    batch: bool = False
+    """Answered through the Batch API."""
 
     @property
     def ok(self) -> bool:
@@ -142,6 +153,13 @@ class Engine:
         self._body_params: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self.limits: SharedLimits | None = None
+        """The shared backend of ``engine.limits_backend``, when one is named."""
+        self.ledger = Ledger.for_config(config)
+        self.ledger.emit = self._emit
+        """What the job spent and holds in flight; its caps (``max_cost``, ``max_tokens_total``)."""
+        self.batches: BatchRunner | None = None
+        """Batch API mode, when an endpoint uses it or the journal holds running batches."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -153,9 +171,20 @@ class Engine:
                 journal = self._journal_arg
                 self.journal = journal if isinstance(journal, Journal) else Journal(journal)
                 stack.callback(self.journal.close)
+                self.ledger.resume(self.journal.spent())
+                if self.journal.batch_held() or any(
+                    ep.batch is not None for ep in self.config.endpoints.values()
+                ):
+                    self.batches = BatchRunner(self, self.journal)
+                    stack.push_async_callback(self.batches.aclose)
             stack.push_async_callback(self._close_transports)
+            if (url := self.settings.limits_backend) is not None:
+                self.limits = await open_limits_backend(url, self._emit)
+                stack.push_async_callback(self.limits.aclose)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._tg.cancel_scope.cancel)
+            if self.limits is not None:
+                self._tg.start_soon(self.limits.run)
         except BaseException:
             await stack.aclose()
             raise
@@ -206,6 +235,13 @@ class Engine:
                 states = [await self._endpoint(name) for name in names]
                 tg = self._tg
                 assert tg is not None
+                for state in states:
+                    self.ledger.check(state.name)
+                if self.batches is None and any(ep.config.batch is not None for ep in states):
+                    raise ConfigError(
+                        f"role {role or names[0]!r} uses the Batch API, which keeps its batches "
+                        "in the journal: give the engine a journal (not --no-cache)"
+                    )
                 roles = self.config.roles
                 name = role or (next(iter(roles)) if len(roles) == 1 else names[0])
                 fleet = Fleet(
@@ -216,6 +252,8 @@ class Engine:
                     emit=self._emit,
                 )
                 self._fleets[role] = fleet
+                if self.batches is not None:
+                    self.batches.serve(fleet)
                 grace = self.settings.startup_grace or self.settings.deadline
                 self._emit(RoleStarted(fleet.role, tuple(map(_describe, states)), grace))
                 for state in states:
@@ -243,6 +281,8 @@ class Engine:
             transport = make_transport(ep.transport, ep.base_url, ep.api_key(), name=name)
         state = EndpointState(ep, transport)
         state.url = url
+        if self.limits is not None and ep.kind != "local":
+            state.shared = self.limits.attach(state)
         params = self.config.params_for(name)
         extra = dict(params.pop("extra_body", None) or {})
         self._key_params[name] = {**params, "extra_body": extra} if extra else params
@@ -281,11 +321,22 @@ class Engine:
         key = self.key(request, fleet)
         hit = journal.get(key)
         if hit is not None:
-            self.totals.cached += 1
-            result = self._result(request, hit, None, 0.0, 0, cached=True)
+            result = self._cached(request, hit)
+        elif (batches := self.batches) is not None and (
+            fleet in batches.fleets or batches.holding(key)
+        ):
+            result = await batches.complete(request, key, fleet)
         else:
             result = await self._send(request, fleet)
         result.key = key
+        return result
+
+    def _cached(self, request: Request, hit: Completion) -> Result:
+        """A journal answer: it costs nothing now (``first_cost``: what it cost when made)."""
+        self.totals.cached += 1
+        self.ledger.from_journal(hit.cost)
+        result = self._result(request, hit, None, 0.0, 0, cached=True)
+        result.cost, result.first_cost, result.batch = 0.0, hit.cost, hit.batch
         return result
 
     async def _send(self, request: Request, fleet: Fleet) -> Result:
@@ -347,11 +398,31 @@ class Engine:
         marks: tuple[float, float] | None = None
         stats = ep.stats
         stats.attempts += 1
+        hold: Hold | None = None
         if retry:  # counted when sent: a last failed attempt is not followed by a retry
             stats.retries += 1
             self.totals.retries += 1
+        admission = None
         try:
-            if ep.rpm is not None or ep.tpm is not None or ep.paused_until > time.monotonic():
+            if self.ledger.capped:  # the worst case is held until it is answered or fails
+                hold = await self.ledger.reserve(ep.name, *self._worst_case(ep, request))
+            if ep.shared is not None:  # the budget of every process on this endpoint key
+                if ep.tpm is not None:
+                    tokens = await self._tokens(ep, request)
+                admission = await ep.shared.admit(tokens, ep.limit.slots, deadline)
+                deadline += admission.held  # waiting for the backend is the job's, not its own
+                marks = admission.marks
+                while (wait := max(admission.wait, ep.paused_until - time.monotonic())) > 0:
+                    if time.monotonic() + wait >= deadline:
+                        raise DeadlineExceeded(
+                            f"rate limits of {ep.name} allow no request before the deadline",
+                            endpoint=ep.name,
+                        )
+                    await anyio.sleep(wait)
+                    if admission.wait > 0:  # the reservation must still stand
+                        admission = await ep.shared.confirm(admission, deadline)
+                        admission.wait = 0.0
+            elif ep.rpm is not None or ep.tpm is not None or ep.paused_until > time.monotonic():
                 if ep.tpm is not None:
                     tokens = await self._tokens(ep, request)
                 now = time.monotonic()
@@ -374,11 +445,14 @@ class Engine:
             completion = await ep.transport.chat(body, timeout)
             latency = time.monotonic() - start
             if completion.rate is not None:
-                ep.observe(completion.rate, marks, start + latency)
-            if ep.tpm is not None:
-                usage = completion.usage
-                if used := usage["prompt_tokens"] + usage["completion_tokens"]:
+                self._observe(ep, completion.rate, marks, start + latency)
+            usage = completion.usage
+            if ep.tpm is not None and (used := usage["prompt_tokens"] + usage["completion_tokens"]):
+                if admission is not None:
+                    admission.used = used
+                else:
                     ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
+            completion.cost = self.ledger.charge(ep.name, usage)
             return completion, ep, latency
         except RequestError as exc:
             error = exc
@@ -388,7 +462,7 @@ class Engine:
             if isinstance(exc, RateLimited):
                 stats.rate_limited += 1
                 if (seen := RateHeaders.parse(exc.headers)) is not None:
-                    ep.observe(seen, marks, time.monotonic())
+                    self._observe(ep, seen, marks, time.monotonic())
                 if ep.pauses_on(exc):
                     settings = self.settings
                     pause = wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max)
@@ -398,7 +472,23 @@ class Engine:
                     ep.pause(pause)
             raise
         finally:
+            if hold is not None:
+                self.ledger.release(hold)
             fleet.release(ep, error, latency, load)
+            if admission is not None:
+                assert ep.shared is not None
+                ep.shared.release(admission)
+                if ep.limit.adaptive:
+                    ep.shared.share(ep.limit.slots)
+
+    def _observe(
+        self, ep: EndpointState, seen: RateHeaders, marks: tuple[float, float] | None, now: float
+    ) -> None:
+        """What a server's ``x-ratelimit-*`` headers said: to the shared budget, if any."""
+        if ep.shared is not None:
+            ep.shared.observe_headers(seen, marks)
+        else:
+            ep.observe(seen, marks, now)
 
     async def _tokens(self, ep: EndpointState, request: Request) -> float:
         """What a request may cost of a TPM budget: its prompt and its completion budget."""
@@ -406,6 +496,15 @@ class Engine:
             "max_tokens"
         )
         return await ep.tokens.prompt_tokens(request.messages) + completion_budget(max_tokens)
+
+    def _worst_case(
+        self, ep: EndpointState, request: Request, *, batch: bool = False
+    ) -> tuple[float, float]:
+        """(USD, tokens) ``request`` may cost at most on ``ep``: what a budget holds for it."""
+        prompt, completion = token_estimate(request, self._body_params[ep.name][0])
+        return self.ledger.worst_case(
+            ep.name, prompt, len(request.messages), completion, batch=batch
+        )
 
     def _body(self, ep: EndpointState, request: Request) -> bytes:
         params, extra = self._body_params[ep.name]
@@ -428,6 +527,7 @@ class Engine:
         attempts: int,
         *,
         cached: bool = False,
+        batch: bool = False,
     ) -> Result:
         usage = completion.usage
         totals = self.totals
@@ -437,7 +537,8 @@ class Engine:
             stats.requests += 1
             stats.tokens_in += usage["prompt_tokens"]
             stats.tokens_out += usage["completion_tokens"]
-            stats.latency.add(latency)
+            if not batch:  # hours in a batch say nothing of the endpoint's latency
+                stats.latency.add(latency)
             totals.tokens_in += usage["prompt_tokens"]
             totals.tokens_out += usage["completion_tokens"]
         return Result(
@@ -450,6 +551,8 @@ class Engine:
             latency,
             attempts,
             cached,
+            cost=completion.cost,
+            batch=batch,
         )
 
     def _failed(self, request: Request, error: RequestError, attempts: int) -> Result:
@@ -461,15 +564,28 @@ class Engine:
         return Result(request, endpoint=error.endpoint or None, attempts=attempts, error=error)
 
     def _record(self, results: list[Result]) -> None:
-        """Journal the fresh successes among ``results``, durably, before anyone sees them."""
+        """Journal the fresh successes among ``results``, durably, before anyone sees them.
+
+        Batch answers are journaled as their batch is downloaded, not here.
+        """
         journal = self.journal
         if journal is None:
             return
-        journal.record(
-            (r.key, Completion(r.completion, r.finish_reason, r.usage or {}, r.model))
-            for r in results
-            if r.error is None and not r.cached and r.key is not None
-        )
+        answers = []
+        spend: dict[str, tuple[float, int]] = {}
+        for r in results:
+            if r.error is None and not r.cached and not r.batch and r.key is not None:
+                usage = r.usage or {}
+                made = Completion(r.completion, r.finish_reason, usage, r.model, r.cost)
+                answers.append((r.key, made))
+                if r.endpoint is not None:
+                    cost, tokens = spend.get(r.endpoint, (0.0, 0))
+                    spend[r.endpoint] = (
+                        cost + (r.cost or 0.0),
+                        tokens + usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
+                    )
+        journal.record(answers, spend=spend)
+        self.ledger.report(self.totals.done, self.totals.total)
 
     # -- many requests --------------------------------------------------------------------------
 
@@ -494,9 +610,12 @@ class Engine:
         done = anyio.Event()
         failure: list[BaseException] = []
         assert self._tg is not None
-        self._tg.start_soon(
-            self._run_workers, requests, fleet, workers, results, scope, done, failure
-        )
+        if (batches := self.batches) is not None and fleet in batches.fleets:
+            self._tg.start_soon(batches.feed, requests, fleet, results, scope, done, failure)
+        else:
+            self._tg.start_soon(
+                self._run_workers, requests, fleet, workers, results, scope, done, failure
+            )
         try:
             async for batch in self._batches(results):
                 for result in batch:
@@ -548,21 +667,29 @@ class Engine:
                 async with anyio.create_task_group() as tg:
                     pull = _puller(requests)
                     for _ in range(workers):
-                        tg.start_soon(self._worker, pull, fleet, results)
+                        tg.start_soon(self._worker, pull, fleet, results, failure)
         except Exception as exc:  # a bug, a failing input iterator, every endpoint taken out
             failure.append(_sole(exc))
         finally:
             results.close()
             done.set()
 
-    async def _worker(self, pull: _Pull, fleet: Fleet, results: _Results) -> None:
+    async def _worker(
+        self, pull: _Pull, fleet: Fleet, results: _Results, failure: list[BaseException]
+    ) -> None:
         execute = self._execute
         put = results.put
         while True:
             request = await pull()
             if request is None:
                 return
-            await put(await execute(request, fleet))
+            try:
+                result = await execute(request, fleet)
+            except BudgetExceeded as exc:  # the others finish what they sent; map() raises it
+                if not failure:
+                    failure.append(exc)
+                return
+            await put(result)
 
 
 class _Results:
@@ -582,22 +709,28 @@ class _Results:
         self._closed = False
 
     async def put(self, result: Result) -> None:
+        """Hand ``result`` over; dropped once closed (the map was left: nobody takes it)."""
         items = self._items
-        while len(items) >= self._size:
+        while len(items) >= self._size and not self._closed:
             room = anyio.Event()
             self._room.append(room)
             await room.wait()
+        if self._closed:
+            return
         items.append(result)
         if (ready := self._ready) is not None:
             self._ready = None
             ready.set()
 
     def close(self) -> None:
-        """No more results will come: ``take`` returns what is left, then nothing."""
+        """No more results will come: ``take`` returns what is left, then nothing (and a
+        batch answered later, after the map was left, is dropped)."""
         self._closed = True
         if (ready := self._ready) is not None:
             self._ready = None
             ready.set()
+        while self._room:
+            self._room.popleft().set()
 
     async def take(self) -> list[Result]:
         """Every result waiting, after waiting for one; ``[]`` once closed and empty."""
@@ -682,3 +815,12 @@ def _puller(requests: Iterable[Request] | AsyncIterable[Request]) -> _Pull:
         return next(sync_iterator, None)
 
     return pull
+
+
+def token_estimate(request: Request, params: dict[str, Any]) -> tuple[float, int]:
+    """The engine's token estimate of ``request``, split: (prompt tokens, completion budget).
+
+    ``params`` are the endpoint's request params (for its ``max_tokens``).
+    """
+    completion = request.params.get("max_tokens") or params.get("max_tokens")
+    return float(estimate_prompt_tokens(request.messages)), completion_budget(completion)

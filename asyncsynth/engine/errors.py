@@ -5,6 +5,7 @@ AsyncsynthError
 ├── InputError                     a bad input line (file and line number)
 ├── EndpointsFailed                every endpoint of a role was taken out: the job stops
 ├── EndpointsUnreachable           no endpoint of a role answered within the start-up grace
+├── BudgetExceeded                 a hard budget (max_cost, max_tokens_total) was reached
 └── RequestError                   one request failed (carries .attempts)
     ├── TransportError             nothing usable came back
     │   ├── ConnectError           connection refused / DNS
@@ -15,16 +16,30 @@ AsyncsynthError
     │   ├── RateLimited            429
     │   ├── ServerError            5xx
     │   └── ClientError            4xx that is the request's own fault
+    ├── BatchError                 a Batch API line or batch that did not answer
     └── DeadlineExceeded           the per-request deadline ran out across attempts
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 
 class AsyncsynthError(Exception):
     """Base of every error asyncsynth raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable whatever the subclass's keyword arguments (a Ray worker's error
+        # reaches the driver whole).
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type[AsyncsynthError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(AsyncsynthError, ValueError):
@@ -150,3 +165,46 @@ class ClientError(StatusError):
 
 class DeadlineExceeded(RequestError):
     """The per-request deadline ran out before an attempt succeeded."""
+
+
+class BatchError(RequestError):
+    """A request that a batch did not answer: an error line, a batch failed, expired, cancelled.
+
+    ``code`` is the provider's (``batch_expired``, ``batch_cancelled``...) or the HTTP status
+    of the line; whether it is retried depends on it.
+    """
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retryable: bool = True, endpoint: str = ""
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.code = code
+        self._retryable = retryable
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return self._retryable
+
+
+class BudgetExceeded(AsyncsynthError):
+    """A hard budget was reached: nothing more is sent; what was in flight was kept.
+
+    ``cap`` names it (``max_cost``, ``endpoints.NAME.max_tokens_total``...), ``limit`` is
+    its value and ``spent`` what the job had spent (earlier runs of its journal included).
+    """
+
+    def __init__(self, cap: str, limit: float, spent: float, *, flag: str, key: str) -> None:
+        self.cap = cap
+        self.limit = limit
+        self.spent = spent
+        self.flag = flag
+        self.key = key
+        if cap.endswith("max_cost"):
+            shown = f"${limit:,.4g}", f"${spent:,.4f}"
+        else:
+            shown = f"{limit:,.0f} tokens", f"{spent:,.0f} tokens"
+        super().__init__(
+            f"budget reached: {cap} = {shown[0]} ({shown[1]} spent on this job, earlier runs "
+            f"included); nothing more was sent and every answer received is kept. Raise it "
+            f"({flag} or {key}) and run the same command again to go on."
+        )

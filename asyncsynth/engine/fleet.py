@@ -56,7 +56,7 @@ from .events import (
     Unreachable,
     ignore,
 )
-from .limits import AdaptiveLimit, RateHeaders, TokenBucket
+from .limits import AdaptiveLimit, RateHeaders, SharedBudget, TokenBucket
 from .retry import DEFAULT_FAIL_FAST, backoff, names_rate_limit
 from .stats import EndpointStats
 from .tokens import TokenCounter
@@ -121,6 +121,9 @@ class EndpointState:
         self.rpm = TokenBucket(config.rpm) if config.rpm else None
         self.tpm = TokenBucket(config.tpm) if config.tpm else None
         self.tokens = TokenCounter(getattr(transport, "post_root", None), config.model)
+        self.shared: SharedBudget | None = None
+        """Its limits when shared with other processes (``engine.limits_backend``): then
+        the budgets are the backend's, and ``rpm``/``tpm`` only give their shape."""
         self.in_flight = 0
         self.paused_until = 0.0
         self.failures_in_a_row = 0

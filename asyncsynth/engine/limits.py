@@ -2,8 +2,10 @@
 
 Plain synchronous objects the event loop drives; none creates tasks. The fleet asks
 them (through :class:`~asyncsynth.engine.fleet.EndpointState`) and tells them what
-happened; a shared backend (several processes on one API key) replaces a bucket by an
-object with the same methods.
+happened. With ``engine.limits_backend`` named, an endpoint's limits are shared with
+every process naming the same endpoint key: :func:`open_limits_backend` gives the backend
+(from :mod:`asyncsynth.distributed`) and the engine asks its :class:`SharedBudget` per
+request in place of the buckets, whose shape it takes.
 
 - :class:`TokenBucket` reserves: ``reserve(n)`` always takes ``n`` (the level may go
   negative) and says how long the caller must wait before sending, so waiters never
@@ -25,6 +27,11 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..distributed.budgets import SharedLimits
+    from .events import Listener
 
 # -- rate limits ------------------------------------------------------------------------------
 
@@ -345,3 +352,45 @@ class AdaptiveLimit:
         again = abs(limit - self._refused_at) < 1.0
         self._refused_at = limit
         self.limit = max(1.0, limit - REFUSED_AGAIN_STEP if again else limit * DECREASE_FACTOR)
+
+    def adopt(self, limit: float, now: float) -> None:
+        """Take a limit another process learnt on the same endpoint (a shared budget),
+        never past the ceiling; a lower one counts as a cut made here."""
+        if not self.adaptive:
+            return
+        limit = max(1.0, min(self.cap, limit))
+        if limit < self.limit:
+            self._last_cut = now  # refusals already on their way count for that cut
+            self._check = None
+        self.limit = limit
+        self.slow_start = False
+
+
+class SharedBudget(Protocol):
+    """An endpoint's limits shared with other processes, as the engine asks them.
+
+    ``admit`` takes a concurrency slot (under ``slots``, the limit in force) and the
+    request's RPM/TPM budget at once, answering an admission whose ``wait`` the engine
+    sleeps, then has confirmed (a store that restarted forgot what it reserved);
+    ``release`` gives back the slot and the tokens not used (the admission's ``used``,
+    when the answer said); ``share`` tells the other processes a concurrency limit
+    learnt here; ``observe_headers`` what a provider's ``x-ratelimit-*`` headers said,
+    given the admission's ``marks``. See :class:`asyncsynth.distributed.budgets.SharedBudget`.
+    """
+
+    async def admit(self, tokens: float, slots: int | None, deadline: float) -> Any: ...
+    async def confirm(self, admission: Any, deadline: float) -> Any: ...
+    def release(self, admission: Any) -> None: ...
+    def share(self, limit: float) -> None: ...
+    def observe_headers(self, seen: RateHeaders, marks: tuple[float, float] | None) -> None: ...
+
+
+async def open_limits_backend(url: str, on_event: Listener) -> SharedLimits:
+    """The shared backend ``engine.limits_backend`` names, checked to answer now.
+
+    Raises :class:`~asyncsynth.engine.errors.ConfigError` when it cannot be reached or
+    its extra is missing.
+    """
+    from ..distributed.backends import open_backend
+
+    return await open_backend(url, on_event=on_event)

@@ -68,6 +68,7 @@ _DEFAULT_MAX_TOKENS = 16
 _CHAT_PATHS = frozenset({b"/v1/chat/completions", b"/chat/completions"})
 _MODEL_PATHS = frozenset({b"/v1/models", b"/models"})
 _TOKENIZE_PATH = b"/tokenize"
+_BATCH_PREFIXES = (b"/v1/files", b"/files", b"/v1/batches", b"/batches")
 _RATE_WINDOWS = ("bucket", "sliding", "fixed")
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 _RANDOM_ERRORS = (500, 502, 503)
@@ -141,6 +142,8 @@ class SimConfig:
     """Answer 404 (``model_not_found``) to a request naming another model."""
     tokenize: bool = False
     """Serve ``POST /tokenize`` as vLLM does (``{"count": ...}``, by the sim's own count)."""
+    batch: Any = None
+    """The Files and Batches API's settings: a ``SimBatchConfig`` or its fields as a dict."""
 
     def __post_init__(self) -> None:
         if self.latency < 0 or self.jitter < 0:
@@ -548,6 +551,10 @@ class SimServer:
         self._busy: list[float] = []
         """When each of ``capacity`` slots is next free (``queue=True``), as a heap."""
         self._reset_buckets()
+        from .sim_batch import BatchSim
+
+        self.batches = BatchSim(self, self.config.batch)
+        """The Files and Batches API (``/v1/files``, ``/v1/batches``): see ``sim_batch``."""
 
     @property
     def url(self) -> str:
@@ -810,6 +817,8 @@ class SimServer:
             return _refuse(401, message, keep_alive, code="invalid_api_key")
         if path in _CHAT_PATHS and method == b"POST":
             return self._chat(path, body, keep_alive)
+        if path.startswith(_BATCH_PREFIXES):
+            return self.batches.handle(method, target, bytes(body), keep_alive)
         if path in _MODEL_PATHS and method == b"GET":
             models = {"object": "list", "data": [{"id": self.config.model, "object": "model"}]}
             return _answer(200, orjson.dumps(models), keep_alive, admitted=False, counted=False)
