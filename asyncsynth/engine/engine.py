@@ -151,6 +151,7 @@ class Engine:
         self._fleets: dict[str | None, Fleet] = {}
         self._fleet_lock = anyio.Lock()
         self._key_params: dict[str, dict[str, Any]] = {}
+        self._key_base: dict[Fleet, tuple[list[str], dict[str, Any]]] = {}
         self._body_params: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -307,12 +308,16 @@ class Engine:
         """The journal key of ``request`` when sent to ``fleet``'s role."""
         if "n" in request.params and request.params["n"] != 1:
             raise ValueError("n > 1 is expressed as several requests with sample = 0..n-1")
-        first = fleet.endpoints[0].name
-        params = self._key_params[first]
+        models, params = self._key_base.get(fleet) or self._key_base_of(fleet)
         if request.params:
             params = {**params, **request.params}
-        models = sorted({ep.config.model for ep in fleet.endpoints})
         return request_key(models, request.messages, params, request.sample)
+
+    def _key_base_of(self, fleet: Fleet) -> tuple[list[str], dict[str, Any]]:
+        """What every key of the role starts from: its models, its first endpoint's params."""
+        models = sorted({ep.config.model for ep in fleet.endpoints})
+        base = self._key_base[fleet] = (models, self._key_params[fleet.endpoints[0].name])
+        return base
 
     async def _execute(self, request: Request, fleet: Fleet) -> Result:
         journal = self.journal
