@@ -56,14 +56,12 @@ WORKER_ACTOR = "asyncsynth-worker"
 """Actors are named ``asyncsynth-worker-<job>-<n>`` (``ray list actors`` shows them)."""
 
 
-def require_ray() -> Any:
+def require_ray(what: str = "--executor ray") -> Any:
     """The ``ray`` module, or a :class:`ConfigError` naming the extra to install."""
     try:
         import ray
     except ImportError:
-        raise ConfigError(
-            "--executor ray needs the ray extra: pip install 'asyncsynth[ray]'"
-        ) from None
+        raise ConfigError(f"{what} needs the ray extra: pip install 'asyncsynth[ray]'") from None
     return ray
 
 
@@ -112,9 +110,9 @@ class RayExecutor:
                 "to cap the job"
             )
 
-    def connect(self) -> bool:
+    def connect(self, what: str = "--executor") -> bool:
         """Join (or start) the cluster unless this process already did; whether it did now."""
-        ray = require_ray()
+        ray = require_ray(f"{what} ray" if what == "--executor" else what)
         if ray.is_initialized():
             return False
         address = self.address or os.environ.get("RAY_ADDRESS") or None
@@ -127,7 +125,7 @@ class RayExecutor:
             ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-            raise ConfigError(f"--executor: cannot connect to {where}: {exc}") from None
+            raise ConfigError(f"{what}: cannot connect to {where}: {exc}") from None
         return True
 
     def width(self) -> int:
