@@ -255,3 +255,11 @@ def test_the_collector_sees_blocks_and_skip_reasons() -> None:
     words = shlex.split("asyncsynth demo gra --nope")
     command, _rest, _ = _resolve(words[1:])
     assert command.name == "demo" and "--nope" not in {o for p in command.params for o in p.opts}
+
+
+def test_readme_and_the_site_state_the_same_two_commands() -> None:
+    (readme,) = [b for b in blocks(ROOT / "README.md") if "scripts/setup.sh &&" in b.code]
+    page = ROOT / "docs" / "getting-started.md"
+    (started,) = [b for b in blocks(page) if "scripts/setup.sh &&" in b.code]
+    assert readme.code == started.code
+    assert readme.line < 20  # first thing in the README
