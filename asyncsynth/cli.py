@@ -1,4 +1,4 @@
-"""The ``asyncsynth`` command line: run, sim, endpoints, cache, gra, s3."""
+"""The ``asyncsynth`` command line: run, sim, endpoints, cache, gra, s3, estimate, batches."""
 
 from __future__ import annotations
 
@@ -7,27 +7,45 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
 
 from .config import DEFAULT_CONFIG, Config, load_config, single_endpoint_config
-from .engine import AsyncsynthError, EndpointsUnreachable, Journal
+from .engine import (
+    AsyncsynthError,
+    BudgetExceeded,
+    EndpointsFailed,
+    EndpointsUnreachable,
+    Journal,
+)
 from .engine.journal import journal_path_for
 from .io import write_json
 from .progress import DEFAULT_LOG_INTERVAL, Describe, Progress
+
+if TYPE_CHECKING:
+    from .distributed.ray_run import RayExecutor
 
 T = TypeVar("T")
 
 EXIT_FAILED_ROWS = 1
 EXIT_BAD_CONFIG = 2
+EXIT_ENDPOINTS_FAILED = 3
+"""Every endpoint of a role was taken out (bad key, unknown model...): fix it, run again."""
 EXIT_UNREACHABLE = 4
+EXIT_BUDGET = 5
 EXIT_INTERRUPTED = 130
 
 
 class ConfigProblem(click.ClickException):
     exit_code = EXIT_BAD_CONFIG
+
+
+class Stopped(click.ClickException):
+    """The job stopped: no endpoint of a role can answer (:class:`EndpointsFailed`)."""
+
+    exit_code = EXIT_ENDPOINTS_FAILED
 
 
 class Unreachable(click.ClickException):
@@ -36,8 +54,18 @@ class Unreachable(click.ClickException):
     exit_code = EXIT_UNREACHABLE
 
 
+class BudgetReached(click.ClickException):
+    """A hard budget stopped the job: what was answered is kept; a higher cap goes on."""
+
+    exit_code = EXIT_BUDGET
+
+
 def _problem(exc: AsyncsynthError) -> click.ClickException:
     """The exit a deliberate error of the job ends in."""
+    if isinstance(exc, BudgetExceeded):
+        return BudgetReached(str(exc))
+    if isinstance(exc, EndpointsFailed):
+        return Stopped(f"{exc}. Stopped; fix that and run the same command again to resume")
     if isinstance(exc, EndpointsUnreachable):
         return Unreachable(
             f"{exc}. The job stopped; every answer received is kept. Check the endpoints "
@@ -178,10 +206,84 @@ def endpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             type=click.FloatRange(min=0, min_open=True),
             help="Seconds per request across all attempts.",
         ),
+        click.option(
+            "--fail-fast",
+            type=click.IntRange(min=0),
+            help="Take an endpoint out after N answers in a row that no request can get past "
+            "(401, 403, 404, the same 400); 0: never (default 3).",
+        ),
+        click.option(
+            "--price",
+            callback=_price_flag,
+            metavar="input=USD,output=USD[,cached_input=USD][,batch=X]",
+            help="USD per million tokens (batch: the Batch API's multiplier, e.g. 0.5).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _price_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from .engine.cost import parse_price
+
+    try:
+        return parse_price(value)
+    except AsyncsynthError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def budget_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Hard caps of a job (its journal's earlier runs included): exit 5 when reached."""
+    options = [
+        click.option(
+            "--max-cost",
+            type=click.FloatRange(min=0),
+            help="USD the job may spend in all (earlier runs included); exit 5 when reached.",
+        ),
+        click.option(
+            "--max-tokens-total",
+            type=click.IntRange(min=1),
+            help="Tokens (prompt + completion) the job may use in all; exit 5 when reached.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def dry_run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--pilot",
+        type=click.IntRange(min=0),
+        default=0,
+        help="With --dry-run: first send N sampled requests and measure their real lengths.",
+    )(fn)
+    return click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Send nothing: print requests, tokens, cost online vs batch and wall time.",
+    )(fn)
+
+
+def with_budget(config: Config, kw: dict[str, Any]) -> Config:
+    """Pop ``--max-cost`` and ``--max-tokens-total`` from kwargs into the config's engine."""
+    caps = {"max_cost": kw.pop("max_cost"), "max_tokens_total": kw.pop("max_tokens_total")}
+    caps = {k: v for k, v in caps.items() if v is not None}
+    return replace(config, engine=replace(config.engine, **caps)) if caps else config
+
+
+def with_batch(config: Config, role: str | None) -> Config:
+    """``--batch``: the role's endpoints answer through the Batch API (default settings)."""
+    from .engine.batch import BatchSettings
+
+    try:
+        names = tuple(n for n in config.role(role) if config.endpoints[n].batch is None)
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    return config.with_endpoint_overrides(names, batch=BatchSettings())
 
 
 def progress_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -237,6 +339,61 @@ def progress_from_options(
         raise ConfigProblem(f"--log-json {path}: {exc.strerror or exc}") from None
 
 
+def limits_backend_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--limits-backend``: share the endpoints' limits with other processes."""
+    return click.option(
+        "--limits-backend",
+        metavar="URL",
+        help="redis://HOST:PORT/DB: share every endpoint's rpm, tpm and concurrency with the "
+        "other processes naming the same endpoint (overrides engine.limits_backend).",
+    )(fn)
+
+
+def with_limits_backend(config: Config, kw: dict[str, Any]) -> Config:
+    """Pop --limits-backend; the config with it applied."""
+    url = kw.pop("limits_backend")
+    if url is None:
+        return config
+    from .distributed.backends import check_backend_url
+
+    try:
+        check_backend_url(url, "--limits-backend")
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    return replace(config, engine=replace(config.engine, limits_backend=url))
+
+
+def executor_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--executor ray[=ADDRESS]`` and ``--actors N``: run the job on a Ray cluster."""
+    fn = click.option(
+        "--actors",
+        type=click.IntRange(min=1),
+        help="Ray workers for --executor ray (default: the cluster's CPUs).",
+    )(fn)
+    return click.option(
+        "--executor",
+        metavar="ray[=ADDRESS]",
+        help="Spread the job over a Ray cluster (needs asyncsynth[ray]): ADDRESS is "
+        "ray://HOST:10001, HOST:6379 or auto; without one, RAY_ADDRESS, else a local cluster "
+        "for the job.",
+    )(fn)
+
+
+def executor_from_options(kw: dict[str, Any]) -> RayExecutor | None:
+    """Pop --executor and --actors; the executor they name, if any."""
+    spec, actors = kw.pop("executor"), kw.pop("actors")
+    if spec is None:
+        if actors is not None:
+            raise ConfigProblem("--actors needs --executor ray")
+        return None
+    from .distributed.ray_run import RayExecutor
+
+    try:
+        return RayExecutor.parse(spec, actors=actors)
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+
 def with_wait_options(config: Config, kw: dict[str, Any]) -> Config:
     """Pop --startup-grace and --wait-for-endpoints; the config with them applied."""
     grace, wait = kw.pop("startup_grace"), kw.pop("wait_for_endpoints")
@@ -262,6 +419,7 @@ def config_from_options(kw: dict[str, Any]) -> Config:
         "max_tokens": kw.pop("max_tokens"),
         "temperature": kw.pop("temperature"),
         "transport": kw.pop("transport"),
+        "price": kw.pop("price"),
     }
     if local or gguf:
         from .local import default_model_name
@@ -269,7 +427,11 @@ def config_from_options(kw: dict[str, Any]) -> Config:
         endpoint_flags |= {"kind": "local", "gguf": gguf}
         if endpoint_flags["model"] is None:  # the journal key names the model really used
             endpoint_flags["model"] = default_model_name(gguf)
-    engine_flags = {"max_attempts": kw.pop("max_attempts"), "deadline": kw.pop("deadline")}
+    engine_flags = {
+        "max_attempts": kw.pop("max_attempts"),
+        "deadline": kw.pop("deadline"),
+        "fail_fast": kw.pop("fail_fast"),
+    }
     return resolve_config(
         kw.pop("config_path"),
         kw.get("role"),
@@ -301,7 +463,28 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
 @progress_options
 @click.option(
+    "--batch",
+    "batch",
+    is_flag=True,
+    help="Answer through the endpoints' Batch API (/v1/files + /v1/batches): cheaper, slower.",
+)
+@budget_options
+@dry_run_options
+@click.option(
     "--stats-json", type=click.Path(dir_okay=False), help="Write the end-of-run summary as JSON."
+)
+@limits_backend_option
+@executor_options
+@click.option(
+    "--max-n",
+    type=click.IntRange(min=1),
+    help='Most samples one line may ask for with "n" (default 10,000).',
+)
+@click.option(
+    "--allow-duplicate-ids",
+    is_flag=True,
+    default=None,
+    help="Send lines whose id an earlier line had (else they are refused as bad lines).",
 )
 def run(
     input_path: str,
@@ -309,39 +492,67 @@ def run(
     no_cache: bool,
     quiet: bool,
     stats_json: str | None,
+    batch: bool,
+    dry_run: bool,
+    pilot: int,
+    max_n: int | None,
+    allow_duplicate_ids: bool | None,
     **kw: Any,
 ) -> None:
     """Send every request in INPUT.jsonl; answers go to OUTPUT, failures to OUTPUT.errors.jsonl.
 
     Input lines: {"messages": [...]}, {"prompt": "..."} or OpenAI Batch lines
     ({"custom_id": ..., "body": {...}}). Re-running the same command resumes. Exits 0 when
-    every request succeeded, 1 when some failed, 2 for a bad config, 4 when no endpoint
-    answered within the start-up grace, 130 when interrupted.
+    every request succeeded, 1 when any failed or a line was bad, 2 for a bad config, 3 when
+    every endpoint was taken out (a bad key, an unknown model), 4 when no endpoint answered
+    within the start-up grace, 5 when a budget cap was reached, 130 when interrupted.
     """
     from .run import run_file
 
     display = progress_from_options(kw, quiet=quiet, title="run")
-    config = with_wait_options(config_from_options(kw), kw)
-    with display:
-        report, interrupted = _run_async(
-            lambda: run_file(
-                config,
-                input_path,
-                output_path,
-                role=kw["role"],
-                cache=not no_cache,
-                progress=display,
+    config = with_budget(with_wait_options(config_from_options(kw), kw), kw)
+    config = with_limits_backend(config, kw)
+    ray = executor_from_options(kw)
+    checks = {"max_n": max_n, "allow_duplicate_ids": allow_duplicate_ids}
+    if checks := {k: v for k, v in checks.items() if v is not None}:
+        config = replace(config, input=replace(config.input, **checks))
+    if batch:
+        config = with_batch(config, kw["role"])
+    if dry_run:
+        _print_estimate(config, input_path, kw["role"], None if no_cache else output_path, pilot)
+        return
+
+    def saved() -> str:
+        if no_cache or not journal_path_for(output_path).exists():
+            return ""
+        with Journal(journal_path_for(output_path)) as journal:
+            return f" {len(journal):,} answers are saved in the journal;"
+
+    try:
+        with display:
+            report, interrupted = _run_async(
+                lambda: run_file(
+                    config,
+                    input_path,
+                    output_path,
+                    role=kw["role"],
+                    cache=not no_cache,
+                    progress=display,
+                    executor=ray,
+                )
             )
-        )
+    except Stopped as exc:
+        kept = saved().strip(" ;")
+        click.echo(f"Error: {exc.message}." + (f" {kept}." if kept else ""), err=True)
+        sys.exit(exc.exit_code)
     if interrupted or report is None:
-        saved = ""
-        if not no_cache and journal_path_for(output_path).exists():
-            with Journal(journal_path_for(output_path)) as journal:
-                saved = f" {len(journal):,} answers are saved in the journal;"
-        click.echo(f"Interrupted.{saved} run the same command again to resume.", err=True)
+        click.echo(f"Interrupted.{saved()} run the same command again to resume.", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if stats_json:
         write_json(stats_json, report.stats)
+    if report.budget is not None:
+        click.echo(f"Stopped: {report.budget}", err=True)
+        sys.exit(EXIT_BUDGET)
     if report.failed or report.bad_lines:
         click.echo(
             f"{report.failed:,} requests failed and {report.bad_lines:,} input lines were bad: "
@@ -349,6 +560,216 @@ def run(
             err=True,
         )
         sys.exit(EXIT_FAILED_ROWS)
+
+
+def _print_estimate(
+    config: Config, input_path: str, role: str | None, output: str | None, pilot: int
+) -> None:
+    from .estimate import estimate_file, format_estimate
+
+    estimate, interrupted = _run_async(
+        lambda: estimate_file(config, input_path, role=role, output=output, pilot=pilot)
+    )
+    if interrupted or estimate is None:
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(format_estimate(estimate))
+
+
+@main.command("estimate")
+@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False),
+    help="The output the job will write: its journal's answers cost nothing; the pilot's go there.",
+)
+@endpoint_options
+@click.option("--batch", "batch", is_flag=True, help="Estimate batch mode (files, window).")
+@click.option(
+    "--pilot",
+    type=click.IntRange(min=0),
+    default=0,
+    help="First send N sampled requests online and measure their real lengths and latency.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+def estimate_command(
+    input_path: str, output_path: str | None, batch: bool, pilot: int, as_json: bool, **kw: Any
+) -> None:
+    """Requests, tokens, cost online vs batch and wall time of a job, before running it.
+
+    The same as `asyncsynth run INPUT -o OUTPUT --dry-run` with the same flags. For the
+    gra and s3 pipelines use their own --dry-run.
+    """
+    import orjson
+
+    from .estimate import estimate_file
+
+    config = config_from_options(kw)
+    if batch:
+        config = with_batch(config, kw["role"])
+    if not as_json:
+        _print_estimate(config, input_path, kw["role"], output_path, pilot)
+        return
+    estimate, interrupted = _run_async(
+        lambda: estimate_file(config, input_path, role=kw["role"], output=output_path, pilot=pilot)
+    )
+    if interrupted or estimate is None:
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(orjson.dumps(estimate.to_dict(), option=orjson.OPT_INDENT_2))
+
+
+@main.group()
+def batches() -> None:
+    """A job's Batch API batches (kept in its journal): list, status, cancel, download."""
+
+
+def _batch_rows(path: Path, ids: tuple[str, ...], *, live: bool = False) -> list[dict[str, Any]]:
+    with Journal(path) as journal:
+        rows = journal.batches()
+    if ids:
+        rows = [r for r in rows if r["batch_id"] in ids or str(r["id"]) in ids]
+        if missing := set(ids) - {r["batch_id"] for r in rows} - {str(r["id"]) for r in rows}:
+            raise click.ClickException(f"{path}: no batch {', '.join(sorted(missing))} here")
+    elif live:
+        rows = [r for r in rows if r["state"] in ("submitted", "ended", "creating")]
+    return rows
+
+
+def _format_batches(rows: list[dict[str, Any]]) -> str:
+    import time
+
+    if not rows:
+        return "no batches"
+    header = ("#", "endpoint", "batch id", "state", "status", "requests", "done", "failed", "age")
+    table = [header]
+    now = time.time()
+    for r in rows:
+        age = now - r["created"]
+        table.append(
+            (
+                str(r["id"]),
+                r["endpoint"],
+                r["batch_id"] or "-",
+                r["state"],
+                r["status"] or "-",
+                f"{r['requests']:,}",
+                f"{r['completed']:,}",
+                f"{r['failed']:,}",
+                f"{age / 3600:.1f}h" if age >= 3600 else f"{age / 60:.0f}m",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table
+    )
+
+
+def _admin_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.argument("ids", nargs=-1, metavar="[BATCH_ID...]")(fn)
+    fn = click.option(
+        "--api-key-env", help="Environment variable of the key of an endpoint not in the config."
+    )(fn)
+    fn = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help=f"The job's config (default: ./{DEFAULT_CONFIG} if present): endpoints and keys.",
+    )(fn)
+    return click.argument("target", metavar="OUTPUT_OR_JOURNAL")(fn)
+
+
+def _admin(
+    target: str,
+    config_path: str | None,
+    api_key_env: str | None,
+    ids: tuple[str, ...],
+    work: Callable[[Any, dict[str, Any]], Awaitable[str]],
+    *,
+    live: bool = True,
+) -> None:
+    from .config import Config as _Config
+    from .engine.batch import BatchAdmin
+
+    path = _existing_journal(target)
+    if config_path is None and Path(DEFAULT_CONFIG).exists():
+        config_path = DEFAULT_CONFIG
+    try:
+        config = load_config(config_path) if config_path else _Config(endpoints={}, roles={})
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    rows = _batch_rows(path, ids, live=live)
+
+    async def go() -> list[str]:
+        lines = []
+        with Journal(path) as journal:
+            admin = BatchAdmin(config, journal, api_key_env=api_key_env)
+            try:
+                for row in rows:
+                    lines.append(await work(admin, row))
+            finally:
+                await admin.aclose()
+        return lines
+
+    lines, interrupted = _run_async(go)
+    if interrupted or lines is None:
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo("\n".join(lines) if lines else "no batches to act on")
+
+
+@batches.command("list")
+@click.argument("target", metavar="OUTPUT_OR_JOURNAL")
+def batches_list(target: str) -> None:
+    """The batches of the journal of OUTPUT, as last recorded (no network)."""
+    click.echo(_format_batches(_batch_rows(_existing_journal(target), ())))
+
+
+@batches.command("status")
+@_admin_options
+def batches_status(
+    target: str, config_path: str | None, api_key_env: str | None, ids: tuple[str, ...]
+) -> None:
+    """Ask the provider how the job's running batches are doing (all, or BATCH_ID...)."""
+
+    async def work(admin: Any, row: dict[str, Any]) -> str:
+        return _format_batches([await admin.refresh(row)]).splitlines()[-1]
+
+    _admin(target, config_path, api_key_env, ids, work)
+
+
+@batches.command("cancel")
+@_admin_options
+def batches_cancel(
+    target: str, config_path: str | None, api_key_env: str | None, ids: tuple[str, ...]
+) -> None:
+    """Cancel running batches (all of the job's, or BATCH_ID...); answers so far are kept.
+
+    The next run of the job downloads what they answered and sends the rest again.
+    """
+
+    async def work(admin: Any, row: dict[str, Any]) -> str:
+        row = await admin.cancel(row)
+        return f"batch {row['batch_id']}: {row['status']}"
+
+    _admin(target, config_path, api_key_env, ids, work)
+
+
+@batches.command("download")
+@_admin_options
+def batches_download(
+    target: str, config_path: str | None, api_key_env: str | None, ids: tuple[str, ...]
+) -> None:
+    """Bring ended batches' answers into the journal now (the next run then has them)."""
+
+    async def work(admin: Any, row: dict[str, Any]) -> str:
+        answers, missing = await admin.download(row)
+        row = admin.journal.batch(row["id"]) or row
+        if row["state"] != "done":
+            return f"batch {row['batch_id']}: {row['status']}, not ended yet"
+        left = f", {missing:,} without an answer (the next run sends them again)" if missing else ""
+        return f"batch {row['batch_id']}: {answers:,} answers imported{left}"
+
+    _admin(target, config_path, api_key_env, ids, work)
 
 
 @main.group()
@@ -441,16 +862,46 @@ def endpoints_check(as_json: bool, **kw: Any) -> None:
     "--malformed-rate", default=0.0, type=click.FloatRange(0, 1), help="Share of broken bodies."
 )
 @click.option("--seed", type=int, help="Seed for reproducible faults and jitter.")
-def sim(host: str, port: int, **settings: Any) -> None:
+@click.option(
+    "--batch-time",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Seconds a batch of the Batch API (/v1/batches) takes to answer.",
+)
+@click.option(
+    "--batch-error-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Share of batch lines answered with a 500.",
+)
+@click.option(
+    "--batch-expire-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Share of batches that expire with half their lines answered.",
+)
+def sim(
+    host: str,
+    port: int,
+    batch_time: float,
+    batch_error_rate: float,
+    batch_expire_rate: float,
+    **settings: Any,
+) -> None:
     """Serve a simulated OpenAI-compatible endpoint (echoes the last user message).
 
     For trying asyncsynth, tests and benchmarks: configurable latency, capacity,
-    rate limits and faults. Stop it with Ctrl-C.
+    rate limits and faults, and the Files + Batches API. Stop it with Ctrl-C.
     """
     from .testing.sim import SimConfig, serve
 
+    batch = {
+        "processing_time": batch_time,
+        "line_error_rate": batch_error_rate,
+        "expire_rate": batch_expire_rate,
+    }
     try:
-        config = SimConfig(**settings)
+        config = SimConfig(**settings, batch=batch)
     except ValueError as exc:
         raise ConfigProblem(str(exc)) from None
 
@@ -512,6 +963,10 @@ async def _showing(display: Progress, job: Callable[[], Awaitable[T]]) -> T:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary table.")
 @progress_options
+@limits_backend_option
+@executor_options
+@budget_options
+@dry_run_options
 def gra(
     config_path: str,
     target: int | None,
@@ -529,14 +984,16 @@ def gra(
 
     Writes OUT/accepted.jsonl, rejected.jsonl, pool.jsonl and report.json, and ends by
     saying why samples were rejected. Exits 1 when the target was not reached, 4 when no
-    endpoint of a role answered within the start-up grace, 130 when interrupted (run the
-    same command to resume).
+    endpoint of a role answered within the start-up grace, 5 when a budget cap was reached,
+    130 when interrupted (run the same command to resume). --dry-run sends nothing and says
+    what a candidate asks; --dry-run --pilot N runs N accepted samples into OUT first (the
+    run goes on from them) and projects their cost to the target.
     """
     from .pipelines.gra import JOURNAL_NAME, GraSettings, explain, run_gra
     from .pipelines.gra.report import describe
 
     try:
-        config = load_config(config_path)
+        config = with_budget(load_config(config_path), kw)
         settings = GraSettings.from_config(config).with_overrides(
             target=target,
             seed=seed,
@@ -548,7 +1005,12 @@ def gra(
         )
     except AsyncsynthError as exc:
         raise ConfigProblem(str(exc)) from None
-    config = with_wait_options(config, kw)
+    config = with_limits_backend(with_wait_options(config, kw), kw)
+    ray = executor_from_options(kw)
+    dry_run, pilot = kw.pop("dry_run"), kw.pop("pilot")
+    if dry_run:
+        _gra_dry_run(config, settings, out_dir, pilot)
+        return
     display = progress_from_options(kw, quiet=quiet, title="gra", describe=describe)
     with display:
         goal = f"target {settings.target:,}" if settings.target else "every seed"
@@ -559,7 +1021,9 @@ def gra(
         result, interrupted = _run_async(
             lambda: _showing(
                 display,
-                lambda: run_gra(config, out_dir, settings=settings, on_event=display.on_event),
+                lambda: run_gra(
+                    config, out_dir, settings=settings, on_event=display.on_event, executor=ray
+                ),
             )
         )
         if result is not None:
@@ -586,6 +1050,24 @@ def gra(
     if not result.target_reached:
         click.echo(f"Target not reached ({result.stopped}); see {result.report_path}", err=True)
         sys.exit(EXIT_FAILED_ROWS)
+
+
+def _gra_dry_run(config: Config, settings: Any, out_dir: str, pilot: int) -> None:
+    """``gra --dry-run``: what one candidate asks; with ``--pilot N``, a run of N accepted
+    samples into OUT (the real run goes on from it) projected to the target."""
+    from .estimate import format_gra_estimate, gra_estimate
+    from .pipelines.gra import run_gra
+
+    if not settings.target:
+        raise ConfigProblem("gra --dry-run needs a target (--target N or gra.target)")
+    report = None
+    if pilot:
+        piloted = settings.with_overrides(target=min(pilot, settings.target))
+        result, interrupted = _run_async(lambda: run_gra(config, out_dir, settings=piloted))
+        if interrupted or result is None:
+            sys.exit(EXIT_INTERRUPTED)
+        report = result.report
+    click.echo(format_gra_estimate(gra_estimate(config, report, settings.target)))
 
 
 def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -629,6 +1111,8 @@ def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
 )
 @click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
 @progress_options
+@limits_backend_option
+@budget_options
 def s3(
     config_path: str,
     out_dir: str,
@@ -646,8 +1130,8 @@ def s3(
     for new examples like each gold example it gets wrong, and repeats for the [s3]
     rounds. Writes datasets, metrics, report.json and report.png to --out; running the
     same command again resumes at the last finished step. Exits 1 when the run cannot go
-    on, 4 when no endpoint of a role answered within the start-up grace, 130 when
-    interrupted.
+    on, 4 when no endpoint of a role answered within the start-up grace, 5 when a budget
+    cap was reached, 130 when interrupted.
     """
     from .pipelines.errors import PipelineError
     from .pipelines.s3 import load_s3_settings, run_s3, s3_settings
@@ -656,7 +1140,7 @@ def s3(
     from .progress import summary
 
     try:
-        config = load_config(config_path)
+        config = with_budget(load_config(config_path), kw)
         settings = load_s3_settings(config)
         if baseline is not None:  # re-validated: a baseline changes other settings
             table = {**config.sections["s3"], "baseline": baseline}
@@ -672,7 +1156,7 @@ def s3(
             CommitteeSettings.for_review(config, writer=settings.llm)
         except AsyncsynthError as exc:
             raise ConfigProblem(str(exc)) from None
-    config = with_wait_options(config, kw)
+    config = with_limits_backend(with_wait_options(config, kw), kw)
     display = progress_from_options(kw, quiet=quiet, title="s3", describe=describe)
 
     async def go() -> Any:

@@ -16,9 +16,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .distributed.backends import check_backend_url
+from .engine.batch import BatchSettings, check_batch
+from .engine.cost import Price, check_price
 from .engine.errors import ConfigError
 from .engine.retry import (
     DEFAULT_DEADLINE,
+    DEFAULT_FAIL_FAST,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_STARTUP_GRACE,
     DEFAULT_TIMEOUT,
@@ -192,7 +196,8 @@ class EndpointConfig:
     """Name of the environment variable holding the API key (the key itself never appears
     in config, output, logs or errors)."""
     max_concurrency: int | None = None
-    """Requests in flight at most; unset, it is learnt (adaptive, up to 1024; local: 2)."""
+    """The ceiling on requests in flight: adaptation finds the level under it (unset: 1024;
+    local: 2); with ``adaptive = false``, exactly this many."""
     adaptive: bool = True
     """Adapt concurrency to 429s, 503s, timeouts and latency; ``false`` fixes it at
     ``max_concurrency``."""
@@ -210,6 +215,21 @@ class EndpointConfig:
     params: Mapping[str, Any] = field(default_factory=dict)
     """Request parameters for this endpoint (``[endpoints.NAME.params]``, see
     ``[defaults]``); they win over ``[defaults]``."""
+    budget_key: str | None = None
+    """The name its limits are shared under (with ``[engine] limits_backend``); by default
+    made from its base URL, model and a hash of its key (never the key), e.g. to share one
+    budget between two URLs of one account."""
+    price: Price | None = None
+    """``{ input, output, cached_input, batch }``: USD per million tokens (``cached_input``:
+    prompt tokens served from the provider's prompt cache; ``batch``: the multiplier for
+    Batch API answers); unset: cost unknown, never guessed."""
+    max_cost: float | None = None
+    """This endpoint's cap in USD (the job's earlier runs included): exit 5 when reached."""
+    max_tokens_total: int | None = None
+    """This endpoint's cap in tokens, prompt and completion (earlier runs included)."""
+    batch: BatchSettings | None = None
+    """``true``, or a table (``[endpoints.NAME.batch]``): answer through the Batch API
+    (``/v1/files`` + ``/v1/batches``); unset: online only."""
 
     def api_key(self) -> str | None:
         """The key, read from the environment at use; it is never stored in config."""
@@ -232,7 +252,8 @@ class EndpointConfig:
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    """The ``[engine]`` table: retries, deadlines, the journal, the start-up grace."""
+    """The ``[engine]`` table: retries, deadlines, the journal, fail-fast, the start-up grace,
+    shared limits and the job's budgets."""
 
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     """Attempts per request, the first included."""
@@ -244,9 +265,36 @@ class EngineSettings:
     """Longest backoff between two attempts, in seconds."""
     journal: bool = True
     """Keep the resume journal next to the output (every answer, for resume and cache)."""
+    fail_fast: int = DEFAULT_FAIL_FAST
+    """Answers in a row (401, 403, 404, the same 400 or 422) that take an endpoint out for
+    the run (exit 3 when a role has none left); ``--fail-fast N``; 0: never."""
     startup_grace: float | None = DEFAULT_STARTUP_GRACE
     """Seconds a role may go without any endpoint answering before the job stops;
     ``None`` waits up to the request ``deadline``."""
+    limits_backend: str | None = None
+    """``redis://HOST:PORT/DB``: every process naming an endpoint's key shares its rpm, tpm
+    and max_concurrency through that server (see :mod:`asyncsynth.distributed`)."""
+    max_cost: float | None = None
+    """USD the whole job (earlier runs of its journal included) may spend at most: exit 5
+    when reached (``--max-cost``)."""
+    max_tokens_total: int | None = None
+    """Tokens, prompt and completion, the whole job may use at most (earlier runs
+    included): exit 5 when reached."""
+
+
+DEFAULT_MAX_N = 10_000
+"""The most samples (``"n"``) one input line may ask for."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputSettings:
+    """Checks on input files (``[input]``)."""
+
+    max_n: int = DEFAULT_MAX_N
+    """The most samples (``"n"``) one input line may ask for (``--max-n``)."""
+    allow_duplicate_ids: bool = False
+    """Duplicate ``id``s make output rows that cannot be told apart: refused unless allowed
+    (``--allow-duplicate-ids``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +308,8 @@ class Config:
     """``[roles]``: ``ROLE = ["endpoint", ...]``, the endpoints serving a role (a fleet)."""
     engine: EngineSettings = EngineSettings()
     """``[engine]``: see :class:`EngineSettings`."""
+    input: InputSettings = InputSettings()
+    """``[input]``: checks on input files, see :class:`InputSettings`."""
     defaults: Mapping[str, Any] = field(default_factory=dict)
     """``[defaults]``: request parameters for every endpoint (an endpoint's own win)."""
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -327,6 +377,11 @@ _ENDPOINT_SPEC: dict[str, Check] = {
     "transport": _string(choices=TRANSPORTS),
     "n_ctx": POSITIVE_INT,
     "params": check_params,
+    "budget_key": STRING,
+    "price": check_price,
+    "max_cost": NON_NEGATIVE,
+    "max_tokens_total": POSITIVE_INT,
+    "batch": check_batch,
 }
 
 _ENGINE_SPEC: dict[str, Check] = {
@@ -335,8 +390,14 @@ _ENGINE_SPEC: dict[str, Check] = {
     "backoff_base": NON_NEGATIVE,
     "backoff_max": NON_NEGATIVE,
     "journal": BOOLEAN,
+    "fail_fast": _number(integer=True),
     "startup_grace": POSITIVE,
+    "limits_backend": lambda value, where: check_backend_url(STRING(value, where), where),
+    "max_cost": NON_NEGATIVE,
+    "max_tokens_total": POSITIVE_INT,
 }
+
+_INPUT_SPEC: dict[str, Check] = {"max_n": POSITIVE_INT, "allow_duplicate_ids": BOOLEAN}
 
 PIPELINE_SECTIONS = ("gra", "s3")
 
@@ -344,6 +405,7 @@ _TOP_SPEC: dict[str, Check] = {
     "endpoints": TABLE,
     "roles": TABLE,
     "engine": TABLE,
+    "input": TABLE,
     "defaults": check_params,
     **{section: TABLE for section in PIPELINE_SECTIONS},
 }
@@ -382,12 +444,14 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> Confi
                 if member not in endpoints:
                     raise _fail(f"roles.{role}", f"names unknown endpoint {member!r}")
         engine = EngineSettings(**check_table(values.get("engine", {}), _ENGINE_SPEC, "engine"))
+        inputs = InputSettings(**check_table(values.get("input", {}), _INPUT_SPEC, "input"))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return Config(
         endpoints=endpoints,
         roles=roles,
         engine=engine,
+        input=inputs,
         defaults=values.get("defaults", {}),
         sections={s: values[s] for s in PIPELINE_SECTIONS if s in values},
         source=source,

@@ -8,25 +8,41 @@ Input rows are read lazily, one line at a time. Three shapes are accepted:
 
 Optional fields: ``"id"`` (kept; ``line-<N>`` is made where missing), ``"params"``
 (request params for this row), ``"n"`` (that many samples, each a request and a row,
-with ``"sample"`` = 0..n-1). A bad line becomes an :class:`InputError` naming the
-file and line; it is reported and the other lines go on.
+with ``"sample"`` = 0..n-1, at most ``max_n``). A bad line becomes an
+:class:`InputError` naming the file and line; it is reported and the other lines go
+on. Bad lines include: not UTF-8, not JSON, a message role other than system,
+developer, user, assistant or tool, an ``n`` above ``max_n``, and an id that an
+earlier line already had (output rows could not be told apart; allowed on request).
 """
 
 from __future__ import annotations
 
 import codecs
 import os
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
-from .config import PARAM_KEYS, ConfigError, check_params
+from .config import DEFAULT_MAX_N, PARAM_KEYS, ConfigError, check_params
 from .engine import InputError, Request, Result
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-_RESERVED = ("completion", "finish_reason", "usage", "model", "latency_s", "attempts", "error")
+_RESERVED = (
+    "completion",
+    "finish_reason",
+    "usage",
+    "model",
+    "latency_s",
+    "attempts",
+    "error",
+    "cost_usd",
+    "first_cost_usd",
+)
+ROLES = ("system", "developer", "user", "assistant", "tool")
+_ROLES = frozenset(ROLES)
 
 
 def _messages(value: Any, where: str) -> list[dict[str, Any]]:
@@ -35,11 +51,15 @@ def _messages(value: Any, where: str) -> list[dict[str, Any]]:
     for i, message in enumerate(value):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise ValueError(f"{where}[{i}] must be an object with 'role' and 'content'")
+        if message["role"] not in _ROLES:
+            raise ValueError(
+                f"{where}[{i}]: role {message['role']!r} is not one of {', '.join(ROLES)}"
+            )
     return value
 
 
-def parse_row(row: Any, line: int) -> list[Request]:
-    """The requests one input row asks for (several when ``n`` > 1)."""
+def parse_row(row: Any, line: int, *, max_n: int = DEFAULT_MAX_N) -> list[Request]:
+    """The requests one input row asks for (several when ``n`` > 1, at most ``max_n``)."""
     if not isinstance(row, dict):
         raise ValueError("a line must be a JSON object")
     params: dict[str, Any] = {}
@@ -77,15 +97,23 @@ def parse_row(row: Any, line: int) -> list[Request]:
         n = row.get("n", 1)
         ident = str(row["id"]) if "id" in row else f"line-{line}"
         meta["id"] = ident
-    try:
-        params = check_params(params, "params")
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
+    if params:
+        try:
+            params = check_params(params, "params")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    elif not isinstance(params, dict):
+        raise ValueError(f"params: expected a table, got {params!r}")
     for key in _RESERVED:
         if key in meta:
             raise ValueError(f"field {key!r} is reserved for the output")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"'n' must be a positive integer, got {n!r}")
+    if n > max_n:
+        raise ValueError(
+            f"'n' = {n:,} asks for more samples than the maximum of {max_n:,} a line "
+            "([input] max_n, --max-n)"
+        )
     first = int(row.get("sample", 0)) if n == 1 else 0
     return [
         Request(messages=messages, params=params, id=ident, meta=meta, sample=first + s)
@@ -101,21 +129,123 @@ def _lines(f: IO[bytes]) -> Iterator[bytes]:
     yield from f
 
 
+class SeenIds:
+    """The ids met so far and the line of each, in bounded memory per id.
+
+    An open-addressing table of 64-bit hashes and line numbers (12 bytes a slot, at most
+    two thirds full: 18-36 bytes an id, about 30 MB for a million ids); the ids
+    themselves are not kept. Two different ids share a hash with odds of about
+    n² / 2^65 (1 in 30 million for a million ids), which would report a false duplicate.
+    """
+
+    __slots__ = ("_count", "_hashes", "_lines", "_mask")
+
+    def __init__(self, slots: int = 1024) -> None:
+        self._hashes = array("q", bytes(8 * slots))
+        self._lines = array("I", bytes(4 * slots))
+        self._mask = slots - 1
+        self._count = 0
+
+    def add(self, ident: str, line: int) -> int | None:
+        """Note ``ident`` on ``line``; the line it was first met on, if it was."""
+        key = hash(ident) or 1  # 0 marks a free slot
+        hashes, mask = self._hashes, self._mask
+        slot = key & mask
+        while (found := hashes[slot]) != 0:
+            if found == key:
+                return self._lines[slot]
+            slot = (slot + 1) & mask
+        hashes[slot] = key
+        self._lines[slot] = line
+        self._count += 1
+        if 3 * self._count > 2 * mask:
+            self._grow()
+        return None
+
+    def _grow(self) -> None:
+        old = zip(self._hashes, self._lines, strict=True)
+        size = 2 * (self._mask + 1)
+        self._hashes = hashes = array("q", bytes(8 * size))
+        self._lines = lines = array("I", bytes(4 * size))
+        self._mask = mask = size - 1
+        for key, line in old:
+            if key:
+                slot = key & mask
+                while hashes[slot]:
+                    slot = (slot + 1) & mask
+                hashes[slot] = key
+                lines[slot] = line
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def _undecodable(line: bytes) -> str | None:
+    """Why ``line`` is not UTF-8, or None if it is."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8: byte 0x{line[exc.start]:02x} at byte {exc.start + 1} ({exc.reason})"
+    return None
+
+
 def read_requests(
-    path: str | os.PathLike[str], on_error: Callable[[InputError, bytes], None]
+    path: str | os.PathLike[str],
+    on_error: Callable[[InputError, bytes], None],
+    *,
+    max_n: int = DEFAULT_MAX_N,
+    allow_duplicate_ids: bool = False,
+    span: Span | None = None,
 ) -> Iterator[Request]:
-    """Requests from a JSONL file, lazily; bad lines go to ``on_error`` and are skipped."""
+    """Requests from a JSONL file, lazily; bad lines go to ``on_error`` and are skipped.
+
+    A line whose id an earlier line had is bad too, unless ``allow_duplicate_ids``.
+    ``span``: only the lines from byte ``span.start`` to ``span.end`` (a shard of the
+    file, cut at line starts), numbered from ``span.first_line``; ids are checked within it.
+    """
     source = os.fspath(path)
+    seen = None if allow_duplicate_ids else SeenIds()
     with open(source, "rb") as f:
-        for line_no, line in enumerate(_lines(f), 1):
+        for line_no, line in _numbered_lines(f, span):
             if not line.strip():
                 continue
             try:
-                yield from parse_row(orjson.loads(line), line_no)
+                requests = parse_row(orjson.loads(line), line_no, max_n=max_n)
+                if seen is not None and (first := seen.add(requests[0].id or "", line_no)):
+                    raise ValueError(
+                        f"duplicate id {requests[0].id!r}: line {first} has it too, and output "
+                        "rows could not be told apart (--allow-duplicate-ids sends it anyway)"
+                    )
             except orjson.JSONDecodeError as exc:
-                on_error(InputError(f"not valid JSON ({exc})", source=source, line=line_no), line)
+                reason = _undecodable(line) or f"not valid JSON ({exc})"
+                on_error(InputError(reason, source=source, line=line_no), line)
             except ValueError as exc:
                 on_error(InputError(str(exc), source=source, line=line_no), line)
+            else:
+                yield from requests
+
+
+class Span(Protocol):
+    """A run of whole lines of a file (see :class:`asyncsynth.distributed.shards.Span`)."""
+
+    start: int
+    end: int
+    first_line: int
+    lines: int
+
+
+def _numbered_lines(f: IO[bytes], span: Span | None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of the whole file, or of ``span`` of it."""
+    if span is None or (span.start == 0 and span.end >= os.fstat(f.fileno()).st_size):
+        yield from enumerate(_lines(f), 1)
+        return
+    f.seek(span.start)
+    left = span.end - span.start
+    for line_no, line in enumerate(f, span.first_line):
+        if left <= 0:
+            return
+        left -= len(line)
+        yield line_no, line.removeprefix(codecs.BOM_UTF8) if line_no == 1 else line
 
 
 def count_lines(path: str | os.PathLike[str]) -> int:
@@ -148,8 +278,12 @@ def output_row(result: Result) -> dict[str, Any]:
     row["model"] = result.model
     row["latency_s"] = round(result.latency_s, 4)
     row["attempts"] = result.attempts
+    row["cost_usd"] = result.cost  # None: the endpoint has no price
+    if result.batch:
+        row["batch"] = True
     if result.cached:
         row["cached"] = True
+        row["first_cost_usd"] = result.first_cost
     return row
 
 

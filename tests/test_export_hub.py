@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 from click.testing import CliRunner
 from sample_runs import HAS_STUDENT, make_gra_run, make_run_output, make_s3_run, read_rows
@@ -413,3 +415,33 @@ def test_cli_pushes_with_the_environment_token(
     monkeypatch.delenv("HF_TOKEN")
     missing = runner.invoke(main, ["export", str(gra), "--push-to-hub", "me/cli"])
     assert missing.exit_code == 1 and "no Hugging Face token" in missing.output
+
+
+def test_cards_give_what_runs_cost(gra: Path, run_output: Path, tmp_path: Path) -> None:
+    """Rows' ``cost_usd`` and reports' ``cost`` reach the card: in all, per accepted sample,
+    by stage and by model."""
+    priced_run = tmp_path / "run" / run_output.name
+    shutil.copytree(run_output.parent, priced_run.parent)
+    rows = read_rows(run_output)
+    for i, row in enumerate(rows):
+        row["cost_usd"] = 0.001 * (i + 1)
+    priced_run.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    hub_folder(priced_run, tmp_path / "hub-run")
+    _, body = card_of(tmp_path / "hub-run")
+    assert f"cost ${sum(r['cost_usd'] for r in rows):,.4f}." in body
+
+    priced_gra = tmp_path / "gra"
+    shutil.copytree(gra, priced_gra)
+    report = json.loads((gra / "report.json").read_text())
+    report["cost"] = {
+        "total_usd": 1.5,
+        "per_accepted_usd": 0.25,
+        "by_stage": {"annotate": 0.1, "generate": 0.6, "review": 0.7, "summarize": 0.1},
+        "by_model": {"a": 1.0, "b": 0.5},
+    }
+    (priced_gra / "report.json").write_text(json.dumps(report))
+    hub_folder(priced_gra, tmp_path / "hub-gra")
+    _, body = card_of(tmp_path / "hub-gra")
+    assert "cost $1.5000." in body and "$0.250000 per accepted sample." in body
+    assert "| generate |" in body and "| 0.6 |" in body
+    assert "| a | 1 |" in body and "| b | 0.5 |" in body

@@ -10,7 +10,9 @@ import pytest
 
 from asyncsynth.engine import InputError, RateLimited, Request, Result
 from asyncsynth.io import (
+    ROLES,
     JsonlWriter,
+    SeenIds,
     count_lines,
     error_row,
     output_row,
@@ -87,6 +89,15 @@ def test_single_sample_rows_carry_no_sample_field() -> None:
         ({"prompt": "hi", "params": {"temprature": 1}}, "params.temprature: unknown key"),
         ({"prompt": "hi", "params": 3}, "params: expected a table"),
         ({"prompt": "hi", "n": 0}, "'n' must be a positive integer"),
+        ({"prompt": "hi", "n": 10_001}, "'n' = 10,001 asks for more samples than the maximum"),
+        (
+            {"messages": [{"role": "human", "content": "x"}]},
+            "'messages'\\[0\\]: role 'human' is not one of system, developer, user, assistant",
+        ),
+        (
+            {"custom_id": "c", "body": {"messages": [{"role": "function", "content": "x"}]}},
+            "body.messages\\[0\\]: role 'function' is not one of",
+        ),
         ({"prompt": "hi", "completion": "x"}, "'completion' is reserved"),
         ({"custom_id": "c", "body": "x"}, "'body' must be an object"),
     ],
@@ -141,6 +152,7 @@ def test_output_and_error_rows() -> None:
         "model": "m",
         "latency_s": 0.1235,
         "attempts": 2,
+        "cost_usd": None,
     }
     failed = Result(
         request,
@@ -205,3 +217,82 @@ def test_batch_body_keys_asyncsynth_does_not_model_pass_through_as_extra_body() 
         "temperature": 0.2,
         "extra_body": {"max_completion_tokens": 20, "user": "u-1"},
     }
+
+
+def test_every_chat_role_is_accepted() -> None:
+    messages = [{"role": role, "content": "x"} for role in ROLES]
+    assert parse_row({"messages": messages}, 1)[0].messages == messages
+
+
+def test_the_largest_n_is_configurable() -> None:
+    assert len(parse_row({"prompt": "hi", "n": 3}, 1, max_n=3)) == 3
+    with pytest.raises(ValueError, match="maximum of 2 a line"):
+        parse_row({"prompt": "hi", "n": 3}, 1, max_n=2)
+
+
+def _read(path: Path, **options: Any) -> tuple[list[Request], list[InputError]]:
+    bad: list[InputError] = []
+    requests = list(read_requests(path, lambda error, raw: bad.append(error), **options))
+    return requests, bad
+
+
+def test_duplicate_ids_are_refused_with_both_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    rows = [
+        {"prompt": "a", "id": "q1"},
+        {"prompt": "b", "id": "q2"},
+        {"prompt": "c", "id": "q1"},  # the same id: rows could not be told apart
+        {"prompt": "d"},  # line-4
+        {"prompt": "e", "id": "line-4"},  # the id made for line 4
+        {"custom_id": "q2", "body": {"messages": USER}},  # Batch lines share the ids
+        {"prompt": "f", "id": "q3", "n": 2},  # samples of one line are not duplicates
+    ]
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    requests, bad = _read(path)
+    assert [(r.id, r.sample) for r in requests] == [
+        ("q1", 0),
+        ("q2", 0),
+        ("line-4", 0),
+        ("q3", 0),
+        ("q3", 1),
+    ]
+    assert [(e.line, str(e).split(": ", 1)[1]) for e in bad] == [
+        (
+            3,
+            "duplicate id 'q1': line 1 has it too, and output rows could not be told apart "
+            "(--allow-duplicate-ids sends it anyway)",
+        ),
+        (
+            5,
+            "duplicate id 'line-4': line 4 has it too, and output rows could not be told apart "
+            "(--allow-duplicate-ids sends it anyway)",
+        ),
+        (
+            6,
+            "duplicate id 'q2': line 2 has it too, and output rows could not be told apart "
+            "(--allow-duplicate-ids sends it anyway)",
+        ),
+    ]
+    allowed, none = _read(path, allow_duplicate_ids=True)
+    assert none == [] and len(allowed) == 8
+
+
+def test_seen_ids_stay_compact_and_exact_over_many_ids() -> None:
+    seen = SeenIds()
+    for i in range(50_000):
+        assert seen.add(f"id-{i}", i + 1) is None
+    assert len(seen) == 50_000
+    assert seen.add("id-123", 99_999) == 124  # found after the table grew many times
+    assert seen.add("id-49999", 1) == 50_000
+    table_bytes = len(seen._hashes) * 8 + len(seen._lines) * 4
+    assert table_bytes <= 36 * 50_000  # a few dozen bytes an id, the ids not kept
+
+
+def test_a_line_that_is_not_utf8_is_reported_with_its_number(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n{"prompt": "also fine"}\n')
+    requests, bad = _read(path)
+    assert [r.messages[0]["content"] for r in requests] == ["fine", "also fine"]
+    [error] = bad
+    assert error.line == 2
+    assert str(error) == f"{path}:2: not UTF-8: byte 0xe9 at byte 16 (invalid continuation byte)"

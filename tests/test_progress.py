@@ -577,8 +577,15 @@ def test_the_summary_table_has_a_cost_column_only_when_costs_are_known() -> None
         "900ms",
     ]
     assert sentence == "1,200 requests in 01:15 (16.0 req/s), 0 failed, 10 from the journal"
-    costly = format_summary({**data, "cost": 0.5, "endpoints": [{**ep, "cost": 0.5}]})
-    assert "cost" in costly.splitlines()[0] and "$0.5000" in costly
+    cost = {
+        "spent_usd": 0.5, "batch_usd": 0.0, "unknown_answers": 0, "before_usd": 0.0,
+        "projected_usd": None, "cached": {"answers": 10, "first_usd": 0.02, "unknown": 0},
+    }  # fmt: skip
+    costly = format_summary({**data, "cost": cost, "endpoints": [{**ep, "cost": 0.5}]})
+    assert "cost" in costly.splitlines()[0] and "$0.50" in costly.splitlines()[2]
+    assert costly.splitlines()[-1] == (
+        "cost: $0.50 spent; cached: 10 answers, $0 now, $0.02 when first made"
+    )
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,7 @@ async def test_retried_statuses(
     assert sim.stats.requests == 2
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+@pytest.mark.parametrize("status", [400, 413, 422])
 async def test_client_errors_are_not_retried(
     status: int, sim: SimServer, config_for: Callable[..., Config]
 ) -> None:
@@ -182,6 +182,22 @@ async def test_client_errors_are_not_retried(
     assert sim.stats.requests == 1
     with pytest.raises(ClientError):
         result.text()
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_an_answer_about_the_endpoint_is_asked_again_at_once(
+    status: int, sim: SimServer, config_for: Callable[..., Config]
+) -> None:
+    """A 401, 403 or 404 speaks of the key or model, not the request: until the endpoint is
+    taken out for it (``fail_fast`` in a row), the request is sent again, without waiting."""
+    sim.config.reply, arrivals = scripted(Reply(status=status, content="not for you"))
+    result = await one(config_for(sim.url, engine={"backoff_base": 5.0}))
+    assert result.ok and result.attempts == 2
+    assert arrivals[1] - arrivals[0] < 1.0  # no backoff: 5 s at the least otherwise
+
+    sim.config.reply = lambda body, ctx: Reply(status=status, content="not for you")
+    result = await one(config_for(sim.url, engine={"fail_fast": 0}))
+    assert isinstance(result.error, ClientError) and result.attempts == 1  # fail_fast off
 
 
 async def test_attempts_are_bounded(sim: SimServer, config_for: Callable[..., Config]) -> None:
@@ -263,19 +279,29 @@ async def test_ratelimit_reset_header_is_honoured(
     assert arrivals[1] - arrivals[0] >= 0.3
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "headers"),
+    [
+        ({"max_concurrency": 4, "adaptive": False}, {}),  # a fixed limit: nothing else slows it
+        ({"max_concurrency": 4}, {"x-ratelimit-reset-requests": "1s"}),  # a spent quota
+    ],
+)
 async def test_a_429_pauses_the_whole_endpoint(
-    sim: SimServer, config_for: Callable[..., Config]
+    endpoint: dict[str, Any],
+    headers: dict[str, str],
+    sim: SimServer,
+    config_for: Callable[..., Config],
 ) -> None:
     arrivals: list[tuple[int, float]] = []
 
     def hook(body: dict[str, Any], ctx: ReplyContext) -> Reply:
         arrivals.append((ctx.n, time.monotonic()))
         if ctx.n == 1:
-            return Reply(status=429, headers={"Retry-After": "1"})
+            return Reply(status=429, headers={"Retry-After": "1", **headers})
         return Reply(delay=0.05)
 
     sim.config.reply = hook
-    config = config_for(sim.url, max_concurrency=4)
+    config = config_for(sim.url, **endpoint)
     async with Engine(config) as engine:
         results = [r async for r in engine.map(Request.from_prompt(f"p{i}") for i in range(12))]
     assert all(r.ok for r in results)

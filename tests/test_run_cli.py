@@ -331,7 +331,7 @@ def test_api_key_never_leaks_and_a_missing_one_exits_2(
     source = write_lines(tmp_path / "in.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
     out, stats = tmp_path / "out.jsonl", tmp_path / "stats.json"
     common = ["run", source, "-o", out, *flags(sim), "--concurrency", "1", "--stats-json", stats]
-    result = invoke(*common, "--api-key-env", "ASYNCSYNTH_CLI_KEY")
+    result = invoke(*common, "--api-key-env", "ASYNCSYNTH_CLI_KEY", "--fail-fast", "0")
     assert result.exit_code == 1
     written = b"".join(
         p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".sqlite"
@@ -355,3 +355,30 @@ def test_output_never_overwrites_the_input(sim: SimServer, tmp_path: Path) -> No
     assert result.exit_code == 2
     assert "would overwrite the input" in result.stderr
     assert source.read_bytes() == before
+
+
+def test_a_wrong_key_stops_the_run_with_exit_3_and_a_rerun_resumes(
+    sim_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail-fast from the CLI: a few requests, one message, no error row for what was never
+    sent, exit 3; with the key fixed the same command resumes from the journal."""
+    sim = sim_factory(api_key="sk-right")
+    source = write_lines(
+        tmp_path / "in.jsonl", [{"id": str(i), "prompt": f"p{i}"} for i in range(500)]
+    )
+    out = tmp_path / "out.jsonl"
+    common = ["run", source, "-o", out, *flags(sim), "--api-key-env", "ASYNCSYNTH_CLI_KEY"]
+    monkeypatch.setenv("ASYNCSYNTH_CLI_KEY", "sk-wrong")
+    stopped = invoke(*common)
+    assert stopped.exit_code == 3, stopped.output
+    assert "HTTP 401 invalid_api_key on 3 requests in a row" in stopped.stderr
+    assert "check ASYNCSYNTH_CLI_KEY" in stopped.stderr
+    assert "run the same command again to resume" in stopped.stderr
+    assert sim.stats.requests < 50
+    errors = out.with_name("out.errors.jsonl")
+    assert not errors.exists() or read_rows(errors) == []
+
+    monkeypatch.setenv("ASYNCSYNTH_CLI_KEY", "sk-right")
+    done = invoke(*common)
+    assert done.exit_code == 0, done.output
+    assert sorted(r["id"] for r in read_rows(out)) == sorted(str(i) for i in range(500))

@@ -385,7 +385,8 @@ def sentiment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         pytest.skip("needs the [student] extra")
     folder = tmp_path_factory.mktemp("s3-sentiment")
     with SimServer(reply=sentiment_reply, record=True) as sim:
-        config = make_config(sim.url, sentiment_s3(folder))
+        price = {"input": 1.0, "output": 2.0}  # USD per million tokens: the report's cost per step
+        config = make_config(sim.url, sentiment_s3(folder), price=price)
         events = Events()
         report = run(config, folder / "out", on_event=events)
         yield {
@@ -647,6 +648,22 @@ def test_every_shipped_prompt_set_loads_and_a_bad_user_prompt_is_refused(tmp_pat
 
 
 @needs_student
+def test_the_report_gives_the_cost_of_each_step(sentiment: dict[str, Any]) -> None:
+    report = sentiment["report"]
+    cost = report["cost"]
+    assert {"rationales", "seed", "round_1/extrapolate"} <= set(cost["steps"])
+    assert all(c > 0 for c in cost["steps"].values())
+    assert cost["total_usd"] == pytest.approx(sum(cost["steps"].values()))
+    tokens = report["requests"]
+    assert cost["total_usd"] == pytest.approx(
+        (tokens["tokens_in"] * 1.0 + tokens["tokens_out"] * 2.0) / 1e6
+    )
+    from asyncsynth.engine.cost import usd
+    from asyncsynth.pipelines.s3.report import format_report
+
+    assert f"cost {usd(cost['total_usd'])} (rationales " in format_report(report)
+
+
 def test_seed_is_written_from_rationales(sentiment: dict[str, Any]) -> None:
     out = sentiment["out"]
     rationales = json.loads((out / "rationales.json").read_text())

@@ -250,6 +250,98 @@ def test_tpm_limit(sim_factory: SimFactory) -> None:
     assert re.fullmatch(r"1[01](\.\d+)?s", limited.headers["x-ratelimit-reset-tokens"])
 
 
+def test_capacity_can_answer_503_instead(sim_factory: SimFactory) -> None:
+    server = sim_factory(capacity=1, latency=60.0, overload_status=503)
+    with _connect(server) as held:
+        held.sendall(_raw_chat("held"))
+        server.wait_for_requests(1)
+        response = _post(server, _chat())
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "server_overloaded"
+
+
+def test_queueing_capacity_delays_instead_of_refusing(sim_factory: SimFactory) -> None:
+    """Two slots of 0.2 s and six requests at once: three waves, no error (vLLM's way)."""
+    server = sim_factory(capacity=2, latency=0.2, queue=True)
+
+    async def main() -> list[tuple[int, float]]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one(i: int) -> tuple[int, float]:
+                start = time.monotonic()
+                async with session.post(f"{server.url}/chat/completions", json=_chat()) as r:
+                    await r.read()
+                    return r.status, time.monotonic() - start
+
+            return await asyncio.gather(*(one(i) for i in range(6)))
+
+    answers = asyncio.run(main())
+    assert [status for status, _ in answers] == [200] * 6
+    latencies = sorted(latency for _, latency in answers)
+    assert latencies[-1] >= 0.55  # the third wave waited for two before it
+    assert server.stats.max_queue_wait >= 0.35
+    assert server.stats.max_in_flight == 6
+
+
+@pytest.mark.parametrize("kind", ["sliding", "fixed"])
+def test_strict_windows_count_every_request_of_the_window(
+    kind: str, sim_factory: SimFactory
+) -> None:
+    server = sim_factory(rpm=3, rate_window=kind, window=0.6)
+    statuses = [_post(server, _chat()).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    time.sleep(0.65)  # the window has moved on (this is the sim's own clock, not a sync)
+    assert _post(server, _chat()).status_code == 200
+
+
+def test_sliding_window_refuses_until_the_oldest_request_leaves(sim_factory: SimFactory) -> None:
+    server = sim_factory(rpm=2, rate_window="sliding", window=30.0)
+    assert [_post(server, _chat()).status_code for _ in range(2)] == [200, 200]
+    limited = _post(server, _chat())
+    assert limited.status_code == 429
+    assert 29 <= int(limited.headers["retry-after"]) <= 30
+
+
+def test_ratelimit_headers_and_spent_budget(sim_factory: SimFactory) -> None:
+    server = sim_factory(rpm=100, tpm=10_000, rate_window="sliding", ratelimit_headers=True)
+    first = _post(server, _chat("abcd", max_tokens=10))  # 1 prompt token + 10
+    assert first.headers["x-ratelimit-limit-requests"] == "100"
+    assert first.headers["x-ratelimit-remaining-requests"] == "99"
+    assert first.headers["x-ratelimit-limit-tokens"] == "10000"
+    assert first.headers["x-ratelimit-remaining-tokens"] == "9989"
+    assert first.headers["x-ratelimit-reset-requests"] in ("59.999s", "1m0s")  # all back in 60 s
+    server.spend(requests=90)  # another client on the same key
+    second = _post(server, _chat())
+    assert second.headers["x-ratelimit-remaining-requests"] == "8"
+
+
+def test_api_key_and_strict_model(sim_factory: SimFactory) -> None:
+    server = sim_factory(api_key="sk-right", strict_model=True, model="m")
+    url = f"{server.url}/chat/completions"
+    wrong = httpx.post(url, json=_chat(), headers={"Authorization": "Bearer sk-wrong"})
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.post(url, json=_chat()).status_code == 401
+    right = {"Authorization": "Bearer sk-right"}
+    unknown = httpx.post(url, json=_chat(), headers=right)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["message"] == "The model `test-model` does not exist."
+    ok = httpx.post(url, json={**_chat(), "model": "m"}, headers=right)
+    assert ok.status_code == 200
+
+
+def test_tokenize_route(sim_factory: SimFactory) -> None:
+    server = sim_factory(tokenize=True)
+    root = server.url.removesuffix("/v1")
+    messages = [{"role": "user", "content": "x" * 40}]
+    answer = httpx.post(f"{root}/tokenize", json={"model": "m", "messages": messages}).json()
+    assert answer["count"] == 10 and len(answer["tokens"]) == 10
+    assert httpx.post(f"{root}/tokenize", json={"prompt": "abcdefgh"}).json()["count"] == 2
+    assert server.stats.tokenize_requests == 2
+    plain = sim_factory()
+    assert httpx.post(f"{plain.url.removesuffix('/v1')}/tokenize", json={}).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [

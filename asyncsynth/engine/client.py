@@ -7,6 +7,13 @@ are provided, chosen per endpoint with ``transport = "..."``:
 - ``aiohttp`` (default): the fastest measured here (see ``benchmarks/overhead.py``);
 - ``httpx``: plain httpx, for environments that standardise on it;
 - ``openai``: the official SDK (``max_retries=0``), for providers it special-cases.
+
+The contract (:class:`Transport`): ``chat(body, timeout)`` returns a :class:`Completion`
+(with the response's ``x-ratelimit-*`` headers in ``rate`` when it had any) or raises a
+:class:`~asyncsynth.engine.errors.RequestError`; ``models(timeout)`` lists the served
+models; ``aclose()``. Optionally ``post_root(path, body, timeout)`` POSTs to a path of
+the server's root (``base_url`` without ``/v1``), for tokenizer routes
+(:mod:`asyncsynth.engine.tokens`); a transport without it gets estimated token counts.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from .errors import (
     ServerError,
     StatusError,
 )
+from .limits import RATE_HEADER_NAMES, RateHeaders
 
 _T = TypeVar("_T")
 
@@ -40,6 +48,12 @@ class Completion:
     finish_reason: str | None
     usage: dict[str, int]
     model: str | None
+    cost: float | None = None
+    """USD it cost when it was made (None: the price is unknown)."""
+    batch: bool = False
+    """Answered through the Batch API."""
+    rate: RateHeaders | None = None
+    """What the response's ``x-ratelimit-*`` headers said, if it had any (never journaled)."""
 
 
 class Transport(Protocol):
@@ -52,7 +66,7 @@ class Transport(Protocol):
 
 def status_error(status: int, text: bytes | str, headers: Any, endpoint: str) -> StatusError:
     """The right :class:`StatusError` for an HTTP error answer, with the server's message."""
-    message = _error_message(text) or f"HTTP {status}"
+    message, code = _error_message(text)
     headers = {k.lower(): v for k, v in dict(headers or {}).items()}
     cls: type[StatusError]
     if status == 429:
@@ -61,38 +75,64 @@ def status_error(status: int, text: bytes | str, headers: Any, endpoint: str) ->
         cls = ServerError
     else:
         cls = ClientError
-    return cls(f"HTTP {status}: {message}", status=status, headers=headers, endpoint=endpoint)
+    return cls(
+        f"HTTP {status}: {message}" if message else f"HTTP {status}",
+        status=status,
+        headers=headers,
+        endpoint=endpoint,
+        code=code,
+    )
 
 
-def _error_message(text: bytes | str) -> str:
+def _error_message(text: bytes | str) -> tuple[str, str | None]:
+    """The server's message and error code, from an OpenAI-style (or any) error body."""
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
         raw = text.decode(errors="replace") if isinstance(text, bytes) else text
-        return raw.strip()[:300]
+        return raw.strip()[:300], None
     if isinstance(data, dict):
         err = data.get("error", data)
         if isinstance(err, dict):
-            return str(err.get("message") or err)[:300]
-        return str(err)[:300]
-    return str(data)[:300]
+            code = err.get("code")  # e.g. invalid_api_key; vLLM puts the status number here
+            named = isinstance(code, str) and code and not code.isdigit()
+            return str(err.get("message") or err)[:300], code[:80] if named else None
+        return str(err)[:300], None
+    return str(data)[:300], None
 
 
-def parse_completion(raw: bytes, endpoint: str) -> Completion:
+def rate_headers(headers: Any) -> RateHeaders | None:
+    """The ``x-ratelimit-*`` limits in response headers (a cheap look first: most have none)."""
+    for name in RATE_HEADER_NAMES:
+        if name in headers:
+            return RateHeaders.parse(headers)
+    return None
+
+
+def root_url(base_url: str) -> str:
+    """The server's root: ``http://host:8000/v1`` -> ``http://host:8000``."""
+    return base_url.rstrip("/").removesuffix("/v1")
+
+
+def parse_completion(raw: bytes, endpoint: str, rate: RateHeaders | None = None) -> Completion:
     try:
         data = orjson.loads(raw)
         choice = data["choices"][0]
         message = choice.get("message") or {}
         content = message.get("content")
         usage = data.get("usage") or {}
+        counts = {
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+        }
+        if cached := (usage.get("prompt_tokens_details") or {}).get("cached_tokens"):
+            counts["cached_tokens"] = int(cached)  # prompt tokens served from the provider's cache
         return Completion(
             content=content,
             finish_reason=choice.get("finish_reason"),
-            usage={
-                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                "completion_tokens": int(usage.get("completion_tokens") or 0),
-            },
+            usage=counts,
             model=data.get("model"),
+            rate=rate,
         )
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError):
         preview = raw[:120].decode(errors="replace")
@@ -119,6 +159,7 @@ class AiohttpTransport:
         self._name = name
         self._chat_url = f"{base_url}/chat/completions"
         self._models_url = f"{base_url}/models"
+        self._root = root_url(base_url)
         self._headers = _headers(api_key)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
@@ -132,7 +173,10 @@ class AiohttpTransport:
                 self._timeouts[seconds] = timeout
         return timeout
 
-    async def _get(self, method: str, url: str, body: bytes | None, timeout: float) -> bytes:
+    async def _get(
+        self, method: str, url: str, body: bytes | None, timeout: float
+    ) -> tuple[bytes, Any]:
+        """The body and headers of a 2xx answer; any other outcome as an engine error."""
         aiohttp = self._aiohttp
         try:
             async with self._session.request(
@@ -141,7 +185,7 @@ class AiohttpTransport:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise status_error(resp.status, raw, resp.headers, self._name)
-                return raw
+                return raw, resp.headers
         except RequestError:
             raise
         except TimeoutError:
@@ -166,11 +210,16 @@ class AiohttpTransport:
             raise ConnectionDropped(f"{type(exc).__name__}: {exc}", endpoint=self._name) from None
 
     async def chat(self, body: bytes, timeout: float) -> Completion:
-        return parse_completion(await self._get("POST", self._chat_url, body, timeout), self._name)
+        raw, headers = await self._get("POST", self._chat_url, body, timeout)
+        return parse_completion(raw, self._name, rate_headers(headers))
 
     async def models(self, timeout: float) -> list[str]:
-        raw = await self._get("GET", self._models_url, None, timeout)
+        raw, _ = await self._get("GET", self._models_url, None, timeout)
         return _model_ids(raw, self._name)
+
+    async def post_root(self, path: str, body: bytes, timeout: float) -> bytes:
+        raw, _ = await self._get("POST", self._root + path, body, timeout)
+        return raw
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -184,13 +233,15 @@ class HttpxTransport:
 
         self._httpx = httpx
         self._name = name
+        self._root = root_url(base_url)
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers=_headers(api_key),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
         )
 
-    async def _send(self, method: str, path: str, body: bytes | None, timeout: float) -> bytes:
+    async def _send(self, method: str, path: str, body: bytes | None, timeout: float) -> Any:
+        """A 2xx response; any other outcome as an engine error."""
         httpx = self._httpx
         try:
             resp = await self._client.request(method, path, content=body, timeout=timeout)
@@ -204,14 +255,17 @@ class HttpxTransport:
             raise ConnectionDropped(f"{type(exc).__name__}: {exc}", endpoint=self._name) from None
         if resp.status_code >= 400:
             raise status_error(resp.status_code, resp.content, resp.headers, self._name)
-        return resp.content
+        return resp
 
     async def chat(self, body: bytes, timeout: float) -> Completion:
-        raw = await self._send("POST", "/chat/completions", body, timeout)
-        return parse_completion(raw, self._name)
+        resp = await self._send("POST", "/chat/completions", body, timeout)
+        return parse_completion(resp.content, self._name, rate_headers(resp.headers))
 
     async def models(self, timeout: float) -> list[str]:
-        return _model_ids(await self._send("GET", "/models", None, timeout), self._name)
+        return _model_ids((await self._send("GET", "/models", None, timeout)).content, self._name)
+
+    async def post_root(self, path: str, body: bytes, timeout: float) -> bytes:
+        return (await self._send("POST", self._root + path, body, timeout)).content
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -256,7 +310,7 @@ class OpenAITransport:
         resp = await self._call(
             create(**payload, extra_body=extra or None, timeout=timeout), timeout
         )
-        return parse_completion(resp.content, self._name)
+        return parse_completion(resp.content, self._name, rate_headers(resp.headers))
 
     async def models(self, timeout: float) -> list[str]:
         page = await self._call(self._client.models.list(timeout=timeout), timeout)

@@ -9,13 +9,18 @@
 pulling the next request from the (lazily read) input; results stream out as they
 complete, so memory does not grow with the input. The engine knows nothing of GRA
 or S3.
+
+When every endpoint of a role is taken out (a bad key, an unknown model: see
+``fleet.py``), ``map`` and ``complete`` raise :class:`EndpointsFailed` at once; the
+results already handed out are journaled, and no result is made for requests not sent.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,22 +29,33 @@ import anyio
 import anyio.abc
 import orjson
 
+from .batch import BatchRunner
 from .client import Completion, Transport, make_transport
-from .errors import AsyncsynthError, DeadlineExceeded, RateLimited, RequestError
+from .cost import Hold, Ledger
+from .errors import (
+    AsyncsynthError,
+    BudgetExceeded,
+    ConfigError,
+    DeadlineExceeded,
+    EndpointsFailed,
+    RateLimited,
+    RequestError,
+)
 from .events import EngineStarted, Listener, RateLimitPause, Retry, RoleStarted, ignore
 from .fleet import EndpointState, Fleet
 from .journal import Journal, request_key
-from .retry import retrying, server_wait, wait_for
+from .limits import RateHeaders, open_limits_backend
+from .retry import is_retryable, retrying, server_wait, wait_for
+from .tokens import completion_budget, estimate_prompt_tokens
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..distributed.budgets import SharedLimits
 
 MAX_WORKERS = 4096
 COMMIT_ROWS = 256
 COMMIT_SECONDS = 0.02
 """A journaled ``map`` commits (and then yields) after this many results or seconds."""
-DEFAULT_MAX_TOKENS_ESTIMATE = 512
-"""Assumed completion length for TPM budgeting when a request names no ``max_tokens``."""
 
 
 @dataclass(slots=True)
@@ -76,6 +92,12 @@ class Result:
     error: RequestError | None = None
     key: bytes | None = None
     """The journal key, when the engine keeps a journal."""
+    cost: float | None = None
+    """USD this answer cost in this run (0 from the journal; None: the price is unknown)."""
+    first_cost: float | None = None
+    """For an answer from the journal: what it cost when it was first made."""
+    batch: bool = False
+    """Answered through the Batch API."""
 
     @property
     def ok(self) -> bool:
@@ -100,9 +122,6 @@ class Totals:
     tokens_in: int = 0
     tokens_out: int = 0
     started: float = field(default_factory=time.monotonic)
-
-
-_END = object()
 
 
 class Engine:
@@ -133,6 +152,13 @@ class Engine:
         self._body_params: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self.limits: SharedLimits | None = None
+        """The shared backend of ``engine.limits_backend``, when one is named."""
+        self.ledger = Ledger.for_config(config)
+        self.ledger.emit = self._emit
+        """What the job spent and holds in flight; its caps (``max_cost``, ``max_tokens_total``)."""
+        self.batches: BatchRunner | None = None
+        """Batch API mode, when an endpoint uses it or the journal holds running batches."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -144,9 +170,20 @@ class Engine:
                 journal = self._journal_arg
                 self.journal = journal if isinstance(journal, Journal) else Journal(journal)
                 stack.callback(self.journal.close)
+                self.ledger.resume(self.journal.spent())
+                if self.journal.batch_held() or any(
+                    ep.batch is not None for ep in self.config.endpoints.values()
+                ):
+                    self.batches = BatchRunner(self, self.journal)
+                    stack.push_async_callback(self.batches.aclose)
             stack.push_async_callback(self._close_transports)
+            if (url := self.settings.limits_backend) is not None:
+                self.limits = await open_limits_backend(url, self._emit)
+                stack.push_async_callback(self.limits.aclose)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._tg.cancel_scope.cancel)
+            if self.limits is not None:
+                self._tg.start_soon(self.limits.run)
         except BaseException:
             await stack.aclose()
             raise
@@ -197,10 +234,25 @@ class Engine:
                 states = [await self._endpoint(name) for name in names]
                 tg = self._tg
                 assert tg is not None
+                for state in states:
+                    self.ledger.check(state.name)
+                if self.batches is None and any(ep.config.batch is not None for ep in states):
+                    raise ConfigError(
+                        f"role {role or names[0]!r} uses the Batch API, which keeps its batches "
+                        "in the journal: give the engine a journal (not --no-cache)"
+                    )
                 roles = self.config.roles
                 name = role or (next(iter(roles)) if len(roles) == 1 else names[0])
-                fleet = Fleet(name, states, tg.start_soon, emit=self._emit)
+                fleet = Fleet(
+                    name,
+                    states,
+                    tg.start_soon,
+                    fail_fast=self.settings.fail_fast,
+                    emit=self._emit,
+                )
                 self._fleets[role] = fleet
+                if self.batches is not None:
+                    self.batches.serve(fleet)
                 grace = self.settings.startup_grace or self.settings.deadline
                 self._emit(RoleStarted(fleet.role, tuple(map(_describe, states)), grace))
                 for state in states:
@@ -228,6 +280,8 @@ class Engine:
             transport = make_transport(ep.transport, ep.base_url, ep.api_key(), name=name)
         state = EndpointState(ep, transport)
         state.url = url
+        if self.limits is not None and ep.kind != "local":
+            state.shared = self.limits.attach(state)
         params = self.config.params_for(name)
         extra = dict(params.pop("extra_body", None) or {})
         self._key_params[name] = {**params, "extra_body": extra} if extra else params
@@ -262,11 +316,22 @@ class Engine:
         key = self.key(request, fleet)
         hit = journal.get(key)
         if hit is not None:
-            self.totals.cached += 1
-            result = self._result(request, hit, None, 0.0, 0, cached=True)
+            result = self._cached(request, hit)
+        elif (batches := self.batches) is not None and (
+            fleet in batches.fleets or batches.holding(key)
+        ):
+            result = await batches.complete(request, key, fleet)
         else:
             result = await self._send(request, fleet)
         result.key = key
+        return result
+
+    def _cached(self, request: Request, hit: Completion) -> Result:
+        """A journal answer: it costs nothing now (``first_cost``: what it cost when made)."""
+        self.totals.cached += 1
+        self.ledger.from_journal(hit.cost)
+        result = self._result(request, hit, None, 0.0, 0, cached=True)
+        result.cost, result.first_cost, result.batch = 0.0, hit.cost, hit.batch
         return result
 
     async def _send(self, request: Request, fleet: Fleet) -> Result:
@@ -275,7 +340,7 @@ class Engine:
             completion, ep, latency = await self._attempt(request, fleet, deadline)
             return self._result(request, completion, ep, latency, 1)
         except RequestError as first:
-            if not first.retryable or self.settings.max_attempts == 1:
+            if not is_retryable(first) or self.settings.max_attempts == 1:
                 return self._failed(request, first, 1)
             return await self._retry(request, fleet, deadline, first)
 
@@ -321,20 +386,43 @@ class Engine:
         self, request: Request, fleet: Fleet, deadline: float, *, retry: bool = False
     ) -> tuple[Completion, EndpointState, float]:
         ep = await fleet.acquire(deadline)
+        load = ep.in_flight
         error: RequestError | None = None
         latency = start = 0.0
         tokens = 0.0
+        marks: tuple[float, float] | None = None
         stats = ep.stats
         stats.attempts += 1
+        hold: Hold | None = None
         if retry:  # counted when sent: a last failed attempt is not followed by a retry
             stats.retries += 1
             self.totals.retries += 1
+        admission = None
         try:
-            now = time.monotonic()
-            if ep.rpm is not None or ep.tpm is not None or ep.paused_until > now:
+            if self.ledger.capped:  # the worst case is held until it is answered or fails
+                hold = await self.ledger.reserve(ep.name, *self._worst_case(ep, request))
+            if ep.shared is not None:  # the budget of every process on this endpoint key
                 if ep.tpm is not None:
-                    tokens = _estimate_tokens(request, self._body_params[ep.name][0])
+                    tokens = await self._tokens(ep, request)
+                admission = await ep.shared.admit(tokens, ep.limit.slots, deadline)
+                deadline += admission.held  # waiting for the backend is the job's, not its own
+                marks = admission.marks
+                while (wait := max(admission.wait, ep.paused_until - time.monotonic())) > 0:
+                    if time.monotonic() + wait >= deadline:
+                        raise DeadlineExceeded(
+                            f"rate limits of {ep.name} allow no request before the deadline",
+                            endpoint=ep.name,
+                        )
+                    await anyio.sleep(wait)
+                    if admission.wait > 0:  # the reservation must still stand
+                        admission = await ep.shared.confirm(admission, deadline)
+                        admission.wait = 0.0
+            elif ep.rpm is not None or ep.tpm is not None or ep.paused_until > time.monotonic():
+                if ep.tpm is not None:
+                    tokens = await self._tokens(ep, request)
+                now = time.monotonic()
                 wait = ep.budget_wait(tokens, now)
+                marks = ep.budget_marks()
                 while wait > 0:
                     if now + wait >= deadline:
                         raise DeadlineExceeded(
@@ -351,9 +439,15 @@ class Engine:
                 raise DeadlineExceeded("the request's deadline ran out", endpoint=ep.name)
             completion = await ep.transport.chat(body, timeout)
             latency = time.monotonic() - start
+            if completion.rate is not None:
+                self._observe(ep, completion.rate, marks, start + latency)
             usage = completion.usage
             if ep.tpm is not None and (used := usage["prompt_tokens"] + usage["completion_tokens"]):
-                ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
+                if admission is not None:
+                    admission.used = used
+                else:
+                    ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
+            completion.cost = self.ledger.charge(ep.name, usage)
             return completion, ep, latency
         except RequestError as exc:
             error = exc
@@ -362,6 +456,8 @@ class Engine:
             stats.errors += 1
             if isinstance(exc, RateLimited):
                 stats.rate_limited += 1
+                if (seen := RateHeaders.parse(exc.headers)) is not None:
+                    self._observe(ep, seen, marks, time.monotonic())
                 if ep.pauses_on(exc):
                     settings = self.settings
                     pause = wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max)
@@ -371,7 +467,39 @@ class Engine:
                     ep.pause(pause)
             raise
         finally:
-            fleet.release(ep, error, latency)
+            if hold is not None:
+                self.ledger.release(hold)
+            fleet.release(ep, error, latency, load)
+            if admission is not None:
+                assert ep.shared is not None
+                ep.shared.release(admission)
+                if ep.limit.adaptive:
+                    ep.shared.share(ep.limit.slots)
+
+    def _observe(
+        self, ep: EndpointState, seen: RateHeaders, marks: tuple[float, float] | None, now: float
+    ) -> None:
+        """What a server's ``x-ratelimit-*`` headers said: to the shared budget, if any."""
+        if ep.shared is not None:
+            ep.shared.observe_headers(seen, marks)
+        else:
+            ep.observe(seen, marks, now)
+
+    async def _tokens(self, ep: EndpointState, request: Request) -> float:
+        """What a request may cost of a TPM budget: its prompt and its completion budget."""
+        max_tokens = request.params.get("max_tokens") or self._body_params[ep.name][0].get(
+            "max_tokens"
+        )
+        return await ep.tokens.prompt_tokens(request.messages) + completion_budget(max_tokens)
+
+    def _worst_case(
+        self, ep: EndpointState, request: Request, *, batch: bool = False
+    ) -> tuple[float, float]:
+        """(USD, tokens) ``request`` may cost at most on ``ep``: what a budget holds for it."""
+        prompt, completion = token_estimate(request, self._body_params[ep.name][0])
+        return self.ledger.worst_case(
+            ep.name, prompt, len(request.messages), completion, batch=batch
+        )
 
     def _body(self, ep: EndpointState, request: Request) -> bytes:
         params, extra = self._body_params[ep.name]
@@ -394,6 +522,7 @@ class Engine:
         attempts: int,
         *,
         cached: bool = False,
+        batch: bool = False,
     ) -> Result:
         usage = completion.usage
         totals = self.totals
@@ -403,7 +532,8 @@ class Engine:
             stats.requests += 1
             stats.tokens_in += usage["prompt_tokens"]
             stats.tokens_out += usage["completion_tokens"]
-            stats.latency.add(latency)
+            if not batch:  # hours in a batch say nothing of the endpoint's latency
+                stats.latency.add(latency)
             totals.tokens_in += usage["prompt_tokens"]
             totals.tokens_out += usage["completion_tokens"]
         return Result(
@@ -416,6 +546,8 @@ class Engine:
             latency,
             attempts,
             cached,
+            cost=completion.cost,
+            batch=batch,
         )
 
     def _failed(self, request: Request, error: RequestError, attempts: int) -> Result:
@@ -427,15 +559,28 @@ class Engine:
         return Result(request, endpoint=error.endpoint or None, attempts=attempts, error=error)
 
     def _record(self, results: list[Result]) -> None:
-        """Journal the fresh successes among ``results``, durably, before anyone sees them."""
+        """Journal the fresh successes among ``results``, durably, before anyone sees them.
+
+        Batch answers are journaled as their batch is downloaded, not here.
+        """
         journal = self.journal
         if journal is None:
             return
-        journal.record(
-            (r.key, Completion(r.completion, r.finish_reason, r.usage or {}, r.model))
-            for r in results
-            if r.error is None and not r.cached and r.key is not None
-        )
+        answers = []
+        spend: dict[str, tuple[float, int]] = {}
+        for r in results:
+            if r.error is None and not r.cached and not r.batch and r.key is not None:
+                usage = r.usage or {}
+                made = Completion(r.completion, r.finish_reason, usage, r.model, r.cost)
+                answers.append((r.key, made))
+                if r.endpoint is not None:
+                    cost, tokens = spend.get(r.endpoint, (0.0, 0))
+                    spend[r.endpoint] = (
+                        cost + (r.cost or 0.0),
+                        tokens + usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
+                    )
+        journal.record(answers, spend=spend)
+        self.ledger.report(self.totals.done, self.totals.total)
 
     # -- many requests --------------------------------------------------------------------------
 
@@ -451,24 +596,25 @@ class Engine:
         At most ``concurrency`` requests (default: what the role's endpoints allow) are
         read ahead of their results. A failed request yields a result with ``error`` set;
         it never stops the others. Leaving the loop early cancels what is in flight.
+        Raises :class:`EndpointsFailed` when every endpoint of the role was taken out.
         """
         fleet = await self.fleet(role)
         workers = max(1, min(concurrency or fleet.capacity, MAX_WORKERS))
-        send, receive = anyio.create_memory_object_stream[Result](workers)
+        results = _Results(workers)
         scope = anyio.CancelScope()
         done = anyio.Event()
         failure: list[BaseException] = []
         assert self._tg is not None
-        self._tg.start_soon(self._run_workers, requests, fleet, workers, send, scope, done, failure)
+        if (batches := self.batches) is not None and fleet in batches.fleets:
+            self._tg.start_soon(batches.feed, requests, fleet, results, scope, done, failure)
+        else:
+            self._tg.start_soon(
+                self._run_workers, requests, fleet, workers, results, scope, done, failure
+            )
         try:
-            async with receive:
-                if self.journal is None:
-                    async for result in receive:
-                        yield result
-                else:
-                    async for batch in self._committed_batches(receive):
-                        for result in batch:
-                            yield result
+            async for batch in self._batches(results):
+                for result in batch:
+                    yield result
         finally:
             scope.cancel()
             with anyio.CancelScope(shield=True):
@@ -476,81 +622,127 @@ class Engine:
         if failure:
             raise failure[0]
 
-    async def _committed_batches(
-        self, receive: anyio.abc.ObjectReceiveStream[Result]
-    ) -> AsyncIterator[list[Result]]:
-        """Results in batches, each journaled and committed before it is handed on.
+    async def _batches(self, results: _Results) -> AsyncIterator[list[Result]]:
+        """Results as they come, in batches (a batch: what arrived since the last one).
 
-        A batch closes at ``COMMIT_ROWS`` results or ``COMMIT_SECONDS`` after its first,
-        so commits stay cheap at high rates and results never wait long at low ones.
+        With a journal, each batch is journaled and committed before it is handed on,
+        and closes at ``COMMIT_ROWS`` results or ``COMMIT_SECONDS`` after its first, so
+        commits stay cheap at high rates and results never wait long at low ones.
         """
-        while True:
-            batch: list[Result] = []
-            ended = False
-            try:
+        journal = self.journal
+        while batch := await results.take():
+            if journal is not None:
                 try:
-                    batch.append(await receive.receive())
-                except anyio.EndOfStream:
-                    return
-                closes = time.monotonic() + COMMIT_SECONDS
-                while not ended:
-                    _drain(receive, batch)
-                    remaining = closes - time.monotonic()
-                    if remaining <= 0 or len(batch) >= COMMIT_ROWS:
-                        break
-                    with anyio.move_on_after(remaining):
-                        try:
-                            batch.append(await receive.receive())
-                        except anyio.EndOfStream:
-                            ended = True
-            except BaseException:  # cancelled (Ctrl-C): keep every answer that arrived
-                _drain(receive, batch)
+                    closes = time.monotonic() + COMMIT_SECONDS
+                    while len(batch) < COMMIT_ROWS and (remaining := closes - time.monotonic()) > 0:
+                        more: list[Result] = []
+                        with anyio.move_on_after(remaining):
+                            more = await results.take()
+                        if not more:
+                            break
+                        batch += more
+                except BaseException:  # cancelled (Ctrl-C): keep every answer that arrived
+                    self._record(batch + results.take_nowait())
+                    raise
                 self._record(batch)
-                raise
-            self._record(batch)
             yield batch
-            if ended:
-                return
 
     async def _run_workers(
         self,
         requests: Iterable[Request] | AsyncIterable[Request],
         fleet: Fleet,
         workers: int,
-        send: anyio.abc.ObjectSendStream[Result],
+        results: _Results,
         scope: anyio.CancelScope,
         done: anyio.Event,
         failure: list[BaseException],
     ) -> None:
         try:
             with scope:
-                async with send, anyio.create_task_group() as tg:
+                async with anyio.create_task_group() as tg:
                     pull = _puller(requests)
                     for _ in range(workers):
-                        tg.start_soon(self._worker, pull, fleet, send)
-        except Exception as exc:  # a bug or a failing input iterator: surface it in map()
-            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]  # as raised, not wrapped by the workers' task group
-            failure.append(exc)
+                        tg.start_soon(self._worker, pull, fleet, results, failure)
+        except Exception as exc:  # a bug, a failing input iterator, every endpoint taken out
+            failure.append(_sole(exc))
         finally:
+            results.close()
             done.set()
 
     async def _worker(
-        self, pull: Any, fleet: Fleet, send: anyio.abc.ObjectSendStream[Result]
+        self, pull: _Pull, fleet: Fleet, results: _Results, failure: list[BaseException]
     ) -> None:
         execute = self._execute
+        put = results.put
         while True:
             request = await pull()
-            if request is _END:
+            if request is None:
                 return
-            result = await execute(request, fleet)
             try:
-                try:  # usually there is room: hand it over without another pass of the loop
-                    send.send_nowait(result)
-                except anyio.WouldBlock:
-                    await send.send(result)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                result = await execute(request, fleet)
+            except BudgetExceeded as exc:  # the others finish what they sent; map() raises it
+                if not failure:
+                    failure.append(exc)
                 return
+            await put(result)
+
+
+class _Results:
+    """The results the workers hand to ``map``: a bounded buffer, taken in batches.
+
+    Cheaper than a memory stream per result: a worker appends (and waits only when
+    ``size`` results are already waiting); ``map`` takes all that arrived at once.
+    """
+
+    __slots__ = ("_closed", "_items", "_ready", "_room", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._items: deque[Result] = deque()
+        self._size = size
+        self._ready: anyio.Event | None = None
+        self._room: deque[anyio.Event] = deque()
+        self._closed = False
+
+    async def put(self, result: Result) -> None:
+        """Hand ``result`` over; dropped once closed (the map was left: nobody takes it)."""
+        items = self._items
+        while len(items) >= self._size and not self._closed:
+            room = anyio.Event()
+            self._room.append(room)
+            await room.wait()
+        if self._closed:
+            return
+        items.append(result)
+        if (ready := self._ready) is not None:
+            self._ready = None
+            ready.set()
+
+    def close(self) -> None:
+        """No more results will come: ``take`` returns what is left, then nothing (and a
+        batch answered later, after the map was left, is dropped)."""
+        self._closed = True
+        if (ready := self._ready) is not None:
+            self._ready = None
+            ready.set()
+        while self._room:
+            self._room.popleft().set()
+
+    async def take(self) -> list[Result]:
+        """Every result waiting, after waiting for one; ``[]`` once closed and empty."""
+        while not self._items:
+            if self._closed:
+                return []
+            ready = self._ready = anyio.Event()
+            await ready.wait()
+        return self.take_nowait()
+
+    def take_nowait(self) -> list[Result]:
+        batch = list(self._items)
+        self._items.clear()
+        room = self._room
+        while room:
+            room.popleft().set()
+        return batch
 
 
 def _describe(ep: EndpointState) -> dict[str, Any]:
@@ -570,51 +762,60 @@ def _describe(ep: EndpointState) -> dict[str, Any]:
     }
 
 
-def _drain(receive: anyio.abc.ObjectReceiveStream[Result], into: list[Result]) -> None:
-    """Move every result already waiting in ``receive`` to ``into``."""
-    try:
-        while True:
-            into.append(receive.receive_nowait())
-    except (anyio.WouldBlock, anyio.EndOfStream):
-        pass
+def _sole(exc: Exception) -> Exception:
+    """The exception as raised, not wrapped by the workers' task group.
+
+    Several workers may find the role's endpoints all taken out in the same moment:
+    one :class:`EndpointsFailed` stands for them all.
+    """
+    while isinstance(exc, ExceptionGroup):
+        if len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+            continue
+        stopped, rest = exc.split(EndpointsFailed)
+        if stopped is None or rest is not None:
+            break
+        while isinstance(stopped, ExceptionGroup):
+            stopped = stopped.exceptions[0]
+        return stopped
+    return exc
 
 
-def _puller(requests: Iterable[Request] | AsyncIterable[Request]) -> Any:
-    """A coroutine function returning the next request or ``_END``, safe for many workers."""
+_Pull = Callable[[], Awaitable[Request | None]]
+
+
+def _puller(requests: Iterable[Request] | AsyncIterable[Request]) -> _Pull:
+    """A coroutine function returning the next request or ``None``, safe for many workers."""
     if isinstance(requests, AsyncIterable):
         iterator = aiter(requests)
         lock = anyio.Lock()
         finished = False
 
-        async def pull_async() -> Any:
+        async def pull_async() -> Request | None:
             nonlocal finished
             async with lock:
                 if finished:
-                    return _END
+                    return None
                 try:
                     return await anext(iterator)
                 except StopAsyncIteration:
                     finished = True
-                    return _END
+                    return None
 
         return pull_async
 
-    sync_iterator: Iterator[Request] = iter(requests)
+    sync_iterator = iter(requests)
 
-    async def pull() -> Any:
-        return next(sync_iterator, _END)
+    async def pull() -> Request | None:
+        return next(sync_iterator, None)
 
     return pull
 
 
-def _estimate_tokens(request: Request, params: dict[str, Any]) -> float:
-    """Prompt (~4 characters a token) plus the completion budget, before the call."""
-    chars = 0
-    for message in request.messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif content is not None:
-            chars += len(orjson.dumps(content))
-    max_tokens = request.params.get("max_tokens") or params.get("max_tokens")
-    return chars / 4 + (max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE)
+def token_estimate(request: Request, params: dict[str, Any]) -> tuple[float, int]:
+    """The engine's token estimate of ``request``, split: (prompt tokens, completion budget).
+
+    ``params`` are the endpoint's request params (for its ``max_tokens``).
+    """
+    completion = request.params.get("max_tokens") or params.get("max_tokens")
+    return float(estimate_prompt_tokens(request.messages)), completion_budget(completion)

@@ -238,3 +238,5 @@ class CostUpdate(Event):
     spent: float
     budget: float | None = None
     currency: str = "USD"
+    projected: float | None = None
+    """What the whole job will have cost at this pace (None until it can be told)."""

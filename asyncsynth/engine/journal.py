@@ -20,14 +20,16 @@ returned.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import sqlite3
 import struct
 import time
+import uuid
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,50 @@ _SCHEMA_VERSION = "2"
 _CRC = struct.Struct("<I")
 _CHECKPOINT_PAGES = 4096
 """WAL pages between checkpoints (each one fsyncs): 16 MB, not SQLite's 4 MB default."""
+
+
+_SPEND_AND_BATCH_TABLES = """
+CREATE TABLE IF NOT EXISTS spend (
+    endpoint TEXT PRIMARY KEY,
+    cost REAL NOT NULL,
+    tokens INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    base_url TEXT,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    path TEXT,
+    requests INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    file_id TEXT,
+    batch_id TEXT,
+    status TEXT,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    error TEXT,
+    created REAL NOT NULL,
+    submitted REAL,
+    updated REAL
+);
+CREATE TABLE IF NOT EXISTS batch_requests (
+    key BLOB PRIMARY KEY,
+    batch INTEGER NOT NULL,
+    attempts INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batch_requests_by_batch ON batch_requests (batch);
+"""
+"""What answers cost, by endpoint; batches submitted and the requests each holds.
+
+A batch's ``state`` is ours: ``written`` (file on disk, journal knows its requests),
+``uploaded``, ``creating`` (the create call may have reached the provider), ``submitted``
+(its id is known), ``ended`` (a final status; files to download), ``done``, ``discarded``
+(never submitted). ``status`` is the provider's. ``batch_requests`` holds only the
+requests of batches still to be answered: one batch at a time per request.
+"""
 
 
 def request_key(
@@ -61,9 +107,11 @@ def _crc(key: bytes, payload: bytes) -> int:
 
 def _encode(key: bytes, completion: Completion) -> bytes:
     """A stored record: CRC-32 of key and payload, then the payload."""
-    payload = orjson.dumps(
-        [completion.content, completion.finish_reason, completion.usage, completion.model]
-    )
+    c = completion
+    fields = [c.content, c.finish_reason, c.usage, c.model]
+    if c.cost is not None or c.batch:  # what it cost when made; older records lack it
+        fields += [c.cost, c.batch]
+    payload = orjson.dumps(fields)
     return _CRC.pack(_crc(key, payload)) + payload
 
 
@@ -105,6 +153,8 @@ class Journal:
             )
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (_SCHEMA_VERSION,))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex[:12],))
+            db.executescript(_SPEND_AND_BATCH_TABLES)
             version = db.execute("SELECT value FROM meta WHERE name = 'version'").fetchone()[0]
             if version != _SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"journal format {version}, not {_SCHEMA_VERSION}")
@@ -142,8 +192,8 @@ class Journal:
         ):
             self._drop_damaged(key)
             return None
-        content, finish_reason, usage, model = orjson.loads(payload)
-        return Completion(content, finish_reason, usage, model)
+        content, finish_reason, usage, model, *made = orjson.loads(payload)
+        return Completion(content, finish_reason, usage, model, *made)
 
     def _drop_damaged(self, key: bytes) -> None:
         log.warning(
@@ -152,19 +202,52 @@ class Journal:
         )
         self._db.execute("DELETE FROM responses WHERE key = ?", (key,))
 
-    def record(self, answers: Iterable[tuple[bytes, Completion]]) -> int:
-        """Store answers by key in one transaction, durable when it returns; how many."""
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One durable transaction: committed when the block ends, rolled back if it raises."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def record(
+        self,
+        answers: Iterable[tuple[bytes, Completion]],
+        *,
+        spend: Mapping[str, tuple[float, int]] | None = None,
+    ) -> int:
+        """Store answers by key in one transaction, durable when it returns; how many.
+
+        ``spend`` adds what they cost, by endpoint (USD, tokens), to :meth:`spent`.
+        """
         rows = [(key, _encode(key, completion)) for key, completion in answers]
         if rows:
-            db = self._db
-            db.execute("BEGIN")
-            try:
+            with self._transaction() as db:
                 db.executemany("INSERT OR IGNORE INTO responses (key, value) VALUES (?, ?)", rows)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                if spend:
+                    self._add_spend(spend)
         return len(rows)
+
+    def _add_spend(self, spend: Mapping[str, tuple[float, int]]) -> None:
+        self._db.executemany(
+            "INSERT INTO spend VALUES (?, ?, ?) ON CONFLICT (endpoint) DO UPDATE"
+            " SET cost = cost + excluded.cost, tokens = tokens + excluded.tokens",
+            [(name, cost, tokens) for name, (cost, tokens) in spend.items()],
+        )
+
+    def spent(self) -> dict[str, tuple[float, int]]:
+        """What the answers in this journal cost when made, by endpoint: (USD, tokens)."""
+        rows = self._db.execute("SELECT endpoint, cost, tokens FROM spend").fetchall()
+        return {name: (float(cost), int(tokens)) for name, cost, tokens in rows}
+
+    @property
+    def ident(self) -> str:
+        """A short id unique to this journal (names its batches at the provider)."""
+        return str(self._db.execute("SELECT value FROM meta WHERE name = 'id'").fetchone()[0])
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM responses").fetchone()[0])
@@ -174,11 +257,98 @@ class Journal:
         return {"path": str(self.path), "entries": len(self), "bytes": size}
 
     def clear(self) -> int:
-        """Forget every entry; returns how many there were."""
+        """Forget every entry (and what they cost); returns how many there were.
+
+        Batches still running at the provider are kept: their answers are yet to come.
+        """
         n = len(self)
         self._db.execute("DELETE FROM responses")
+        self._db.execute("DELETE FROM spend")
         self._db.execute("VACUUM")
         return n
+
+    # -- batches (engine/batch.py): what was submitted where, and which requests each holds ------
+
+    def batch_new(self, fields: Mapping[str, Any], keys: Sequence[bytes]) -> int:
+        """Record a batch (state ``written``) and the requests it holds, in one transaction."""
+        names = ", ".join(fields)
+        marks = ", ".join("?" * len(fields))
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"INSERT INTO batches ({names}) VALUES ({marks})", tuple(fields.values())
+            )
+            batch = int(cursor.lastrowid or 0)
+            db.executemany(
+                "INSERT INTO batch_requests (key, batch, attempts) VALUES (?, ?, 1)"
+                " ON CONFLICT (key) DO UPDATE SET batch = excluded.batch,"
+                " attempts = batch_requests.attempts + 1",
+                [(key, batch) for key in keys],
+            )
+        return batch
+
+    def batch_set(self, batch: int, **fields: Any) -> None:
+        """Change fields of a batch (one durable write)."""
+        fields["updated"] = time.time()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._db.execute(
+            f"UPDATE batches SET {assignments} WHERE id = ?", (*fields.values(), batch)
+        )
+
+    def batch(self, batch: int) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM batches WHERE id = ?", (batch,))
+        return rows[0] if rows else None
+
+    def _rows(self, query: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        cursor = self._db.execute(query, args)
+        columns = [c[0] for c in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+    def batches(self, states: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Every batch (or those in ``states``), oldest first."""
+        query = "SELECT * FROM batches"
+        if states:
+            query += f" WHERE state IN ({', '.join('?' * len(states))})"
+        return self._rows(query + " ORDER BY id", tuple(states or ()))
+
+    def batch_holding(self, key: bytes) -> tuple[int, int] | None:
+        """(batch, batches the request has been in) of the batch holding ``key``, if any."""
+        row = self._db.execute(
+            "SELECT batch, attempts FROM batch_requests WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def batch_held(self) -> int:
+        """Requests held by batches (0 when none is running)."""
+        return int(self._db.execute("SELECT count(*) FROM batch_requests").fetchone()[0])
+
+    def batch_keys(self, batch: int) -> list[bytes]:
+        rows = self._db.execute("SELECT key FROM batch_requests WHERE batch = ?", (batch,))
+        return [bytes(row[0]) for row in rows.fetchall()]
+
+    def batch_answers(
+        self,
+        batch: int,
+        answers: Sequence[tuple[bytes, Completion]],
+        spend: Mapping[str, tuple[float, int]],
+    ) -> None:
+        """Store a batch's answers and take them off it, in one transaction."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO responses (key, value) VALUES (?, ?)",
+                [(key, _encode(key, completion)) for key, completion in answers],
+            )
+            db.executemany(
+                "DELETE FROM batch_requests WHERE key = ? AND batch = ?",
+                [(key, batch) for key, _ in answers],
+            )
+            if spend:
+                self._add_spend(spend)
+
+    def batch_release(self, batch: int, state: str, **fields: Any) -> None:
+        """The batch holds nothing any more (answered, or sent elsewhere): set its state."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM batch_requests WHERE batch = ?", (batch,))
+            self.batch_set(batch, state=state, **fields)
 
     def close(self) -> None:
         self._db.close()

@@ -33,12 +33,18 @@ MAX_BACKOFF = 60.0
 MAX_SERVER_WAIT = 600.0
 """A server asking for a longer pause than this is capped to it."""
 
+DEFAULT_FAIL_FAST = 3
+"""Answers in a row from one endpoint that no request can get past (401, 403, 404, the same
+400 or 422) after which the endpoint is taken out for the run; 0 never takes one out."""
+
 NOT_RETRIED_STATUS = frozenset({400, 401, 403, 404, 422})
+"""Not retried as such; but while an endpoint may yet be taken out for them, a 401, 403 or 404
+sends the request again at once, to the role's endpoints (see ``fleet.py``)."""
 RETRIED_STATUS = frozenset({408, 409, 429})
 
 
 def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, RequestError) and exc.retryable
+    return isinstance(exc, RequestError) and (exc.retryable or exc.reroute)
 
 
 def backoff(attempt: int, *, base: float = INITIAL_BACKOFF, cap: float = MAX_BACKOFF) -> float:
@@ -96,6 +102,8 @@ def server_wait(headers: dict[str, str]) -> float | None:
 
 def wait_for(exc: BaseException, attempt: int, *, base: float, cap: float) -> float:
     """How long to wait after ``exc`` ended attempt number ``attempt``."""
+    if isinstance(exc, RequestError) and exc.reroute:
+        return 0.0  # another endpoint, or the verdict on this one: nothing to wait for
     if isinstance(exc, StatusError) and (asked := server_wait(exc.headers)) is not None:
         return asked
     return backoff(attempt, base=base, cap=cap)

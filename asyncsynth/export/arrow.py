@@ -179,6 +179,7 @@ def gra_columns() -> Columns:
                 ("requests", pa.int64()),
                 ("tokens_in", pa.int64()),
                 ("tokens_out", pa.int64()),
+                ("cost_usd", pa.float64()),
             ]
         )
     )

@@ -82,7 +82,7 @@ GRA_COLUMNS = """| column | meaning |
 | `adjudication` | the adjudicator's scores and assessment (disputed samples) |
 | `generated_keywords`, `pool_examples` | the generator's keywords; the pool entries it saw |
 | `seed`, `original_response` | refine mode: the seed and its response before rewriting |
-| `requests`, `tokens_in`, `tokens_out` | what the sample cost |"""
+| `requests`, `tokens_in`, `tokens_out`, `cost_usd` | what it cost (USD; null: no price) |"""
 
 
 def size_category(n: int) -> str:
@@ -156,7 +156,7 @@ class RunStats:
             usage = row.get("usage") if isinstance(row.get("usage"), Mapping) else {}
             stats.tokens_in += int(usage.get("prompt_tokens") or 0)
             stats.tokens_out += int(usage.get("completion_tokens") or 0)
-            cost = _cost(row.get("cost"))
+            cost = _cost(row.get("cost_usd"))
             if cost is not None:
                 stats.cost = (stats.cost or 0.0) + cost
         errors = run.errors
@@ -169,13 +169,11 @@ class RunStats:
 
 
 def _cost(value: Any) -> float | None:
-    """A cost as rows and reports may give it: a number, or a table with a total."""
+    """A cost in USD as rows (``cost_usd``) and reports (``cost.total_usd``) give it."""
+    if isinstance(value, Mapping):
+        value = value.get("total_usd")
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if isinstance(value, Mapping):
-        for key in ("total", "usd", "spent"):
-            if isinstance(value.get(key), int | float):
-                return float(value[key])
     return None
 
 
@@ -282,15 +280,25 @@ def _gra_sections(source: Source, report: Mapping[str, Any] | None) -> list[str]
             else ""
         )
     )
+    cost = report.get("cost") if isinstance(report.get("cost"), Mapping) else {}
+    if isinstance(cost.get("per_accepted_usd"), int | float):
+        out.append(f" ${cost['per_accepted_usd']:,.6f} per accepted sample.")
+    stage_cost = cost.get("by_stage") if isinstance(cost.get("by_stage"), Mapping) else {}
     by_stage = tokens.get("by_stage") or {}
     if by_stage:
         out.append(
             "\n"
             + _table(
-                ("stage", "requests", "tokens in", "tokens out"),
-                ((k, v.get("requests"), v.get("in"), v.get("out")) for k, v in by_stage.items()),
+                ("stage", "requests", "tokens in", "tokens out", "cost (USD)"),
+                (
+                    (k, v.get("requests"), v.get("in"), v.get("out"), stage_cost.get(k))
+                    for k, v in by_stage.items()
+                ),
             )
         )
+    by_model = cost.get("by_model") if isinstance(cost.get("by_model"), Mapping) else {}
+    if by_model and cost.get("total_usd") is not None:
+        out.append("\n" + _table(("model", "cost (USD)"), by_model.items()))
     out.append("\n## Columns\n\n" + GRA_COLUMNS)
     return out
 

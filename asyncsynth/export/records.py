@@ -54,10 +54,19 @@ GRA_FIELDS = frozenset(
         "summarized_by",
         "requests",
         "tokens",
+        "cost_usd",
         "shared_roles",
     }
 )
-RUN_ENGINE_FIELDS = ("usage", "latency_s", "attempts", "cached", "cost")
+RUN_ENGINE_FIELDS = (
+    "usage",
+    "latency_s",
+    "attempts",
+    "cached",
+    "cost_usd",
+    "first_cost_usd",
+    "batch",
+)
 """What ``run`` adds to a row about the request itself; not exported as data."""
 
 
@@ -247,6 +256,7 @@ def gra_record(row: Mapping[str, Any], system: str | None = None) -> Row:
         "requests": _integer(row.get("requests")),
         "tokens_in": _integer(tokens.get("in")),
         "tokens_out": _integer(tokens.get("out")),
+        "cost_usd": _number(row.get("cost_usd")),
     }
     for key, value in row.items():  # fields of later versions are kept as they are
         if key not in GRA_FIELDS and key not in record:

@@ -2,7 +2,19 @@
 
 A minimal HTTP/1.1 server on :class:`asyncio.Protocol` (keep-alive, pipelining,
 ``Content-Length`` bodies) with configurable latency, capacity, rate limits and
-faults, for tests and benchmarks of clients.
+faults, for tests and benchmarks of clients. How it behaves when overloaded, as real
+servers do:
+
+- ``capacity`` alone: beyond that many requests in flight it answers
+  ``overload_status`` (429, "too many at once"; or 503, as proxies and some servers do);
+- ``capacity`` with ``queue=True``: it never refuses; beyond ``capacity`` requests wait
+  their turn, so latency grows with load (vLLM's behaviour);
+- ``rpm``/``tpm``: a token bucket by default; ``rate_window="sliding"`` or ``"fixed"``
+  counts strictly over ``window`` seconds (every window, or clock-aligned ones), and
+  ``ratelimit_headers`` sends OpenAI's ``x-ratelimit-*`` headers with every answer.
+
+It can also ask for a key (``api_key``: 401 without it), refuse unknown models
+(``strict_model``: 404) and serve vLLM's ``POST /tokenize`` (``tokenize``).
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import heapq
 import math
 import random
 import signal
@@ -54,6 +67,9 @@ _ACCEPT_BATCH = 64
 _DEFAULT_MAX_TOKENS = 16
 _CHAT_PATHS = frozenset({b"/v1/chat/completions", b"/chat/completions"})
 _MODEL_PATHS = frozenset({b"/v1/models", b"/models"})
+_TOKENIZE_PATH = b"/tokenize"
+_BATCH_PREFIXES = (b"/v1/files", b"/files", b"/v1/batches", b"/batches")
+_RATE_WINDOWS = ("bucket", "sliding", "fixed")
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 _RANDOM_ERRORS = (500, 502, 503)
 _MALFORMED_BODY = b'{"id": "chatcmpl-sim", "object": "chat.completion", "choices": [{"ind'
@@ -110,6 +126,24 @@ class SimConfig:
     reply: ReplyHook | None = None
     """Scripted replies; called on the server's event loop, after rate limits and faults."""
     record: bool = False
+    overload_status: int = 429
+    """What a request beyond ``capacity`` gets (429 or 503), unless ``queue``."""
+    queue: bool = False
+    """Beyond ``capacity``, requests wait for a free slot (each takes ``latency``)."""
+    rate_window: str = "bucket"
+    """How ``rpm``/``tpm`` are counted: a token bucket, or strictly per ``window`` seconds
+    (``sliding``: every window; ``fixed``: windows starting at the server's start)."""
+    window: float = 60.0
+    ratelimit_headers: bool = False
+    """Send ``x-ratelimit-limit/remaining/reset-requests/-tokens`` with every chat answer."""
+    api_key: str | None = None
+    """Answer 401 (``invalid_api_key``) unless the request says ``Bearer <api_key>``."""
+    strict_model: bool = False
+    """Answer 404 (``model_not_found``) to a request naming another model."""
+    tokenize: bool = False
+    """Serve ``POST /tokenize`` as vLLM does (``{"count": ...}``, by the sim's own count)."""
+    batch: Any = None
+    """The Files and Batches API's settings: a ``SimBatchConfig`` or its fields as a dict."""
 
     def __post_init__(self) -> None:
         if self.latency < 0 or self.jitter < 0:
@@ -123,6 +157,12 @@ class SimConfig:
         rates = (self.error_rate, self.drop_rate, self.hang_rate, self.malformed_rate)
         if any(rate < 0 for rate in rates) or sum(rates) > 1:
             raise ValueError("fault rates must be >= 0 and sum to at most 1")
+        if self.rate_window not in _RATE_WINDOWS:
+            raise ValueError(f"rate_window must be one of {', '.join(_RATE_WINDOWS)}")
+        if self.window <= 0:
+            raise ValueError("window must be > 0")
+        if not 400 <= self.overload_status <= 599:
+            raise ValueError("overload_status must be an HTTP error status")
 
     @property
     def fault_rate(self) -> float:
@@ -149,6 +189,9 @@ class SimStats:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     """Request bodies, recorded only with ``record=True``."""
     hook_errors: list[str] = field(default_factory=list)
+    tokenize_requests: int = 0
+    max_queue_wait: float = 0.0
+    """Longest wait for a free slot (``queue=True``), in seconds."""
 
 
 # An outcome of one request: (status counted in stats or 0, response bytes or None,
@@ -192,9 +235,10 @@ def _refuse(
 class _Bucket:
     """Token bucket holding one second's worth (at least the amount asked for); starts full."""
 
-    __slots__ = ("level", "rate", "stamp")
+    __slots__ = ("level", "limit", "rate", "stamp")
 
     def __init__(self, per_minute: float) -> None:
+        self.limit = per_minute
         self.rate = per_minute / 60.0
         self.level = math.inf
         self.stamp = time.monotonic()
@@ -204,6 +248,76 @@ class _Bucket:
         self.level = min(max(self.rate, amount), self.level + (now - self.stamp) * self.rate)
         self.stamp = now
         return 0.0 if self.level >= amount else (amount - self.level) / self.rate
+
+    def take(self, amount: float, now: float) -> None:
+        self.wait(amount, now)
+        self.level -= amount
+
+    def remaining(self, now: float) -> float:
+        level = min(max(self.rate, 1.0), self.level + (now - self.stamp) * self.rate)
+        return max(0.0, level)
+
+    def reset(self, now: float) -> float:
+        """Seconds until the bucket is full again."""
+        full = max(self.rate, 1.0)
+        return max(0.0, (full - self.remaining(now)) / self.rate)
+
+
+class _Window:
+    """At most ``limit`` in every ``window`` seconds (sliding), or in each window (fixed)."""
+
+    __slots__ = ("entries", "fixed", "limit", "origin", "total", "window")
+
+    def __init__(self, limit: float, window: float, *, fixed: bool) -> None:
+        self.limit = limit
+        self.window = window
+        self.fixed = fixed
+        self.origin = time.monotonic()
+        self.entries: deque[tuple[float, float]] = deque()
+        self.total = 0.0
+
+    def _expire(self, now: float) -> None:
+        oldest = self._start(now) if self.fixed else now - self.window
+        entries = self.entries
+        while entries and entries[0][0] <= oldest - (1e-9 if self.fixed else 0.0):
+            self.total -= entries.popleft()[1]
+
+    def _start(self, now: float) -> float:
+        return now - (now - self.origin) % self.window
+
+    def wait(self, amount: float, now: float) -> float:
+        self._expire(now)
+        excess = self.total + amount - self.limit
+        if excess <= 0:
+            return 0.0
+        if self.fixed or amount > self.limit:
+            return self._start(now) + self.window - now
+        for stamp, spent in self.entries:
+            excess -= spent
+            if excess <= 0:
+                return stamp + self.window - now
+        return self.window
+
+    def take(self, amount: float, now: float) -> None:
+        self._expire(now)
+        self.entries.append((now, amount))
+        self.total += amount
+
+    def remaining(self, now: float) -> float:
+        self._expire(now)
+        return max(0.0, self.limit - self.total)
+
+    def reset(self, now: float) -> float:
+        """Seconds until nothing counted now counts any more."""
+        self._expire(now)
+        if not self.entries:
+            return 0.0
+        if self.fixed:
+            return self._start(now) + self.window - now
+        return self.entries[-1][0] + self.window - now
+
+
+_Limiter = _Bucket | _Window
 
 
 class _Slot:
@@ -313,6 +427,7 @@ class _Conn(asyncio.Protocol):
             keep_alive = version == b"HTTP/1.1"
             length = 0
             expect = False
+            auth = b""
             for line in lines[1:]:
                 name, _, value = line.partition(b":")
                 name = name.lower()
@@ -335,6 +450,8 @@ class _Conn(asyncio.Protocol):
                         keep_alive = True
                 elif name == b"expect":
                     expect = value.strip().lower() == b"100-continue"
+                elif name == b"authorization":
+                    auth = value.strip()
             body_end = end + 4 + length
             if body_end > size:
                 self._need = body_end - pos
@@ -346,7 +463,7 @@ class _Conn(asyncio.Protocol):
             self._continued = False
             body = buf[end + 4 : body_end]
             pos = body_end
-            self._submit(*self._server._handle(method, target, body, keep_alive))
+            self._submit(*self._server._handle(method, target, body, keep_alive, auth))
         return pos
 
     def _reject(self, status: int, message: str) -> None:
@@ -429,9 +546,15 @@ class SimServer:
         self._waiters: list[tuple[int, Callable[[], None]]] = []
         self._waiters_lock = threading.Lock()
         self._rng = random.Random(self.config.seed)
-        self._rpm: _Bucket | None = None
-        self._tpm: _Bucket | None = None
+        self._rpm: _Limiter | None = None
+        self._tpm: _Limiter | None = None
+        self._busy: list[float] = []
+        """When each of ``capacity`` slots is next free (``queue=True``), as a heap."""
         self._reset_buckets()
+        from .sim_batch import BatchSim
+
+        self.batches = BatchSim(self, self.config.batch)
+        """The Files and Batches API (``/v1/files``, ``/v1/batches``): see ``sim_batch``."""
 
     @property
     def url(self) -> str:
@@ -443,8 +566,23 @@ class SimServer:
         self.config = dataclasses.replace(self.config, **changes)
         if "seed" in changes:
             self._rng = random.Random(self.config.seed)
-        if "rpm" in changes or "tpm" in changes:
+        if changes.keys() & {"rpm", "tpm", "rate_window", "window"}:
             self._reset_buckets()
+
+    def spend(self, requests: float = 0, tokens: float = 0) -> None:
+        """Use up rate budget as another client on the same key would."""
+
+        def take() -> None:
+            now = time.monotonic()
+            if requests and self._rpm is not None:
+                self._rpm.take(requests, now)
+            if tokens and self._tpm is not None:
+                self._tpm.take(tokens, now)
+
+        if self._loop is None:
+            take()
+        else:
+            self._in_loop(take)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -661,17 +799,46 @@ class SimServer:
             stats.responses_by_status[status] += 1
 
     def _handle(
-        self, method: bytes, target: bytes, body: bytes | bytearray, keep_alive: bool
+        self,
+        method: bytes,
+        target: bytes,
+        body: bytes | bytearray,
+        keep_alive: bool,
+        auth: bytes = b"",
     ) -> _Outcome:
         path = target.partition(b"?")[0]
+        key = self.config.api_key
+        if key is not None and auth != b"Bearer " + key.encode() and path != _TOKENIZE_PATH:
+            if path in _CHAT_PATHS:
+                self.stats.requests += 1
+            given = auth.decode("latin-1").removeprefix("Bearer ")
+            shown = f"{given[:3]}****{given[-4:]}" if len(given) > 8 else "****"
+            message = f"Incorrect API key provided: {shown}"
+            return _refuse(401, message, keep_alive, code="invalid_api_key")
         if path in _CHAT_PATHS and method == b"POST":
             return self._chat(path, body, keep_alive)
+        if path.startswith(_BATCH_PREFIXES):
+            return self.batches.handle(method, target, bytes(body), keep_alive)
         if path in _MODEL_PATHS and method == b"GET":
             models = {"object": "list", "data": [{"id": self.config.model, "object": "model"}]}
             return _answer(200, orjson.dumps(models), keep_alive, admitted=False, counted=False)
+        if path == _TOKENIZE_PATH and method == b"POST" and self.config.tokenize:
+            return self._tokenize(body, keep_alive)
         message = f"no route for {method.decode('latin-1')} {path.decode('latin-1')}"
         body = _error_body(404, message)
         return _answer(404, body, keep_alive, admitted=False, counted=False)
+
+    def _tokenize(self, raw: bytes | bytearray, keep_alive: bool) -> _Outcome:
+        self.stats.tokenize_requests += 1
+        try:
+            body = orjson.loads(raw)
+            messages = body["messages"] if "messages" in body else [{"content": body["prompt"]}]
+            count = _estimate_tokens(_prompt_chars(messages))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            body = _error_body(400, "expected 'messages' or 'prompt'")
+            return _answer(400, body, keep_alive, admitted=False, counted=False)
+        data = {"count": count, "max_model_len": 4096, "tokens": list(range(count))}
+        return _answer(200, orjson.dumps(data), keep_alive, admitted=False, counted=False)
 
     def _chat(self, path: bytes, raw: bytes | bytearray, keep_alive: bool) -> _Outcome:
         stats = self.stats
@@ -686,14 +853,21 @@ class SimServer:
             return _refuse(400, "body must be an object with a 'messages' list", keep_alive)
         if cfg.record:
             stats.bodies.append(body)
+        if cfg.strict_model and body.get("model") != cfg.model:
+            message = f"The model `{body.get('model')}` does not exist."
+            return _refuse(404, message, keep_alive, code="model_not_found")
         prompt_tokens = _estimate_tokens(_prompt_chars(body["messages"]))
-        if cfg.capacity is not None and stats.in_flight >= cfg.capacity:
+        if cfg.capacity is not None and not cfg.queue and stats.in_flight >= cfg.capacity:
+            status = cfg.overload_status
             message = f"server at capacity ({cfg.capacity} requests in flight)"
-            return _refuse(429, message, keep_alive, {"Retry-After": "1"}, "server_overloaded")
+            return _refuse(status, message, keep_alive, {"Retry-After": "1"}, "server_overloaded")
+        headers: dict[str, str] | None = None
         if self._rpm is not None or self._tpm is not None:
             limited = self._rate_limit(prompt_tokens + _max_tokens(body), keep_alive)
             if limited is not None:
                 return limited
+            if cfg.ratelimit_headers:
+                headers = self._limit_headers(time.monotonic())
         stats.in_flight += 1
         if stats.in_flight > stats.max_in_flight:
             stats.max_in_flight = stats.in_flight
@@ -701,6 +875,8 @@ class SimServer:
         delay = cfg.latency
         if cfg.jitter:
             delay += rng.uniform(-cfg.jitter, cfg.jitter)
+        if cfg.queue and cfg.capacity is not None:
+            delay += self._queue_wait(delay)
         if cfg.fault_rate:
             fault = self._random_fault(rng.random(), delay, keep_alive)
             if fault is not None:
@@ -719,7 +895,30 @@ class SimServer:
                 stats.hook_errors.append(text)
                 return _answer(500, _error_body(500, text), keep_alive)
         data = _completion(body, n, content, "stop", prompt_tokens, cfg.model)
-        return _answer(200, data, keep_alive, delay=delay)
+        return _answer(200, data, keep_alive, delay=delay, headers=headers)
+
+    def _queue_wait(self, service: float) -> float:
+        """Seconds a request admitted now waits for one of ``capacity`` slots."""
+        now = time.monotonic()
+        busy = self._busy
+        while busy and busy[0] <= now:
+            heapq.heappop(busy)
+        assert self.config.capacity is not None
+        start = now if len(busy) < max(1, self.config.capacity) else heapq.heappop(busy)
+        heapq.heappush(busy, start + service)
+        wait = start - now
+        if wait > self.stats.max_queue_wait:
+            self.stats.max_queue_wait = wait
+        return wait
+
+    def _limit_headers(self, now: float) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for kind, limiter in (("requests", self._rpm), ("tokens", self._tpm)):
+            if limiter is not None:
+                headers[f"x-ratelimit-limit-{kind}"] = f"{limiter.limit:g}"
+                headers[f"x-ratelimit-remaining-{kind}"] = f"{math.floor(limiter.remaining(now))}"
+                headers[f"x-ratelimit-reset-{kind}"] = _format_reset(limiter.reset(now))
+        return headers
 
     def _rate_limit(self, tokens: int, keep_alive: bool) -> _Outcome | None:
         now = time.monotonic()
@@ -728,12 +927,13 @@ class SimServer:
         token_wait = tpm.wait(tokens, now) if tpm is not None else 0.0
         if request_wait <= 0 and token_wait <= 0:
             if rpm is not None:
-                rpm.level -= 1
+                rpm.take(1, now)
             if tpm is not None:
-                tpm.level -= tokens
+                tpm.take(tokens, now)
             return None
         wait = max(request_wait, token_wait)
-        headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+        headers = self._limit_headers(now) if self.config.ratelimit_headers else {}
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
         if rpm is not None:
             headers["x-ratelimit-reset-requests"] = _format_reset(request_wait)
         if tpm is not None:
@@ -796,8 +996,16 @@ class SimServer:
 
     def _reset_buckets(self) -> None:
         cfg = self.config
-        self._rpm = _Bucket(cfg.rpm) if cfg.rpm is not None else None
-        self._tpm = _Bucket(cfg.tpm) if cfg.tpm is not None else None
+
+        def limiter(per_minute: float | None) -> _Limiter | None:
+            if per_minute is None:
+                return None
+            if cfg.rate_window == "bucket":
+                return _Bucket(per_minute)
+            return _Window(per_minute, cfg.window, fixed=cfg.rate_window == "fixed")
+
+        self._rpm = limiter(cfg.rpm)
+        self._tpm = limiter(cfg.tpm)
 
 
 # -- helpers -----------------------------------------------------------------------------

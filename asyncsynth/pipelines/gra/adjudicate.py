@@ -82,7 +82,7 @@ class Adjudicator:
             params=self.params(self.settings.adjudicate_params, roles, "adjudicate"),
             meta={**(meta or {}), "stage": "adjudicate"},
         )
-        verdict.count(answer)
+        verdict.count(roles.adjudicator, answer)
         if not answer.ok:
             verdict.fail(Failure.of("adjudicate", roles.adjudicator, answer))
             return

@@ -21,7 +21,8 @@ from .roles import Roles
 from .samples import SampleMaker, sample_rng
 from .seeds import Seed
 
-Tally = Callable[[str, Sequence[Result]], None]
+Tally = Callable[[str, str, Sequence[Result]], None]
+"""Counts a stage's requests: ``(stage, model, results)``."""
 
 
 class SeedAnnotations:
@@ -100,7 +101,7 @@ class SeedAnnotations:
 
     async def _ask(self, seed: Seed, model: str, roles: Roles) -> StructuredResult:
         answer = await self.maker.annotate(seed, model, roles)
-        self._tally("annotate", answer.results)
+        self._tally("annotate", model, answer.results)
         return answer
 
     async def _annotate(self, seed: Seed) -> PoolEntry | None:

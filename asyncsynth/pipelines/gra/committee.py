@@ -154,10 +154,10 @@ class Committee:
         async with anyio.create_task_group() as tg:
             for slot, model in enumerate(roles.reviewers):
                 tg.start_soon(ask, slot, model)
-        done = [a for a in answers if a is not None]
-        for answer in done:
-            verdict.count(answer)
-        return done
+        for model, answer in zip(roles.reviewers, answers, strict=True):
+            if answer is not None:
+                verdict.count(model, answer)
+        return [a for a in answers if a is not None]
 
     def _usable(
         self, verdict: Verdict, stage: str, answers: list[StructuredResult]

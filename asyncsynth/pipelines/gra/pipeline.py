@@ -15,12 +15,13 @@ report.py     report.json, and the plain-words account of a run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -37,8 +38,12 @@ from .outputs import Outputs, open_folder
 from .pool import PoolEntry
 from .report import build_report
 from .rounds import Rounds
+from .samples import SampleMaker
 from .seeds import Seeds, load_seeds
 from .settings import GraSettings
+
+if TYPE_CHECKING:
+    from ...distributed.ray_run import RayExecutor
 
 __all__ = ["JOURNAL_NAME", "GraResult", "make_deduplicator", "run_gra"]
 
@@ -141,6 +146,7 @@ class _Writer:
             pool_size=len(self.pool()),
             annotation=run.annotations.record(),
             usage=run.usage.by_stage,
+            costs=run.usage.costs,
             engine=engine,
             structured=known_formats(self.engine),
             stopped=run.stopped,
@@ -153,6 +159,21 @@ class _Writer:
         return report
 
 
+@contextlib.asynccontextmanager
+async def _maker(
+    engine: Engine, settings: GraSettings, out_dir: Path, executor: RayExecutor | None
+) -> AsyncIterator[Any]:
+    """Who makes the candidates: this process, or the executor's Ray actors."""
+    local = SampleMaker(engine, settings)
+    if executor is None:
+        yield local
+        return
+    from ...distributed.ray_gra import gra_on_ray
+
+    async with gra_on_ray(executor, engine.config, settings, out_dir, local) as maker:
+        yield maker
+
+
 async def run_gra(
     config: Config,
     out_dir: str | os.PathLike[str],
@@ -160,6 +181,7 @@ async def run_gra(
     settings: GraSettings | None = None,
     on_event: OnEvent | None = None,
     embedder: Embedder | None = None,
+    executor: RayExecutor | None = None,
 ) -> GraResult:
     """Run GRA with ``settings`` (default: ``config``'s ``[gra]`` section) into ``out_dir``.
 
@@ -172,7 +194,8 @@ async def run_gra(
     :class:`~asyncsynth.pipelines.events.PipelineEvent` per step, round and decided
     candidate). ``embedder`` replaces the configured embedding model (anything with
     ``embed(texts) -> unit vectors``). Cancelling it leaves the rounds already finished on
-    disk.
+    disk. ``executor``: make the candidates on a Ray cluster (see
+    :mod:`asyncsynth.distributed.ray_gra`); the rounds, dedup and pool stay here.
 
     To change a few settings of the config: ``GraSettings.from_config(config)
     .with_overrides(target=100, seed=1)``.
@@ -189,11 +212,14 @@ async def run_gra(
     open_folder(folder, config, settings, seeds)
     async with Engine(config, journal=folder.journal, on_event=on_event) as engine:
         _remember_formats(engine, folder / "report.json", settings.committee.pool)
-        rounds = Rounds(engine, settings, seeds, dedup, target=goal, on_event=on_event)
-        writer = _Writer(engine, rounds, folder, seeds)
-        rounds.on_round = writer.round_done
-        await rounds.open()
-        await rounds.run()
+        async with _maker(engine, settings, folder.path, executor) as maker:
+            rounds = Rounds(
+                engine, settings, seeds, dedup, target=goal, on_event=on_event, maker=maker
+            )
+            writer = _Writer(engine, rounds, folder, seeds)
+            rounds.on_round = writer.round_done
+            await rounds.open()
+            await rounds.run()
         rounds.emit("note", "gra", stopped=rounds.stopped, accepted=rounds.accepted, target=goal)
         report = writer.finish()
     return GraResult(

@@ -9,6 +9,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ...engine import sum_usd
+from ...engine.cost import usd
 from .decision import keeps
 from .samples import Candidate
 from .settings import GraSettings
@@ -222,6 +224,46 @@ def _tokens(cands: Sequence[Candidate], usage: Mapping[str, Mapping[str, int]]) 
     }
 
 
+def _cost(
+    settings: GraSettings,
+    cands: Sequence[Candidate],
+    costs: Mapping[str, Mapping[str, float | None]],
+) -> dict[str, Any]:
+    """USD as the answers cost when made (a resumed run's journal answers at their first
+    cost, so the figures do not change on resume), in all, per accepted sample, by stage and
+    by model; None where a model has no price."""
+    verdicts = [c.verdict for c in cands if c.verdict is not None]
+    books = {
+        "annotate": [costs.get("annotate", {})],
+        "generate": [c.costs for c in cands],
+        "review": [v.costs for v in verdicts],
+        "summarize": [costs.get("summarize", {})],
+    }
+    by_model: dict[str, float | None] = {}
+    for stage_books in books.values():
+        for book in stage_books:
+            for model, value in book.items():
+                by_model[model] = sum_usd((by_model.get(model, 0.0), value))
+    by_stage = {
+        stage: sum_usd(v for book in stage_books for v in book.values())
+        for stage, stage_books in books.items()
+    }
+    total = sum_usd(by_stage.values())
+    accepted = sum(c.status == "accepted" for c in cands)
+    pool = [m for m in settings.committee.pool if m in by_model]
+    pool += [m for m in by_model if m not in pool]
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 8)
+
+    return {
+        "total_usd": rounded(total),
+        "per_accepted_usd": rounded(total / accepted) if total is not None and accepted else None,
+        "by_stage": {stage: rounded(v) for stage, v in by_stage.items()},
+        "by_model": {m: rounded(by_model[m]) for m in pool},
+    }
+
+
 def _committee(settings: GraSettings, cands: Sequence[Candidate]) -> dict[str, Any]:
     committee = settings.committee
     shared = sum(1 for c in cands if c.roles.shared)
@@ -254,6 +296,7 @@ def build_report(
     annotation: Mapping[str, Any],
     usage: Mapping[str, Mapping[str, int]],
     engine: Mapping[str, Any],
+    costs: Mapping[str, Mapping[str, float | None]] | None = None,
     structured: Mapping[str, str],
     stopped: str,
     seeds: int,
@@ -289,6 +332,7 @@ def build_report(
         "domains": _domains(cands),
         "models": _models(settings, cands),
         "tokens": _tokens(cands, usage),
+        "cost": _cost(settings, cands, costs or {}),
         "committee": _committee(settings, cands),
         "dedup": {
             "embedding_model": settings.embedding_model,
@@ -347,7 +391,24 @@ def explain(report: Mapping[str, Any]) -> list[str]:
             lines.append(f"  {n:>{width},}  {reason}: {why}")
     lines += _echo_hint(report)
     lines += _losses(report)
+    lines += _cost_line(report)
     return lines
+
+
+def _cost_line(report: Mapping[str, Any]) -> list[str]:
+    cost = report.get("cost") or {}
+    if cost.get("total_usd") is None:
+        return []
+    stages = ", ".join(f"{s} {usd(v)}" for s, v in cost["by_stage"].items() if v)
+    models = ", ".join(f"{m} {usd(v)}" for m, v in cost["by_model"].items())
+    each = cost.get("per_accepted_usd")
+    return [
+        f"Cost (as made, journal answers included): {usd(cost['total_usd'])}"
+        + (f", {usd(each)} per accepted sample" if each is not None else "")
+        + (f"; by stage: {stages}" if stages else "")
+        + (f"; by model: {models}" if models else "")
+        + "."
+    ]
 
 
 def _echo_hint(report: Mapping[str, Any]) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from ...engine import Engine, Result
+from ...engine import Engine, Result, book_cost
 from ..events import EventKind, OnEvent, PipelineEvent
 from .annotate import SeedAnnotations
 from .dedup import Deduplicator, dedup_round
@@ -80,15 +80,20 @@ def round_size(
 
 @dataclass
 class Usage:
-    """Requests and tokens of the steps outside the candidates (annotation, summaries)."""
+    """Requests, tokens and cost of the steps outside the candidates (annotation, summaries)."""
 
     by_stage: dict[str, dict[str, int]] = field(
         default_factory=lambda: {
             s: {"requests": 0, "in": 0, "out": 0} for s in ("annotate", "summarize")
         }
     )
+    costs: dict[str, dict[str, float | None]] = field(
+        default_factory=lambda: {"annotate": {}, "summarize": {}}
+    )
+    """USD by stage, then by model, as the answers cost when made (None: no price)."""
 
-    def tally(self, stage: str, results: Sequence[Result]) -> None:
+    def tally(self, stage: str, model: str, results: Sequence[Result]) -> None:
+        book_cost(self.costs[stage], model, results)
         usage = self.by_stage[stage]
         for r in results:
             usage["requests"] += 1
@@ -109,7 +114,10 @@ class Rounds:
         target: int,
         on_event: OnEvent | None = None,
         on_round: Callable[[list[Candidate]], None] | None = None,
+        maker: SampleMaker | None = None,
     ) -> None:
+        """``maker``: who makes the candidates (default: a :class:`SampleMaker` on
+        ``engine``; the Ray executor's sends them to its actors)."""
         self.engine = engine
         self.settings = settings
         self.seeds = seeds
@@ -117,7 +125,7 @@ class Rounds:
         self.target = target
         self.on_event = on_event
         self.on_round = on_round
-        self.maker = SampleMaker(engine, settings)
+        self.maker = maker or SampleMaker(engine, settings)
         self.usage = Usage()
         self.annotations = SeedAnnotations(seeds, self.maker, self.usage.tally)
         self.summaries = Summaries(self.maker, self.usage.tally)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...engine import Engine, Request, Result
+from ...engine import Engine, Request, Result, book_cost, sum_usd
 from ...prompts import load_prompt
 from ...structured import Schema, StructuredClient, StructuredResult, object_schema
 from .committee import Committee
@@ -85,6 +85,8 @@ class Candidate:
     requests: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    costs: dict[str, float | None] = field(default_factory=dict)
+    """USD the generator's answers cost when made, by model (None: no price)."""
 
     @property
     def sample(self) -> int:
@@ -99,6 +101,8 @@ class Candidate:
         self.status, self.reason, self.stage = "rejected", reason, stage
 
     def count(self, results: Sequence[Result]) -> None:
+        assert self.roles.generator is not None
+        book_cost(self.costs, self.roles.generator, results)
         for r in results:
             self.requests += 1
             usage = r.usage or {}
@@ -165,6 +169,8 @@ class Candidate:
             "in": self.tokens_in + (verdict.tokens_in if verdict else 0),
             "out": self.tokens_out + (verdict.tokens_out if verdict else 0),
         }
+        cost = sum_usd([*self.costs.values(), *(verdict.costs.values() if verdict else ())])
+        row["cost_usd"] = None if cost is None else round(cost, 8)
         return row
 
 

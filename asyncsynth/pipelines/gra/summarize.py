@@ -38,14 +38,14 @@ class Summaries:
         rng = sample_rng(self.settings.seed, "summarize", c.id)
         model = rng.choice(pool)
         answer = await self.maker.summarize(c, model)
-        self._tally("summarize", answer.results)
+        self._tally("summarize", model, answer.results)
         others = [m for m in pool if m != model]
         if not answer.ok and others:
             self.retried += 1
             c.failures.append(Failure.of("summarize", model, answer))  # stays on the record
             model = rng.choice(others)
             answer = await self.maker.summarize(c, model)
-            self._tally("summarize", answer.results)
+            self._tally("summarize", model, answer.results)
         if answer.ok:
             c.keywords, c.summary = list(answer.value["keywords"]), answer.value["summary"]
             c.summarized_by = model

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from ...engine import book_cost
 from ...structured import StructuredResult
 from .roles import Roles
 
@@ -128,6 +129,8 @@ class Verdict:
     requests: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    costs: dict[str, float | None] = field(default_factory=dict)
+    """USD the committee's answers cost when made, by model (None: no price)."""
 
     @property
     def accepted(self) -> bool:
@@ -174,8 +177,9 @@ class Verdict:
             out["shared_roles"] = True
         return out
 
-    def count(self, answer: StructuredResult) -> None:
-        """Add ``answer``'s requests and tokens to this sample's."""
+    def count(self, model: str, answer: StructuredResult) -> None:
+        """Add ``model``'s ``answer``: its requests, tokens and cost, to this sample's."""
+        book_cost(self.costs, model, answer.results)
         self.requests += len(answer.results)
         self.tokens_in += answer.tokens_in
         self.tokens_out += answer.tokens_out

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ...config import Config
-from ...engine import Engine, Request, Result
+from ...engine import Engine, Request, Result, made_cost
 from ..errors import PipelineError
 from ..events import EventKind, OnEvent, PipelineEvent
 from ..runfolder import RunFolder
@@ -65,13 +65,16 @@ def prompt_text(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages)
 
 
-def request_stats(results: Sequence[Result]) -> dict[str, int]:
+def request_stats(results: Sequence[Result]) -> dict[str, Any]:
+    """A step's requests; ``cost_usd``: what its answers cost when made (None: no price)."""
+    cost = made_cost(results)
     return {
         "total": len(results),
         "cached": sum(r.cached for r in results),
         "failed": sum(not r.ok for r in results),
         "tokens_in": sum((r.usage or {}).get("prompt_tokens", 0) for r in results),
         "tokens_out": sum((r.usage or {}).get("completion_tokens", 0) for r in results),
+        "cost_usd": None if cost is None else round(cost, 6),
     }
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...engine.cost import usd
 from ...io import write_json
 from .cleaning import CleaningCounts
 
@@ -76,6 +77,8 @@ def write_report(
     for record in steps.values():
         for key in _REQUEST_KEYS:
             requests[key] += record.get("requests", {}).get(key, 0)
+    step_costs = {n: r["requests"].get("cost_usd") for n, r in steps.items() if "requests" in r}
+    known = None not in step_costs.values()
     final_metrics_path = out / "final" / "metrics.json"
     test_overlap = None
     if final_metrics_path.exists():
@@ -120,6 +123,10 @@ def write_report(
         },
         "cleaning": total.to_dict(),
         "requests": requests,
+        "cost": {
+            "total_usd": round(sum(c or 0.0 for c in step_costs.values()), 6) if known else None,
+            "steps": step_costs,
+        },
         "files": {
             "dataset": "final/train.jsonl",
             "student": "final/student" if settings.save_student else None,
@@ -299,4 +306,7 @@ def format_report(report: Mapping[str, Any]) -> str:
             else ""
         )
     )
+    if (cost := report.get("cost")) and cost["total_usd"] is not None:
+        steps = ", ".join(f"{step} {usd(c)}" for step, c in cost["steps"].items())
+        lines.append(f"cost {usd(cost['total_usd'])} ({steps})")
     return "\n".join(lines)
