@@ -20,12 +20,14 @@ from .engine import (
     EndpointsUnreachable,
     Journal,
 )
+from .engine.errors import first_leaf
 from .engine.journal import journal_path_for
 from .io import write_json
 from .progress import DEFAULT_LOG_INTERVAL, Describe, Progress
 
 if TYPE_CHECKING:
     from .distributed.ray_run import RayExecutor
+    from .pipelines.s3 import S3Settings
 
 T = TypeVar("T")
 
@@ -114,9 +116,7 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
         found, rest = group.split(AsyncsynthError)
         if found is None or rest is not None:  # anything else is a bug: show it whole
             raise
-        while isinstance(found, BaseExceptionGroup):
-            found = found.exceptions[0]
-        raise _problem(found) from None
+        raise _problem(first_leaf(found)) from None
     return (outcome[0] if outcome else None), interrupted
 
 
@@ -513,7 +513,7 @@ def run(
     config = with_budget(with_wait_options(config_from_options(kw), kw), kw)
     config = with_limits_backend(config, kw)
     ray = executor_from_options(kw)
-    checks = {"max_n": max_n, "allow_duplicate_ids": allow_duplicate_ids}
+    checks: dict[str, Any] = {"max_n": max_n, "allow_duplicate_ids": allow_duplicate_ids}
     if checks := {k: v for k, v in checks.items() if v is not None}:
         config = replace(config, input=replace(config.input, **checks))
     if batch:
@@ -1082,6 +1082,37 @@ def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return seeds
 
 
+def _s3_settings(
+    config_path: str,
+    *,
+    baseline: str | None,
+    review: str | None,
+    rounds: int | None,
+    seed_size: int | None,
+) -> tuple[Config, S3Settings]:
+    """The config and [s3] settings of ``asyncsynth s3``, with its flags applied and checked."""
+    from .pipelines.s3 import load_s3_settings, s3_settings
+
+    try:
+        config = load_config(config_path)
+        settings = load_s3_settings(config)
+        if baseline is not None:  # re-validated: a baseline changes other settings
+            table = {**config.sections["s3"], "baseline": baseline}
+            settings = s3_settings(table, where=f"{config.source}: s3", base_dir=settings.base_dir)
+    except AsyncsynthError as exc:
+        raise ConfigProblem(str(exc)) from None
+    overrides: dict[str, Any] = {"review": review, "rounds": rounds, "seed_size": seed_size}
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if review == "gra":  # the [gra] pool must seat a committee that excludes s3.llm
+        from .pipelines.gra import CommitteeSettings
+
+        try:
+            CommitteeSettings.for_review(config, writer=settings.llm)
+        except AsyncsynthError as exc:
+            raise ConfigProblem(str(exc)) from None
+    return config, settings
+
+
 @main.command("s3")
 @click.argument("config_path", metavar="CONFIG.toml", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -1134,28 +1165,15 @@ def s3(
     cap was reached, 130 when interrupted.
     """
     from .pipelines.errors import PipelineError
-    from .pipelines.s3 import load_s3_settings, run_s3, s3_settings
+    from .pipelines.s3 import run_s3
     from .pipelines.s3.baselines import format_table, run_seeds
     from .pipelines.s3.report import describe, format_report
     from .progress import summary
 
-    try:
-        config = with_budget(load_config(config_path), kw)
-        settings = load_s3_settings(config)
-        if baseline is not None:  # re-validated: a baseline changes other settings
-            table = {**config.sections["s3"], "baseline": baseline}
-            settings = s3_settings(table, where=f"{config.source}: s3", base_dir=settings.base_dir)
-    except AsyncsynthError as exc:
-        raise ConfigProblem(str(exc)) from None
-    overrides = {"review": review, "rounds": rounds, "seed_size": seed_size}
-    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    if review == "gra":  # the [gra] pool must seat a committee that excludes s3.llm
-        from .pipelines.gra import CommitteeSettings
-
-        try:
-            CommitteeSettings.for_review(config, writer=settings.llm)
-        except AsyncsynthError as exc:
-            raise ConfigProblem(str(exc)) from None
+    config, settings = _s3_settings(
+        config_path, baseline=baseline, review=review, rounds=rounds, seed_size=seed_size
+    )
+    config = with_budget(config, kw)
     config = with_limits_backend(with_wait_options(config, kw), kw)
     display = progress_from_options(kw, quiet=quiet, title="s3", describe=describe)
 

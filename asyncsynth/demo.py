@@ -259,7 +259,7 @@ def write_s3_inputs(
     _write_jsonl(folder / "gold.jsonl", s3_gold(gold, 1))
     _write_jsonl(folder / "test.jsonl", s3_gold(test, 2))
     tiny = ", ".join(f"{k} = {json.dumps(v)}" for k, v in TINY_BERT.items())
-    student = "\n".join(
+    student_lines = "\n".join(
         f"{k} = {json.dumps(v).lower() if isinstance(v, bool) else json.dumps(v)}"
         for k, v in {**TINY_STUDENT, **(student or {})}.items()
     )
@@ -291,7 +291,7 @@ positive = "the reviewer liked the movie"
 negative = "the reviewer disliked the movie"
 
 [s3.student]  # a tiny random BERT: learns keywords in a second, nothing more
-{student}
+{student_lines}
 from_config = {{ {tiny} }}
 """
     return _write(folder / "s3.toml", toml)
@@ -467,7 +467,7 @@ async def run_demo(
 def _kind(kind: str) -> DemoKind:
     if kind not in DEMOS:
         raise ValueError(f"unknown demo {kind!r}: one of {', '.join(DEMOS)}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 def _write(path: Path, text: str) -> Path:

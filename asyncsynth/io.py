@@ -22,7 +22,7 @@ import os
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, NamedTuple, Protocol
 
 import orjson
 
@@ -62,48 +62,13 @@ def parse_row(row: Any, line: int, *, max_n: int = DEFAULT_MAX_N) -> list[Reques
     """The requests one input row asks for (several when ``n`` > 1, at most ``max_n``)."""
     if not isinstance(row, dict):
         raise ValueError("a line must be a JSON object")
-    params: dict[str, Any] = {}
     meta = dict(row)
     if "body" in row and "custom_id" in row:
-        body = row["body"]
-        if not isinstance(body, dict):
-            raise ValueError("'body' must be an object")
-        body = dict(body)
-        messages = _messages(body.pop("messages", None), "body.messages")
-        body.pop("model", None)  # the endpoint decides the model
-        n = body.pop("n", 1)
-        # Keys asyncsynth does not model (tools, user, max_completion_tokens...) pass through.
-        extra = {k: body.pop(k) for k in list(body) if k not in PARAM_KEYS}
-        if extra:
-            body["extra_body"] = {**extra, **(body.get("extra_body") or {})}
-        params = body
-        ident = str(row["custom_id"])
+        messages, params, n, ident = _batch_line(row)
     else:
-        if "messages" in row:
-            messages = _messages(meta["messages"], "'messages'")
-        elif "prompt" in row:
-            prompt = row["prompt"]
-            if not isinstance(prompt, str):
-                raise ValueError("'prompt' must be a string")
-            messages = [{"role": "user", "content": prompt}]
-            if isinstance(system := row.get("system"), str):
-                messages.insert(0, {"role": "system", "content": system})
-        else:
-            raise ValueError(
-                "a line needs 'messages', 'prompt', or OpenAI Batch 'custom_id' + 'body'"
-            )
-        if "params" in row:
-            params = dict(row["params"]) if isinstance(row["params"], dict) else row["params"]
-        n = row.get("n", 1)
-        ident = str(row["id"]) if "id" in row else f"line-{line}"
+        messages, params, n, ident = _chat_line(row, line)
         meta["id"] = ident
-    if params:
-        try:
-            params = check_params(params, "params")
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-    elif not isinstance(params, dict):
-        raise ValueError(f"params: expected a table, got {params!r}")
+    params = _row_params(params)
     for key in _RESERVED:
         if key in meta:
             raise ValueError(f"field {key!r} is reserved for the output")
@@ -119,6 +84,63 @@ def parse_row(row: Any, line: int, *, max_n: int = DEFAULT_MAX_N) -> list[Reques
         Request(messages=messages, params=params, id=ident, meta=meta, sample=first + s)
         for s in range(n)
     ]
+
+
+class _Line(NamedTuple):
+    """What an input line asks for, before its params and ``n`` are checked."""
+
+    messages: list[dict[str, Any]]
+    params: Any
+    n: Any
+    ident: str
+
+
+def _batch_line(row: dict[str, Any]) -> _Line:
+    """An OpenAI Batch API line: ``{"custom_id": ..., "body": {"messages": [...], ...}}``."""
+    body = row["body"]
+    if not isinstance(body, dict):
+        raise ValueError("'body' must be an object")
+    body = dict(body)
+    messages = _messages(body.pop("messages", None), "body.messages")
+    body.pop("model", None)  # the endpoint decides the model
+    n = body.pop("n", 1)
+    # Keys asyncsynth does not model (tools, user, max_completion_tokens...) pass through.
+    extra = {k: body.pop(k) for k in list(body) if k not in PARAM_KEYS}
+    if extra:
+        body["extra_body"] = {**extra, **(body.get("extra_body") or {})}
+    return _Line(messages, body, n, str(row["custom_id"]))
+
+
+def _chat_line(row: dict[str, Any], line: int) -> _Line:
+    """A ``{"messages": [...]}`` or ``{"prompt": "..."}`` line, with optional params and id."""
+    if "messages" in row:
+        messages = _messages(row["messages"], "'messages'")
+    elif "prompt" in row:
+        prompt = row["prompt"]
+        if not isinstance(prompt, str):
+            raise ValueError("'prompt' must be a string")
+        messages = [{"role": "user", "content": prompt}]
+        if isinstance(system := row.get("system"), str):
+            messages.insert(0, {"role": "system", "content": system})
+    else:
+        raise ValueError("a line needs 'messages', 'prompt', or OpenAI Batch 'custom_id' + 'body'")
+    params: Any = {}
+    if "params" in row:
+        params = dict(row["params"]) if isinstance(row["params"], dict) else row["params"]
+    ident = str(row["id"]) if "id" in row else f"line-{line}"
+    return _Line(messages, params, row.get("n", 1), ident)
+
+
+def _row_params(params: Any) -> dict[str, Any]:
+    """A line's request params, checked as a config's are."""
+    if params:
+        try:
+            return check_params(params, "params")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    if not isinstance(params, dict):
+        raise ValueError(f"params: expected a table, got {params!r}")
+    return params
 
 
 def _lines(f: IO[bytes]) -> Iterator[bytes]:
@@ -228,10 +250,14 @@ def read_requests(
 class Span(Protocol):
     """A run of whole lines of a file (see :class:`asyncsynth.distributed.shards.Span`)."""
 
-    start: int
-    end: int
-    first_line: int
-    lines: int
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def first_line(self) -> int: ...
+    @property
+    def lines(self) -> int: ...
 
 
 def _numbered_lines(f: IO[bytes], span: Span | None) -> Iterator[tuple[int, bytes]]:

@@ -17,6 +17,7 @@ import anyio
 
 from .config import Config
 from .engine import BudgetExceeded, EndpointsFailed, Engine, InputError, Journal, Request
+from .engine.errors import first_leaf
 from .engine.events import ignore
 from .engine.journal import journal_path_for
 from .engine.limits import open_limits_backend
@@ -89,6 +90,8 @@ async def run_file(
             await anyio.to_thread.run_sync(check_local_endpoint, ep)
     if (url := config.engine.limits_backend) is not None:
         await (await open_limits_backend(url, ignore)).aclose()  # reachable, or exit 2
+    if executor is not None:
+        executor.check(config)
     output_path = Path(output_path)
     report = RunReport(output=output_path, errors=errors_path_for(output_path))
     for target in (output_path, report.errors):
@@ -184,11 +187,9 @@ async def _answer(
                 raise
             except BaseExceptionGroup as group:  # the progress task's group wraps what map raised
                 stopped, _ = group.split(EndpointsFailed)
-                while isinstance(stopped, BaseExceptionGroup):
-                    stopped = stopped.exceptions[0]
                 if stopped is None:
                     raise
-                raise stopped from None
+                raise first_leaf(stopped) from None
             finally:
                 report.written = out.rows
                 report.stats = summary(engine)

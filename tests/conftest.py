@@ -80,6 +80,12 @@ def _ray_missing(modules: tuple[str, ...]) -> str | None:
     )
 
 
+def _tools_missing(modules: tuple[str, ...]) -> str | None:
+    """Why the linters in ``modules`` cannot run here, or None."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"needs {', '.join(missing)} (the dev extra)" if missing else None
+
+
 @dataclass(frozen=True)
 class RealComponent:
     """A real component some tests need: a marker, why it is missing, the CI switch."""
@@ -99,6 +105,7 @@ REAL_COMPONENTS = (
     RealComponent("redis", "real Redis server", _redis_missing, "ASYNCSYNTH_REQUIRE_REDIS"),
     RealComponent("ray", "local Ray cluster", _ray_missing, "ASYNCSYNTH_REQUIRE_RAY"),
     RealComponent("browser", "real browser", _browser_missing, "ASYNCSYNTH_REQUIRE_BROWSER"),
+    RealComponent("lint", "linter", _tools_missing, "ASYNCSYNTH_REQUIRE_LINT"),
 )
 
 

@@ -230,6 +230,21 @@ def test_a_budget_stop_exits_5_naming_the_cap_and_how_to_raise_it(
     assert "max_tokens_total = 100 tokens" in tokens.output
 
 
+def test_a_cap_with_the_ray_executor_is_refused_before_anything_is_sent(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    sim = sim_factory(reply=_fixed_reply)
+    _rows(tmp_path / "in.jsonl", 5)
+    args = ["run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+            "--base-url", sim.url, "--model", "m", "-q", "--executor", "ray"]  # fmt: skip
+    for cap in (["--price", "input=1,output=2", "--max-cost", "1"], ["--max-tokens-total", "9"]):
+        result = CliRunner().invoke(main, [*args, *cap])
+        assert result.exit_code == 2, result.output
+        assert "engine: max_cost and max_tokens_total are kept per process" in result.output
+    assert sim.stats.requests == 0
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 @pytest.mark.anyio
 async def test_an_endpoint_cap_names_the_endpoint(sim_factory: Any, tmp_path: Path) -> None:
     sim = sim_factory(reply=_fixed_reply)

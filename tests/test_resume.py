@@ -403,3 +403,36 @@ def test_cache_stats_and_clear(sim: SimServer, tmp_path: Path) -> None:
 
     missing = runner.invoke(main, ["cache", "stats", str(tmp_path / "nothing.jsonl")])
     assert missing.exit_code != 0 and "no journal here" in missing.output
+
+
+def test_key_filter_never_misses_a_stored_key_and_grows_past_its_capacity(
+    tmp_path: Path,
+) -> None:
+    """Lookups skip SQLite for keys never stored: every stored key must still be found,
+    before and after the filter is rebuilt larger, after a reopen and after ``clear``."""
+    from asyncsynth.engine.client import Completion
+    from asyncsynth.engine.journal import KeyFilter, request_key
+
+    answer = Completion("an answer", "stop", {"prompt_tokens": 1, "completion_tokens": 2}, "m")
+    keys = [request_key(["m"], [{"role": "user", "content": str(i)}], {}, 0) for i in range(3000)]
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as journal:
+        journal._keys = KeyFilter.of([], 0)
+        journal._keys.capacity = 1000  # force rebuilds at this size
+        for start in range(0, 2000, 250):
+            journal.record((key, answer) for key in keys[start : start + 250])
+        assert journal._keys.capacity > 1000
+        assert all(journal.get(key) == answer for key in keys[:2000])
+        assert all(journal.get(key) is None for key in keys[2000:])
+    with Journal(path) as journal:
+        assert all(journal.get(key) == answer for key in keys[:2000])
+        assert sum(key in journal._keys for key in keys[2000:]) < 20  # ~0.2% false positives
+        journal.clear()
+        assert all(journal.get(key) is None for key in keys)
+        journal.record([(keys[0], answer)])
+        assert journal.get(keys[0]) == answer
+
+    short = KeyFilter()
+    for i in range(500):
+        short.add(f"k{i}".encode())
+    assert all(f"k{i}".encode() in short for i in range(500))

@@ -59,10 +59,11 @@ def shown_url(url: str) -> str:
 
 async def open_backend(url: str, *, on_event: Listener = ignore, where: str = "") -> SharedLimits:
     """The :class:`SharedLimits` of ``url``, checked to answer now (else :class:`ConfigError`)."""
-    from .budgets import SharedLimits
+    from .budgets import SharedLimits, Store
 
     where = where or "engine.limits_backend"
     scheme = urlsplit(url).scheme
+    store: Store
     if scheme == RAY_ACTOR_SCHEME:
         from .ray_run import ActorStore
 

@@ -404,10 +404,11 @@ class SharedBudget:
         away (for as long as it takes: that wait is the whole job's).
         """
         limits = self.limits
-        member = limits.new_id() if self.slots and slots else None
+        held_under = slots if self.slots and slots else 0  # the concurrency limit, if one holds
+        member = limits.new_id() if held_under else None
         rpm, tpm = self.rpm, self.tpm
         op = (
-            "admit", self.key, member or "", slots if member else 0, limits.lease,
+            "admit", self.key, member or "", held_under, limits.lease,
             1.0 if rpm else 0.0, rpm.burst if rpm else 0.0, rpm.rate if rpm else 0.0,
             float(tokens) if tpm else 0.0, tpm.burst if tpm else 0.0, tpm.rate if tpm else 0.0,
             limits.new_id(),
@@ -421,7 +422,7 @@ class SharedBudget:
                     self._held.add(member)
                 return Admission(
                     member, tokens, reply.wait, (reply.r_mark, reply.t_mark), reply.in_use,
-                    slots if member else 0, reply.epoch, held,
+                    held_under, reply.epoch, held,
                 )  # fmt: skip
             remaining = deadline + held - time.monotonic()
             if remaining <= 0:

@@ -94,6 +94,24 @@ class RayExecutor:
             raise ConfigError("--executor ray=ADDRESS: the address is empty")
         return cls(address or None, actors)
 
+    def check(self, config: Config) -> None:
+        """Refuse what cannot be kept across actors: a cost or token cap is counted by each
+        process's own ledger, so on several actors a job could spend the cap once per actor."""
+        caps = [
+            where
+            for where, scope in (
+                ("engine", config.engine),
+                *((f"endpoints.{n}", ep) for n, ep in config.endpoints.items()),
+            )
+            if scope.max_cost is not None or scope.max_tokens_total is not None
+        ]
+        if caps:
+            raise ConfigError(
+                f"{config.source}: {caps[0]}: max_cost and max_tokens_total are kept per process, "
+                "so --executor ray could spend them once per actor; run without the executor "
+                "to cap the job"
+            )
+
     def connect(self) -> bool:
         """Join (or start) the cluster unless this process already did; whether it did now."""
         ray = require_ray()
@@ -515,14 +533,6 @@ async def _drive(
     results: list[ShardResult] = []
     failure: list[BaseException] = []
 
-    def pass_on(events: Any) -> None:
-        for event in events:
-            if isinstance(event, RoleStarted):  # each worker starts the role: show it once
-                if event.role in view.roles:
-                    continue
-                view.roles.add(event.role)
-            display.on_event(event)
-
     async def work(index: int, actor: Any) -> None:
         while pending and not failure:
             shard = pending.pop(0)
@@ -533,7 +543,7 @@ async def _drive(
                 failure.append(cause if isinstance(cause, AsyncsynthError) else exc)
                 tg.cancel_scope.cancel()
                 return
-            pass_on(result.events)
+            _pass_on(result.events, view, display)
             view.finished(index, result)
             results.append(result)
 
@@ -547,7 +557,7 @@ async def _drive(
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                     view.lost(index)  # restarting: its shard starts over from the journal
                     continue
-                pass_on(snap.get("events", ()))
+                _pass_on(snap.get("events", ()), view, display)
                 view.live(index, snap)
 
     async with anyio.create_task_group() as tg:
@@ -560,6 +570,16 @@ async def _drive(
         raise failure[0]
     results.sort(key=lambda r: r.index)
     return results
+
+
+def _pass_on(events: Any, view: ClusterView, display: Progress) -> None:
+    """Workers' events to the display; each worker starts the role, so that is shown once."""
+    for event in events:
+        if isinstance(event, RoleStarted):
+            if event.role in view.roles:
+                continue
+            view.roles.add(event.role)
+        display.on_event(event)
 
 
 def _journal_entries(shard: Shard) -> int:

@@ -95,8 +95,8 @@ def _error_message(text: bytes | str) -> tuple[str, str | None]:
         err = data.get("error", data)
         if isinstance(err, dict):
             code = err.get("code")  # e.g. invalid_api_key; vLLM puts the status number here
-            named = isinstance(code, str) and code and not code.isdigit()
-            return str(err.get("message") or err)[:300], code[:80] if named else None
+            named = code[:80] if isinstance(code, str) and code and not code.isdigit() else None
+            return str(err.get("message") or err)[:300], named
         return str(err)[:300], None
     return str(data)[:300], None
 

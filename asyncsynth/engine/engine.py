@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -40,6 +41,7 @@ from .errors import (
     EndpointsFailed,
     RateLimited,
     RequestError,
+    first_leaf,
 )
 from .events import EngineStarted, Listener, RateLimitPause, Retry, RoleStarted, ignore
 from .fleet import EndpointState, Fleet
@@ -149,6 +151,7 @@ class Engine:
         self._fleets: dict[str | None, Fleet] = {}
         self._fleet_lock = anyio.Lock()
         self._key_params: dict[str, dict[str, Any]] = {}
+        self._key_base: dict[Fleet, tuple[list[str], dict[str, Any]]] = {}
         self._body_params: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -167,8 +170,8 @@ class Engine:
         await stack.__aenter__()
         try:
             if self._journal_arg is not None and self.settings.journal:
-                journal = self._journal_arg
-                self.journal = journal if isinstance(journal, Journal) else Journal(journal)
+                arg = self._journal_arg
+                self.journal = arg if isinstance(arg, Journal) else Journal(arg)
                 stack.callback(self.journal.close)
                 self.ledger.resume(self.journal.spent())
                 if self.journal.batch_held() or any(
@@ -196,13 +199,16 @@ class Engine:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         stack, self._stack = self._stack, None
         if stack is None:
             return
         try:
-            await stack.__aexit__(exc_type, exc, tb)  # type: ignore[arg-type]
+            await stack.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
             # The engine's background task group wraps what the caller's block raised:
             # hand that exception back as it was raised.
@@ -302,12 +308,16 @@ class Engine:
         """The journal key of ``request`` when sent to ``fleet``'s role."""
         if "n" in request.params and request.params["n"] != 1:
             raise ValueError("n > 1 is expressed as several requests with sample = 0..n-1")
-        first = fleet.endpoints[0].name
-        params = self._key_params[first]
+        models, params = self._key_base.get(fleet) or self._key_base_of(fleet)
         if request.params:
             params = {**params, **request.params}
-        models = sorted({ep.config.model for ep in fleet.endpoints})
         return request_key(models, request.messages, params, request.sample)
+
+    def _key_base_of(self, fleet: Fleet) -> tuple[list[str], dict[str, Any]]:
+        """What every key of the role starts from: its models, its first endpoint's params."""
+        models = sorted({ep.config.model for ep in fleet.endpoints})
+        base = self._key_base[fleet] = (models, self._key_params[fleet.endpoints[0].name])
+        return base
 
     async def _execute(self, request: Request, fleet: Fleet) -> Result:
         journal = self.journal
@@ -402,8 +412,7 @@ class Engine:
             if self.ledger.capped:  # the worst case is held until it is answered or fails
                 hold = await self.ledger.reserve(ep.name, *self._worst_case(ep, request))
             if ep.shared is not None:  # the budget of every process on this endpoint key
-                if ep.tpm is not None:
-                    tokens = await self._tokens(ep, request)
+                tokens = await self._tokens(ep, request) if ep.tpm is not None else 0.0
                 admission = await ep.shared.admit(tokens, ep.limit.slots, deadline)
                 deadline += admission.held  # waiting for the backend is the job's, not its own
                 marks = admission.marks
@@ -417,21 +426,8 @@ class Engine:
                     if admission.wait > 0:  # the reservation must still stand
                         admission = await ep.shared.confirm(admission, deadline)
                         admission.wait = 0.0
-            elif ep.rpm is not None or ep.tpm is not None or ep.paused_until > time.monotonic():
-                if ep.tpm is not None:
-                    tokens = await self._tokens(ep, request)
-                now = time.monotonic()
-                wait = ep.budget_wait(tokens, now)
-                marks = ep.budget_marks()
-                while wait > 0:
-                    if now + wait >= deadline:
-                        raise DeadlineExceeded(
-                            f"rate limits of {ep.name} allow no request before the deadline",
-                            endpoint=ep.name,
-                        )
-                    await anyio.sleep(wait)
-                    now = time.monotonic()
-                    wait = ep.paused_until - now  # a 429 may have paused it meanwhile
+            else:
+                tokens, marks = await self._await_budget(ep, request, deadline)
             body = self._body(ep, request)
             start = time.monotonic()
             timeout = min(ep.config.timeout, deadline - start)
@@ -439,15 +435,8 @@ class Engine:
                 raise DeadlineExceeded("the request's deadline ran out", endpoint=ep.name)
             completion = await ep.transport.chat(body, timeout)
             latency = time.monotonic() - start
-            if completion.rate is not None:
-                self._observe(ep, completion.rate, marks, start + latency)
-            usage = completion.usage
-            if ep.tpm is not None and (used := usage["prompt_tokens"] + usage["completion_tokens"]):
-                if admission is not None:
-                    admission.used = used
-                else:
-                    ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
-            completion.cost = self.ledger.charge(ep.name, usage)
+            self._answered(ep, completion, marks, tokens, admission, start + latency)
+            completion.cost = self.ledger.charge(ep.name, completion.usage)
             return completion, ep, latency
         except RequestError as exc:
             error = exc
@@ -455,26 +444,81 @@ class Engine:
                 latency = time.monotonic() - start
             stats.errors += 1
             if isinstance(exc, RateLimited):
-                stats.rate_limited += 1
-                if (seen := RateHeaders.parse(exc.headers)) is not None:
-                    self._observe(ep, seen, marks, time.monotonic())
-                if ep.pauses_on(exc):
-                    settings = self.settings
-                    pause = wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max)
-                    if ep.paused_until <= time.monotonic():  # a new pause, not one more 429
-                        asked = server_wait(exc.headers)
-                        self._emit(RateLimitPause(ep.name, pause, asked, exc.message))
-                    ep.pause(pause)
+                self._rate_limited(ep, exc, marks)
             raise
         finally:
             if hold is not None:
                 self.ledger.release(hold)
             fleet.release(ep, error, latency, load)
-            if admission is not None:
-                assert ep.shared is not None
-                ep.shared.release(admission)
-                if ep.limit.adaptive:
-                    ep.shared.share(ep.limit.slots)
+            self._release_shared(ep, admission)
+
+    async def _await_budget(
+        self, ep: EndpointState, request: Request, deadline: float
+    ) -> tuple[float, tuple[float, float] | None]:
+        """Wait until ``ep``'s own rate limits, and any pause after a 429, let ``request`` go.
+
+        Returns the tokens it takes from the TPM budget and the budget marks that rate
+        headers are read against: ``(0.0, None)`` for an endpoint with no limit or pause.
+        """
+        if ep.rpm is None and ep.tpm is None and ep.paused_until <= time.monotonic():
+            return 0.0, None
+        tokens = await self._tokens(ep, request) if ep.tpm is not None else 0.0
+        now = time.monotonic()
+        wait = ep.budget_wait(tokens, now)
+        marks = ep.budget_marks()
+        while wait > 0:
+            if now + wait >= deadline:
+                raise DeadlineExceeded(
+                    f"rate limits of {ep.name} allow no request before the deadline",
+                    endpoint=ep.name,
+                )
+            await anyio.sleep(wait)
+            now = time.monotonic()
+            wait = ep.paused_until - now  # a 429 may have paused it meanwhile
+        return tokens, marks
+
+    def _answered(
+        self,
+        ep: EndpointState,
+        completion: Completion,
+        marks: tuple[float, float] | None,
+        tokens: float,
+        admission: Any,
+        now: float,
+    ) -> None:
+        """What an answer tells the limits: its rate headers, and the tokens it really used."""
+        if completion.rate is not None:
+            self._observe(ep, completion.rate, marks, now)
+        if ep.tpm is not None:
+            usage = completion.usage
+            if used := usage["prompt_tokens"] + usage["completion_tokens"]:
+                if admission is not None:
+                    admission.used = used
+                else:
+                    ep.tpm.refund(tokens - used)  # no usage reported: the estimate stands
+
+    def _rate_limited(
+        self, ep: EndpointState, exc: RateLimited, marks: tuple[float, float] | None
+    ) -> None:
+        """A 429 from ``ep``: learn its rate headers and pause the endpoint if it asks to."""
+        ep.stats.rate_limited += 1
+        if (seen := RateHeaders.parse(exc.headers)) is not None:
+            self._observe(ep, seen, marks, time.monotonic())
+        if ep.pauses_on(exc):
+            settings = self.settings
+            pause = wait_for(exc, 1, base=settings.backoff_base, cap=settings.backoff_max)
+            if ep.paused_until <= time.monotonic():  # a new pause, not one more 429
+                asked = server_wait(exc.headers)
+                self._emit(RateLimitPause(ep.name, pause, asked, exc.message))
+            ep.pause(pause)
+
+    def _release_shared(self, ep: EndpointState, admission: Any) -> None:
+        """Give the shared budget back its admission (if any), and tell it the limit learnt."""
+        if admission is not None:
+            assert ep.shared is not None
+            ep.shared.release(admission)
+            if ep.limit.adaptive:
+                ep.shared.share(ep.limit.slots)
 
     def _observe(
         self, ep: EndpointState, seen: RateHeaders, marks: tuple[float, float] | None, now: float
@@ -775,9 +819,7 @@ def _sole(exc: Exception) -> Exception:
         stopped, rest = exc.split(EndpointsFailed)
         if stopped is None or rest is not None:
             break
-        while isinstance(stopped, ExceptionGroup):
-            stopped = stopped.exceptions[0]
-        return stopped
+        return first_leaf(stopped)
     return exc
 
 

@@ -23,7 +23,7 @@ AsyncsynthError
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 
 class AsyncsynthError(Exception):
@@ -208,3 +208,14 @@ class BudgetExceeded(AsyncsynthError):
             f"included); nothing more was sent and every answer received is kept. Raise it "
             f"({flag} or {key}) and run the same command again to go on."
         )
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def first_leaf(group: BaseExceptionGroup[E]) -> E:
+    """The first exception in ``group`` that is not itself a group, however deep it lies."""
+    found: E | BaseExceptionGroup[E] = group.exceptions[0]
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found

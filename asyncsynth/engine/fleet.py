@@ -85,7 +85,7 @@ ENDPOINT_FAULTS = frozenset({401, 403, 404})
 REPEATED_FAULTS = frozenset({400, 422})
 """A request's own fault, unless every request gets the same one (an unsupported param)."""
 
-Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 
 
 @dataclass(frozen=True, slots=True)

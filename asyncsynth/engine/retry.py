@@ -109,6 +109,13 @@ def wait_for(exc: BaseException, attempt: int, *, base: float, cap: float) -> fl
     return backoff(attempt, base=base, cap=cap)
 
 
+def _failure(state: RetryCallState) -> BaseException:
+    """The error the attempt in ``state`` failed with (tenacity waits only after a failure)."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    assert error is not None
+    return error
+
+
 def retrying(
     *,
     attempts_left: int,
@@ -126,17 +133,16 @@ def retrying(
     """
 
     def _wait(state: RetryCallState) -> float:
-        assert state.outcome is not None
-        pause = wait_for(state.outcome.exception(), state.attempt_number + 1, base=base, cap=cap)
+        pause = wait_for(_failure(state), state.attempt_number + 1, base=base, cap=cap)
         return max(0.0, min(pause, deadline - time.monotonic()))
 
     def _stop(state: RetryCallState) -> bool:
         return state.attempt_number >= attempts_left or time.monotonic() >= deadline
 
     def _before_sleep(state: RetryCallState) -> None:
-        assert before_wait is not None and state.outcome is not None
+        assert before_wait is not None
         seconds = state.next_action.sleep if state.next_action is not None else 0.0
-        before_wait(state.outcome.exception(), state.attempt_number + 1, seconds)
+        before_wait(_failure(state), state.attempt_number + 1, seconds)
 
     return AsyncRetrying(
         stop=_stop,

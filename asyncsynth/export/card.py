@@ -63,8 +63,15 @@ METHODS = {
     ),
 }
 TASKS = {"gra": "text-generation", "run": "text-generation", "qa": "question-answering"}
-SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
-SIZES += ((10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+SIZES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+)
 _SECRET = re.compile(r"key|token|secret|password|auth", re.IGNORECASE)
 _PATH_SETTINGS = ("gold", "dev", "test", "contexts", "prompts_dir", "seed_data", "base_dir")
 

@@ -167,13 +167,17 @@ def _flag(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _scores(scores: Any) -> dict[str, float | None]:
-    scores = scores if isinstance(scores, Mapping) else {}
+    scores = _mapping(scores)
     return {c: _number(scores.get(c)) for c in RESPONSE_CRITERIA}
 
 
 def _check(check: Mapping[str, Any]) -> Row:
-    criteria = check.get("criteria") if isinstance(check.get("criteria"), Mapping) else {}
+    criteria = _mapping(check.get("criteria"))
     return {
         "model": _text(check.get("model")),
         "passed": bool(check.get("passed")),
@@ -220,9 +224,9 @@ def chat(instruction: str, response: str, system: str | None = None) -> list[dic
 
 def gra_record(row: Mapping[str, Any], system: str | None = None) -> Row:
     """An accepted GRA row as typed columns: the sample, its conversation, its provenance."""
-    generation = row.get("generation") if isinstance(row.get("generation"), Mapping) else {}
-    review = row.get("review") if isinstance(row.get("review"), Mapping) else {}
-    tokens = row.get("tokens") if isinstance(row.get("tokens"), Mapping) else {}
+    generation = _mapping(row.get("generation"))
+    review = _mapping(row.get("review"))
+    tokens = _mapping(row.get("tokens"))
     instruction = _text(row.get("instruction")) or ""
     response = _text(row.get("response")) or ""
     reviews = [_review(r) for r in _dicts(review.get("reviews"))]
@@ -341,8 +345,17 @@ def _answers(row: Mapping[str, Any]) -> Row:
     return {"text": texts, "answer_start": [_integer(s) for s in starts]}
 
 
-S3_INTERNAL = ("id", "text", "text_pair", "label", "context", "question", "answers", "answer")
-S3_INTERNAL += ("answer_start",)
+S3_INTERNAL = (
+    "id",
+    "text",
+    "text_pair",
+    "label",
+    "context",
+    "question",
+    "answers",
+    "answer",
+    "answer_start",
+)
 
 
 def s3_record(row: Mapping[str, Any], task: str, columns: Mapping[str, str]) -> Row:

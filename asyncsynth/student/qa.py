@@ -78,7 +78,7 @@ def encode_qa(
             item["start_positions"], item["end_positions"] = _positions(examples[sample], offsets)
         out.inputs.append(item)
         out.example.append(sample)
-        out.offsets.append(offsets)  # type: ignore[arg-type]
+        out.offsets.append(offsets)
     return out
 
 

@@ -720,7 +720,7 @@ def train_student(
     if _distributed(config):
         from asyncsynth.student.distributed import train_distributed
 
-        return train_distributed(  # type: ignore[return-value]
+        return train_distributed(
             "classification", train, dev, labels, config, progress=progress, cancel=cancel
         )
     model, tokenizer, run = _fit(head, train, dev, config, progress, cancel)
@@ -751,9 +751,7 @@ def train_qa_student(
     if _distributed(config):
         from asyncsynth.student.distributed import train_distributed
 
-        return train_distributed(  # type: ignore[return-value]
-            "qa", train, dev, None, config, progress=progress, cancel=cancel
-        )
+        return train_distributed("qa", train, dev, None, config, progress=progress, cancel=cancel)
     model, tokenizer, run = _fit(_QA(), train, dev, config, progress, cancel)
     return TrainedQAStudent(model, tokenizer, copy.deepcopy(config), **_done(run))
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, NamedTuple, Self, cast
 
 import orjson
 
@@ -424,34 +424,11 @@ class _Conn(asyncio.Protocol):
                 self._reject(400, "malformed request line")
                 break
             method, target, version = request_line
-            keep_alive = version == b"HTTP/1.1"
-            length = 0
-            expect = False
-            auth = b""
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                name = name.lower()
-                if name == b"content-length":
-                    try:
-                        length = int(value)
-                    except ValueError:
-                        length = -1
-                    if length < 0:
-                        self._reject(400, "invalid Content-Length")
-                        return pos
-                elif name == b"transfer-encoding":
-                    self._reject(400, "chunked request bodies are not supported")
-                    return pos
-                elif name == b"connection":
-                    token = value.strip().lower()
-                    if token == b"close":
-                        keep_alive = False
-                    elif token == b"keep-alive":
-                        keep_alive = True
-                elif name == b"expect":
-                    expect = value.strip().lower() == b"100-continue"
-                elif name == b"authorization":
-                    auth = value.strip()
+            head = _read_head(lines, keep_alive=version == b"HTTP/1.1")
+            if isinstance(head, str):
+                self._reject(400, head)
+                return pos
+            length, keep_alive, expect, auth = head
             body_end = end + 4 + length
             if body_end > size:
                 self._need = body_end - pos
@@ -845,17 +822,9 @@ class SimServer:
         cfg = self.config
         stats.requests += 1
         n = stats.requests
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return _refuse(400, f"invalid JSON body: {exc}", keep_alive)
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return _refuse(400, "body must be an object with a 'messages' list", keep_alive)
-        if cfg.record:
-            stats.bodies.append(body)
-        if cfg.strict_model and body.get("model") != cfg.model:
-            message = f"The model `{body.get('model')}` does not exist."
-            return _refuse(404, message, keep_alive, code="model_not_found")
+        body = self._chat_body(raw, keep_alive)
+        if not isinstance(body, dict):
+            return body
         prompt_tokens = _estimate_tokens(_prompt_chars(body["messages"]))
         if cfg.capacity is not None and not cfg.queue and stats.in_flight >= cfg.capacity:
             status = cfg.overload_status
@@ -871,31 +840,68 @@ class SimServer:
         stats.in_flight += 1
         if stats.in_flight > stats.max_in_flight:
             stats.max_in_flight = stats.in_flight
-        rng = self._rng
-        delay = cfg.latency
-        if cfg.jitter:
-            delay += rng.uniform(-cfg.jitter, cfg.jitter)
-        if cfg.queue and cfg.capacity is not None:
-            delay += self._queue_wait(delay)
+        delay = self._delay()
         if cfg.fault_rate:
-            fault = self._random_fault(rng.random(), delay, keep_alive)
+            fault = self._random_fault(self._rng.random(), delay, keep_alive)
             if fault is not None:
                 return fault
         content: str | None = None
         if cfg.reply is not None:
-            try:
-                result = cfg.reply(body, ReplyContext(n, path.decode("latin-1")))
-                if isinstance(result, Reply):
-                    return self._scripted(result, body, n, prompt_tokens, delay, keep_alive)
-                if not isinstance(result, str):
-                    raise TypeError(f"reply hook returned {type(result).__name__}")
-                content = result
-            except Exception as exc:
-                text = f"{type(exc).__name__}: {exc}"
-                stats.hook_errors.append(text)
-                return _answer(500, _error_body(500, text), keep_alive)
+            reply = self._hook_reply(cfg.reply, body, n, path, prompt_tokens, delay, keep_alive)
+            if not isinstance(reply, str):
+                return reply
+            content = reply
         data = _completion(body, n, content, "stop", prompt_tokens, cfg.model)
         return _answer(200, data, keep_alive, delay=delay, headers=headers)
+
+    def _chat_body(self, raw: bytes | bytearray, keep_alive: bool) -> dict[str, Any] | _Outcome:
+        """A chat request's JSON body, or the answer refusing it (400, or 404 for the model)."""
+        cfg = self.config
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return _refuse(400, f"invalid JSON body: {exc}", keep_alive)
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return _refuse(400, "body must be an object with a 'messages' list", keep_alive)
+        if cfg.record:
+            self.stats.bodies.append(body)
+        if cfg.strict_model and body.get("model") != cfg.model:
+            message = f"The model `{body.get('model')}` does not exist."
+            return _refuse(404, message, keep_alive, code="model_not_found")
+        return body
+
+    def _hook_reply(
+        self,
+        hook: ReplyHook,
+        body: dict[str, Any],
+        n: int,
+        path: bytes,
+        prompt_tokens: int,
+        delay: float,
+        keep_alive: bool,
+    ) -> str | _Outcome:
+        """The reply hook's content for request ``n``, or the answer it scripts (or a 500)."""
+        try:
+            result = hook(body, ReplyContext(n, path.decode("latin-1")))
+            if isinstance(result, Reply):
+                return self._scripted(result, body, n, prompt_tokens, delay, keep_alive)
+            if not isinstance(result, str):
+                raise TypeError(f"reply hook returned {type(result).__name__}")
+            return result
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            self.stats.hook_errors.append(text)
+            return _answer(500, _error_body(500, text), keep_alive)
+
+    def _delay(self) -> float:
+        """Seconds before a request admitted now is answered: latency, jitter, queueing."""
+        cfg = self.config
+        delay = cfg.latency
+        if cfg.jitter:
+            delay += self._rng.uniform(-cfg.jitter, cfg.jitter)
+        if cfg.queue and cfg.capacity is not None:
+            delay += self._queue_wait(delay)
+        return delay
 
     def _queue_wait(self, service: float) -> float:
         """Seconds a request admitted now waits for one of ``capacity`` slots."""
@@ -1090,6 +1096,45 @@ def _text(content: Any) -> str:
 
 def _prompt_chars(messages: list[Any]) -> int:
     return sum(len(_text(m.get("content"))) for m in messages if isinstance(m, dict))
+
+
+class _Head(NamedTuple):
+    """The request headers the simulator acts on."""
+
+    length: int
+    keep_alive: bool
+    expect: bool  # Expect: 100-continue
+    auth: bytes
+
+
+def _read_head(lines: list[bytes], *, keep_alive: bool) -> _Head | str:
+    """The headers among a request's head ``lines`` (request line first), or why it gets a 400."""
+    length = 0
+    expect = False
+    auth = b""
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                length = -1
+            if length < 0:
+                return "invalid Content-Length"
+        elif name == b"transfer-encoding":
+            return "chunked request bodies are not supported"
+        elif name == b"connection":
+            token = value.strip().lower()
+            if token == b"close":
+                keep_alive = False
+            elif token == b"keep-alive":
+                keep_alive = True
+        elif name == b"expect":
+            expect = value.strip().lower() == b"100-continue"
+        elif name == b"authorization":
+            auth = value.strip()
+    return _Head(length, keep_alive, expect, auth)
 
 
 def _estimate_tokens(chars: int) -> int:

@@ -201,6 +201,8 @@ async def run_gra(
     .with_overrides(target=100, seed=1)``.
     """
     settings = settings or GraSettings.from_config(config)
+    if executor is not None:
+        executor.check(config)
     seeds = read_seeds(settings)
     if settings.mode == "refine" and not seeds:
         raise ConfigError(f"{config.source}: gra mode 'refine' needs seed data (gra.seed_data)")
