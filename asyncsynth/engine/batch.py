@@ -92,6 +92,7 @@ class BatchSettings:
     """How an endpoint uses the Batch API (its ``batch`` table)."""
 
     completion_window: str = "24h"
+    """The ``completion_window`` batches are submitted with."""
     max_requests: int = 50_000
     """Lines per batch file (OpenAI: 50,000)."""
     max_bytes: int = 200_000_000
@@ -99,6 +100,7 @@ class BatchSettings:
     poll_interval: float = 10.0
     """Seconds before the first poll; each later wait is 1.5x longer, up to ``poll_max``."""
     poll_max: float = 300.0
+    """The longest wait between two polls, in seconds."""
     collect: float = 2.0
     """Seconds without a new request after which a partial file is submitted."""
     batch_deadline: float | None = None
