@@ -1394,3 +1394,46 @@ def view(run_dir: str, host: str, port: int, open_browser: bool) -> None:
             pass
     finally:
         server.stop()
+
+
+@main.command("demo")
+@click.argument("kind", type=click.Choice(["gra", "s3", "run"]))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Run folder (default: ./demo-KIND); its config and data go to OUT/demo/.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
+@click.pass_context
+def demo(ctx: click.Context, kind: str, out_dir: str | None, quiet: bool) -> None:
+    """Run a whole job in seconds against the built-in simulated endpoint.
+
+    gra: five scripted models make every committee branch occur; s3: a full loop with a
+    tiny student (needs asyncsynth[student]); run: 48 prompts. Writes a real run
+    folder, then prints what to run next (view, export, the same job on your endpoint).
+    """
+    from .demo import INPUTS, needs, next_steps, prepare, replies
+    from .testing.sim import SimServer
+
+    if (missing := needs(kind)) is not None:  # type: ignore[arg-type]
+        raise ConfigProblem(missing)
+    out = out_dir or f"demo-{kind}"
+    with SimServer(reply=replies(kind)) as sim:  # type: ignore[arg-type]
+        config_path = str(prepare(kind, out, sim.url))  # type: ignore[arg-type]
+        if kind == "gra":
+            ctx.invoke(gra, config_path=config_path, out_dir=out, quiet=quiet)
+        elif kind == "s3":
+            ctx.invoke(s3, config_path=config_path, out_dir=out, quiet=quiet)
+        else:
+            prompts, answers = Path(out) / INPUTS / "prompts.jsonl", Path(out) / "answers.jsonl"
+            ctx.invoke(
+                run,
+                input_path=str(prompts),
+                output_path=str(answers),
+                config_path=config_path,
+                quiet=quiet,
+            )
+    click.echo(f"\nThe {kind} demo's run folder is {out}. Next:")
+    for step in next_steps(kind, out):  # type: ignore[arg-type]
+        click.echo(f"  {step}")

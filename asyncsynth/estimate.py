@@ -64,6 +64,8 @@ async def count_prompt_tokens(
     :class:`~asyncsynth.engine.tokens.TokenCounter`); None where the server has none (a
     hosted API): the engine's estimate then stands."""
     ep = config.endpoints[name]
+    if ep.base_url is None:  # a local endpoint: not started for an estimate
+        return None
     transport = make_transport(ep.transport, ep.base_url, ep.api_key(), name=name)
     try:
         counter = TokenCounter(getattr(transport, "post_root", None), ep.model)
@@ -151,7 +153,7 @@ class Estimate:
         return self.requests - self.cached - self.in_batches
 
     def to_dict(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "requests": self.requests,
             "cached": self.cached,
             "in_batches": self.in_batches,
@@ -204,15 +206,8 @@ async def estimate_file(
     try:
         for request in read_requests(input_path, on_bad_line):
             estimate.requests += 1
-            if journal is not None:
-                merged = {**key_params, **request.params} if request.params else key_params
-                key = request_key(models, request.messages, merged, request.sample)
-                if journal.get(key) is not None:
-                    estimate.cached += 1
-                    continue
-                if journal.batch_holding(key) is not None:
-                    estimate.in_batches += 1
-                    continue
+            if journal is not None and _answered(journal, estimate, request, models, key_params):
+                continue
             prompt, budget = token_estimate(request, params[first])
             estimate.prompt_tokens += prompt
             estimate.max_completion_tokens += budget
@@ -235,6 +230,26 @@ async def estimate_file(
         estimate.pilot = await _run_pilot(config, role, names, sample, journal_path)
     _conclude(estimate, config, names, lines)
     return estimate
+
+
+def _answered(
+    journal: Journal,
+    estimate: Estimate,
+    request: Request,
+    models: list[str],
+    key_params: dict[str, Any],
+) -> bool:
+    """Whether ``journal`` answers ``request`` or an earlier run's batch holds it (counted in
+    ``estimate``)."""
+    merged = {**key_params, **request.params} if request.params else key_params
+    key = request_key(models, request.messages, merged, request.sample)
+    if journal.get(key) is not None:
+        estimate.cached += 1
+        return True
+    if journal.batch_holding(key) is not None:
+        estimate.in_batches += 1
+        return True
+    return False
 
 
 def _request_params(config: Config, name: str) -> dict[str, Any]:
