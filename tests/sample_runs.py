@@ -183,9 +183,19 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
+def assert_complete(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Exactly one output row per input row, each the simulator's echo of its own prompt."""
+    out = read_rows(output)
+    assert sorted(r["id"] for r in out) == sorted(r["id"] for r in rows)
+    for row in out:
+        assert row["completion"] == f"echo: {row['prompt']}", row
+    return out
+
+
 __all__ = [
     "HAS_STUDENT",
     "MARKUP",
+    "assert_complete",
     "make_gra_run",
     "make_run_output",
     "make_s3_run",
