@@ -1,6 +1,7 @@
 """asyncsynth: high-concurrency training-data synthesis from OpenAI-compatible endpoints."""
 
 from .config import Config, EndpointConfig, EngineSettings, load_config, single_endpoint_config
+from .demo import DemoResult, run_demo
 from .engine import (
     AsyncsynthError,
     BatchError,
@@ -56,6 +57,7 @@ __all__ = [
     "ConnectError",
     "ConnectionDropped",
     "DeadlineExceeded",
+    "DemoResult",
     "EndpointConfig",
     "EndpointsFailed",
     "EndpointsUnreachable",
@@ -90,6 +92,7 @@ __all__ = [
     "load_s3_settings",
     "push_to_hub",
     "review_sample",
+    "run_demo",
     "run_gra",
     "run_s3",
     "single_endpoint_config",

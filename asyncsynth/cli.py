@@ -1144,6 +1144,18 @@ def _s3_settings(
 @progress_options
 @limits_backend_option
 @budget_options
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Send nothing: print requests per step, tokens, cost online vs batch and wall time.",
+)
+@click.option(
+    "--assume-error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.3,
+    show_default=True,
+    help="With --dry-run: the student error rate of the typical figure (an assumption).",
+)
 def s3(
     config_path: str,
     out_dir: str,
@@ -1162,7 +1174,9 @@ def s3(
     rounds. Writes datasets, metrics, report.json and report.png to --out; running the
     same command again resumes at the last finished step. Exits 1 when the run cannot go
     on, 4 when no endpoint of a role answered within the start-up grace, 5 when a budget
-    cap was reached, 130 when interrupted.
+    cap was reached, 130 when interrupted. --dry-run sends nothing and says what the run
+    asks: the steps before the first round exactly, the rounds as an upper bound (every
+    mining example wrong) and at an assumed error rate.
     """
     from .pipelines.errors import PipelineError
     from .pipelines.s3 import run_s3
@@ -1175,6 +1189,10 @@ def s3(
     )
     config = with_budget(config, kw)
     config = with_limits_backend(with_wait_options(config, kw), kw)
+    error_rate = kw.pop("assume_error_rate")
+    if kw.pop("dry_run"):
+        _s3_dry_run(config, settings, error_rate)
+        return
     display = progress_from_options(kw, quiet=quiet, title="s3", describe=describe)
 
     async def go() -> Any:
@@ -1214,6 +1232,16 @@ def s3(
         return
     click.echo(format_report(result.report), err=True)
     click.echo(f"report: {Path(out_dir) / 'report.json'}", err=True)
+
+
+def _s3_dry_run(config: Config, settings: S3Settings, error_rate: float) -> None:
+    """``s3 --dry-run``: what the run asks, cost and takes; nothing sent."""
+    from .estimate import format_s3_estimate, s3_estimate
+
+    estimate, interrupted = _run_async(lambda: s3_estimate(config, settings, error_rate=error_rate))
+    if interrupted or estimate is None:
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(format_s3_estimate(estimate))
 
 
 @main.command("s3-table")
@@ -1366,3 +1394,46 @@ def view(run_dir: str, host: str, port: int, open_browser: bool) -> None:
             pass
     finally:
         server.stop()
+
+
+@main.command("demo")
+@click.argument("kind", type=click.Choice(["gra", "s3", "run"]))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Run folder (default: ./demo-KIND); its config and data go to OUT/demo/.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No start block, progress or summary.")
+@click.pass_context
+def demo(ctx: click.Context, kind: str, out_dir: str | None, quiet: bool) -> None:
+    """Run a whole job in seconds against the built-in simulated endpoint.
+
+    gra: five scripted models make every committee branch occur; s3: a full loop with a
+    tiny student (needs asyncsynth[student]); run: 48 prompts. Writes a real run
+    folder, then prints what to run next (view, export, the same job on your endpoint).
+    """
+    from .demo import INPUTS, needs, next_steps, prepare, replies
+    from .testing.sim import SimServer
+
+    if (missing := needs(kind)) is not None:  # type: ignore[arg-type]
+        raise ConfigProblem(missing)
+    out = out_dir or f"demo-{kind}"
+    with SimServer(reply=replies(kind)) as sim:  # type: ignore[arg-type]
+        config_path = str(prepare(kind, out, sim.url))  # type: ignore[arg-type]
+        if kind == "gra":
+            ctx.invoke(gra, config_path=config_path, out_dir=out, quiet=quiet)
+        elif kind == "s3":
+            ctx.invoke(s3, config_path=config_path, out_dir=out, quiet=quiet)
+        else:
+            prompts, answers = Path(out) / INPUTS / "prompts.jsonl", Path(out) / "answers.jsonl"
+            ctx.invoke(
+                run,
+                input_path=str(prompts),
+                output_path=str(answers),
+                config_path=config_path,
+                quiet=quiet,
+            )
+    click.echo(f"\nThe {kind} demo's run folder is {out}. Next:")
+    for step in next_steps(kind, out):  # type: ignore[arg-type]
+        click.echo(f"  {step}")

@@ -33,6 +33,19 @@ from .engine.retry import (
 DEFAULT_CONFIG = "asyncsynth.toml"
 
 # Request parameters that may be set in config; anything vendor-specific goes in extra_body.
+PARAM_DOCS: dict[str, str] = {
+    "temperature": "sampling temperature",
+    "top_p": "nucleus sampling: the probability mass sampled from",
+    "max_tokens": "the completion's token limit",
+    "seed": "the sampling seed, for servers that honour it",
+    "stop": "a string or list of strings that end the completion",
+    "presence_penalty": "penalty on tokens already present (-2 to 2)",
+    "frequency_penalty": "penalty on tokens by their frequency so far (-2 to 2)",
+    "logit_bias": "a table of token id to bias",
+    "response_format": "OpenAI's response_format table (json_object, json_schema)",
+    "extra_body": "a table merged into the request body as it is (e.g. vLLM's guided_json)",
+}
+"""What each request parameter does (the config reference is generated from these)."""
 PARAM_KEYS = frozenset(
     {
         "temperature",
@@ -167,28 +180,56 @@ class EndpointConfig:
     """One OpenAI-compatible server serving one model."""
 
     name: str
+    """The endpoint's name: the ``NAME`` of its ``[endpoints.NAME]`` table."""
     model: str
+    """The model name sent in requests (required, except for ``kind = "local"``, where it
+    defaults to the GGUF's name)."""
     base_url: str | None = None
+    """The server's OpenAI-compatible base URL, e.g. ``http://localhost:8000/v1`` (required
+    unless ``kind = "local"``)."""
     kind: str = "remote"
+    """``remote``, or ``local``: asyncsynth starts llama.cpp's server itself."""
     gguf: str | None = None
+    """For ``local``: a GGUF path, ``smollm2`` (SmolLM2-135M-Instruct, the default) or
+    ``gemma3-270m``."""
     api_key_env: str | None = None
+    """Name of the environment variable holding the API key (the key itself never appears
+    in config, output, logs or errors)."""
     max_concurrency: int | None = None
+    """The ceiling on requests in flight: adaptation finds the level under it (unset: 1024;
+    local: 2); with ``adaptive = false``, exactly this many."""
     adaptive: bool = True
+    """Adapt concurrency to 429s, 503s, timeouts and latency; ``false`` fixes it at
+    ``max_concurrency``."""
     rpm: float | None = None
+    """Requests per minute at most (unset: unlimited)."""
     tpm: float | None = None
+    """Tokens per minute at most, prompt and completion (unset: unlimited)."""
     timeout: float = DEFAULT_TIMEOUT
+    """Seconds one attempt may take."""
     transport: str = "aiohttp"
+    """The HTTP client: ``aiohttp`` (the fastest measured), ``httpx`` or ``openai`` (the
+    official SDK, its own retries off)."""
     n_ctx: int = 2048
+    """For ``local``: the context length llama.cpp is started with."""
     params: Mapping[str, Any] = field(default_factory=dict)
+    """Request parameters for this endpoint (``[endpoints.NAME.params]``, see
+    ``[defaults]``); they win over ``[defaults]``."""
     budget_key: str | None = None
-    """The name its limits are shared under (with ``engine.limits_backend``); by default
-    made from its base URL, model and a hash of its key."""
+    """The name its limits are shared under (with ``[engine] limits_backend``); by default
+    made from its base URL, model and a hash of its key (never the key), e.g. to share one
+    budget between two URLs of one account."""
     price: Price | None = None
-    """USD per million tokens; None: cost unknown (never guessed)."""
+    """``{ input, output, cached_input, batch }``: USD per million tokens (``cached_input``:
+    prompt tokens served from the provider's prompt cache; ``batch``: the multiplier for
+    Batch API answers); unset: cost unknown, never guessed."""
     max_cost: float | None = None
+    """This endpoint's cap in USD (the job's earlier runs included): exit 5 when reached."""
     max_tokens_total: int | None = None
+    """This endpoint's cap in tokens, prompt and completion (earlier runs included)."""
     batch: BatchSettings | None = None
-    """Answer through the Batch API (``/v1/files`` + ``/v1/batches``); None: online only."""
+    """``true``, or a table (``[endpoints.NAME.batch]``): answer through the Batch API
+    (``/v1/files`` + ``/v1/batches``); unset: online only."""
 
     def api_key(self) -> str | None:
         """The key, read from the environment at use; it is never stored in config."""
@@ -211,13 +252,22 @@ class EndpointConfig:
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
+    """The ``[engine]`` table: retries, deadlines, the journal, fail-fast, the start-up grace,
+    shared limits and the job's budgets."""
+
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    """Attempts per request, the first included."""
     deadline: float = DEFAULT_DEADLINE
+    """Seconds a request may take across all its attempts and waits."""
     backoff_base: float = INITIAL_BACKOFF
+    """First retry's backoff in seconds (exponential, full jitter)."""
     backoff_max: float = MAX_BACKOFF
+    """Longest backoff between two attempts, in seconds."""
     journal: bool = True
+    """Keep the resume journal next to the output (every answer, for resume and cache)."""
     fail_fast: int = DEFAULT_FAIL_FAST
-    """Answers in a row (401, 403, 404, the same 400) that take an endpoint out; 0: never."""
+    """Answers in a row (401, 403, 404, the same 400 or 422) that take an endpoint out for
+    the run (exit 3 when a role has none left); ``--fail-fast N``; 0: never."""
     startup_grace: float | None = DEFAULT_STARTUP_GRACE
     """Seconds a role may go without any endpoint answering before the job stops;
     ``None`` waits up to the request ``deadline``."""
@@ -225,8 +275,11 @@ class EngineSettings:
     """``redis://HOST:PORT/DB``: every process naming an endpoint's key shares its rpm, tpm
     and max_concurrency through that server (see :mod:`asyncsynth.distributed`)."""
     max_cost: float | None = None
-    """USD the whole job (earlier runs of its journal included) may spend at most."""
+    """USD the whole job (earlier runs of its journal included) may spend at most: exit 5
+    when reached (``--max-cost``)."""
     max_tokens_total: int | None = None
+    """Tokens, prompt and completion, the whole job may use at most (earlier runs
+    included): exit 5 when reached."""
 
 
 DEFAULT_MAX_N = 10_000
@@ -238,19 +291,31 @@ class InputSettings:
     """Checks on input files (``[input]``)."""
 
     max_n: int = DEFAULT_MAX_N
+    """The most samples (``"n"``) one input line may ask for (``--max-n``)."""
     allow_duplicate_ids: bool = False
-    """Duplicate ``id``s make output rows that cannot be told apart: refused unless allowed."""
+    """Duplicate ``id``s make output rows that cannot be told apart: refused unless allowed
+    (``--allow-duplicate-ids``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """A whole config file: endpoints, roles, request defaults, engine settings and the
+    pipelines' sections."""
+
     endpoints: Mapping[str, EndpointConfig]
+    """``[endpoints.NAME]``: one table per OpenAI-compatible server serving one model."""
     roles: Mapping[str, tuple[str, ...]]
+    """``[roles]``: ``ROLE = ["endpoint", ...]``, the endpoints serving a role (a fleet)."""
     engine: EngineSettings = EngineSettings()
+    """``[engine]``: see :class:`EngineSettings`."""
     input: InputSettings = InputSettings()
+    """``[input]``: checks on input files, see :class:`InputSettings`."""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    """``[defaults]``: request parameters for every endpoint (an endpoint's own win)."""
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The pipelines' tables, ``[gra]`` and ``[s3]``, validated by their pipelines."""
     source: str = "<config>"
+    """Where the config came from (its path), for error messages."""
 
     def role(self, name: str | None) -> tuple[str, ...]:
         """Endpoint names serving ``name``; ``None`` means the only role, or the only endpoint.
@@ -336,6 +401,15 @@ _INPUT_SPEC: dict[str, Check] = {"max_n": POSITIVE_INT, "allow_duplicate_ids": B
 
 PIPELINE_SECTIONS = ("gra", "s3")
 
+_TOP_SPEC: dict[str, Check] = {
+    "endpoints": TABLE,
+    "roles": TABLE,
+    "engine": TABLE,
+    "input": TABLE,
+    "defaults": check_params,
+    **{section: TABLE for section in PIPELINE_SECTIONS},
+}
+
 
 def endpoint_from_table(name: str, table: Mapping[str, Any], where: str) -> EndpointConfig:
     values = check_table(table, _ENDPOINT_SPEC, where)
@@ -355,15 +429,7 @@ def endpoint_from_table(name: str, table: Mapping[str, Any], where: str) -> Endp
 
 def config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> Config:
     """Build and validate a :class:`Config` from parsed TOML (or any nested mapping)."""
-    top: dict[str, Check] = {
-        "endpoints": TABLE,
-        "roles": TABLE,
-        "engine": TABLE,
-        "input": TABLE,
-        "defaults": check_params,
-        **{section: TABLE for section in PIPELINE_SECTIONS},
-    }
-    values = check_table(data, top, "")
+    values = check_table(data, _TOP_SPEC, "")
     try:
         endpoints = {
             name: endpoint_from_table(name, _table(table, f"endpoints.{name}"), f"endpoints.{name}")

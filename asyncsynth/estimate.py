@@ -64,6 +64,8 @@ async def count_prompt_tokens(
     :class:`~asyncsynth.engine.tokens.TokenCounter`); None where the server has none (a
     hosted API): the engine's estimate then stands."""
     ep = config.endpoints[name]
+    if ep.base_url is None:  # a local endpoint: not started for an estimate
+        return None
     transport = make_transport(ep.transport, ep.base_url, ep.api_key(), name=name)
     try:
         counter = TokenCounter(getattr(transport, "post_root", None), ep.model)
@@ -151,7 +153,7 @@ class Estimate:
         return self.requests - self.cached - self.in_batches
 
     def to_dict(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "requests": self.requests,
             "cached": self.cached,
             "in_batches": self.in_batches,
@@ -204,15 +206,8 @@ async def estimate_file(
     try:
         for request in read_requests(input_path, on_bad_line):
             estimate.requests += 1
-            if journal is not None:
-                merged = {**key_params, **request.params} if request.params else key_params
-                key = request_key(models, request.messages, merged, request.sample)
-                if journal.get(key) is not None:
-                    estimate.cached += 1
-                    continue
-                if journal.batch_holding(key) is not None:
-                    estimate.in_batches += 1
-                    continue
+            if journal is not None and _answered(journal, estimate, request, models, key_params):
+                continue
             prompt, budget = token_estimate(request, params[first])
             estimate.prompt_tokens += prompt
             estimate.max_completion_tokens += budget
@@ -235,6 +230,26 @@ async def estimate_file(
         estimate.pilot = await _run_pilot(config, role, names, sample, journal_path)
     _conclude(estimate, config, names, lines)
     return estimate
+
+
+def _answered(
+    journal: Journal,
+    estimate: Estimate,
+    request: Request,
+    models: list[str],
+    key_params: dict[str, Any],
+) -> bool:
+    """Whether ``journal`` answers ``request`` or an earlier run's batch holds it (counted in
+    ``estimate``)."""
+    merged = {**key_params, **request.params} if request.params else key_params
+    key = request_key(models, request.messages, merged, request.sample)
+    if journal.get(key) is not None:
+        estimate.cached += 1
+        return True
+    if journal.batch_holding(key) is not None:
+        estimate.in_batches += 1
+        return True
+    return False
 
 
 def _request_params(config: Config, name: str) -> dict[str, Any]:
@@ -542,3 +557,245 @@ def format_gra_estimate(e: Mapping[str, Any]) -> str:
             ]  # fmt: skip
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+# -- S3: the steps before the first round exactly, the rounds as a range --------------------------
+
+ASSUMED_ERROR_RATE = 0.3
+"""The student error rate ``s3 --dry-run`` assumes for its typical figure (an assumption)."""
+PLACEHOLDER_REASON = "a reason of about ten words that leads an example to this label"
+"""Stands for each drawn rationale in the seed prompts: the real ones come from the LLM."""
+EXTRAPOLATE_SAMPLE = 2000
+"""Mining examples whose extrapolation prompts are rendered (sampled evenly from the rest)."""
+
+
+@dataclass
+class StepFigure:
+    """One S3 step's requests: how many, their estimated prompt tokens, their budget."""
+
+    requests: int = 0
+    prompt_tokens: float = 0.0
+    max_completion_tokens: int = 0
+    line_bytes: float = 0.0
+    """Mean bytes of a request's batch-file line (0 without batch mode)."""
+
+    def add(self, request: Request, config: Config, name: str, params: dict[str, Any]) -> float:
+        """Count ``request`` in; its estimated prompt tokens."""
+        prompt, budget = token_estimate(request, params)
+        n = self.requests
+        self.requests += 1
+        self.prompt_tokens += prompt
+        self.max_completion_tokens += budget
+        line = _line_bytes(request, config, name, params)
+        self.line_bytes = (self.line_bytes * n + line) / self.requests
+        return prompt
+
+    def scaled(self, requests: int) -> StepFigure:
+        """The same requests' means, ``requests`` times."""
+        f = requests / self.requests if self.requests else 0.0
+        return StepFigure(
+            requests, self.prompt_tokens * f, round(self.max_completion_tokens * f), self.line_bytes
+        )
+
+
+@dataclass
+class S3Estimate:
+    """What ``s3`` would ask: the steps before the first round exactly (their first asks), the
+    extrapolation rounds as an upper bound (every mining example wrong in every round) and a
+    typical figure at an assumed student error rate (see :func:`s3_estimate`)."""
+
+    llm: str
+    rounds: int
+    mining: int
+    per_error: int
+    error_rate: float
+    rationales: StepFigure = field(default_factory=StepFigure)
+    seed: StepFigure = field(default_factory=StepFigure)
+    extrapolation: StepFigure = field(default_factory=StepFigure)
+    """One request per mining example, sampled: the rounds scale it."""
+    seed_reasks: int = 0
+    """Seed requests asked again, at most, when cleaning drops answers."""
+    rationale_reasks: int = 0
+    review_per_example: int | None = None
+    """GRA review requests per new example, at most (``review = "gra"``); None: no review."""
+    review_seed: bool = False
+    tokenized: Tokenized | None = None
+    scenarios: dict[str, Estimate] = field(default_factory=dict)
+    """``first`` (rationales + seed), ``upper`` and ``typical`` (all of the run)."""
+
+    @property
+    def extrapolation_upper(self) -> int:
+        return self.rounds * self.mining * self.per_error
+
+    @property
+    def extrapolation_typical(self) -> int:
+        return round(self.extrapolation_upper * self.error_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        skip = {"rationales", "seed", "extrapolation", "tokenized", "scenarios"}
+        data: dict[str, Any] = {k: v for k, v in vars(self).items() if k not in skip}
+        data.update(
+            rationales_requests=self.rationales.requests,
+            seed_requests=self.seed.requests,
+            extrapolation_upper=self.extrapolation_upper,
+            extrapolation_typical=self.extrapolation_typical,
+            scenarios={k: e.to_dict() for k, e in self.scenarios.items()},
+        )
+        return data
+
+
+async def s3_estimate(
+    config: Config, settings: Any = None, *, error_rate: float = ASSUMED_ERROR_RATE
+) -> S3Estimate:
+    """What ``asyncsynth s3`` would ask, sending nothing: its prompts rendered with the real
+    templates (the seed's with a placeholder for each drawn rationale, the extrapolation's
+    for a sample of the mining set), counted by the server's tokenizer route where it has one,
+    then cost and wall time at the configured limits (LLM requests only: training is local).
+    ``settings`` defaults to the config's ``[s3]`` section."""
+    from .pipelines.s3 import load_s3_settings
+
+    settings = settings or load_s3_settings(config)
+    names = config.role(settings.llm)
+    out = S3Estimate(settings.llm, settings.rounds, 0, settings.extrapolate_per_error, error_rate)
+    gold_only = settings.baseline == "gold"  # the paper's gold baseline asks no LLM
+    sample = [] if gold_only else _s3_figures(out, config, settings, names)
+    if sample:
+        out.tokenized = await count_prompt_tokens(config, names[0], sample)
+    first = (out.rationales, out.seed)
+    upper = (*first, out.extrapolation.scaled(out.extrapolation_upper))
+    typical = (*first, out.extrapolation.scaled(out.extrapolation_typical))
+    for key, parts in (("first", first), ("upper", upper), ("typical", typical)):
+        out.scenarios[key] = _scenario(config, names, parts, out.tokenized)
+    return out
+
+
+def _s3_figures(
+    out: S3Estimate, config: Config, settings: Any, names: tuple[str, ...]
+) -> list[tuple[Request, float]]:
+    """Render every request of the steps before the first round, and one extrapolation for a
+    sample of the mining set; a sample of them to count with the server's tokenizer route."""
+    from .pipelines.s3.gold import load_gold
+    from .pipelines.s3.prompts import label_values, load_prompt_set, render
+    from .pipelines.s3.rationales import RATIONALE_REASKS
+    from .pipelines.s3.seed import SEED_ATTEMPTS, seed_draw
+    from .pipelines.s3.tasks import make_task
+
+    gold = load_gold(settings)
+    prompts = load_prompt_set(settings, span=gold.needs_span)
+    task = make_task(settings, gold.contexts)
+    # batch-file lines as the first endpoint in batch mode writes them
+    name = next((n for n in names if config.endpoints[n].batch is not None), names[0])
+    params = _request_params(config, names[0])
+    base: dict[str, Any] = {"temperature": settings.temperature, **settings.params}
+    rng, seen = random.Random(PILOT_SEED), 0
+    sample: list[tuple[Request, float]] = []
+
+    def add(figure: StepFigure, messages: list[dict[str, str]]) -> None:
+        nonlocal seen
+        request = Request(messages=messages, params=dict(base))
+        prompt = figure.add(request, config, name, params)
+        seen += 1
+        if len(sample) < TOKENIZE_SAMPLE:  # reservoir sampling, as estimate_file does
+            sample.append((request, prompt))
+        elif (j := rng.randrange(seen)) < TOKENIZE_SAMPLE:
+            sample[j] = (request, prompt)
+
+    reasons: dict[str, list[str]] = {}
+    if prompts.rationales is not None and settings.k > 0:
+        count = settings.rationales.count
+        for label in settings.labels:
+            messages = render(prompts.rationales, {**label_values(settings, label), "count": count})
+            for _ in range(settings.rationales.samples):
+                add(out.rationales, messages)
+            reasons[label.name] = [PLACEHOLDER_REASON] * count * settings.rationales.samples
+        out.rationale_reasks = RATIONALE_REASKS * out.rationales.requests
+    for j in range(settings.seed_size):
+        draw = seed_draw(settings, task, j, reasons)
+        add(out.seed, render(task.seed_prompt(prompts, draw), draw.values))
+    out.seed_reasks = (SEED_ATTEMPTS - 1) * settings.seed_size
+    out.mining = len(gold.mining)
+    rows = gold.mining
+    if len(rows) > EXTRAPOLATE_SAMPLE:
+        rows = random.Random(PILOT_SEED).sample(rows, EXTRAPOLATE_SAMPLE)
+    for row in rows if settings.rounds else ():
+        add(out.extrapolation, render(prompts.extrapolate, task.extrapolation_values(row)))
+    if settings.review == "gra":
+        from .pipelines.gra import CommitteeSettings
+
+        reviewers = CommitteeSettings.from_config(config).reviewers
+        out.review_per_example = 2 * reviewers + 1  # two phases each, an adjudication
+        out.review_seed = settings.review_seed
+    return sample
+
+
+def _scenario(
+    config: Config,
+    names: tuple[str, ...],
+    parts: tuple[StepFigure, ...],
+    tokenized: Tokenized | None,
+) -> Estimate:
+    estimate = Estimate(
+        requests=sum(p.requests for p in parts),
+        prompt_tokens=sum(p.prompt_tokens for p in parts),
+        max_completion_tokens=sum(p.max_completion_tokens for p in parts),
+        tokenized=tokenized,
+    )
+    lines = [round(p.line_bytes) for p in parts for _ in range(p.requests)]
+    _conclude(estimate, config, names, {n: lines for n in names})
+    return estimate
+
+
+def format_s3_estimate(e: S3Estimate) -> str:
+    """The S3 estimate as the text ``s3 --dry-run`` prints: the requests per step, then the
+    figures of :func:`format_estimate` for each scenario."""
+    rows = [("training", "no LLM requests (the student trains here)")]
+    if e.rationales.requests:
+        rows.insert(
+            0,
+            (
+                "rationales",
+                f"{e.rationales.requests:,} requests exactly (a label "
+                f"without usable reasons asks again: up to {e.rationale_reasks:,} more)",
+            ),
+        )
+    if e.seed.requests:
+        rows.insert(
+            -1,
+            (
+                "seed",
+                f"{e.seed.requests:,} requests exactly (answers cleaning drops "
+                f"are asked again: up to {e.seed_reasks:,} more)",
+            ),
+        )
+    rounds = f"{e.rounds} round{'s' * (e.rounds != 1)}"
+    per = f"{e.per_error} per error" if e.per_error != 1 else "1 per error"
+    rows.insert(
+        -1,
+        (
+            "extrapolation",
+            f"{e.extrapolation_upper:,} requests at most ({rounds} x "
+            f"{e.mining:,} mining examples, every one wrong, x {per}); "
+            f"~{e.extrapolation_typical:,} at an assumed student error rate of "
+            f"{e.error_rate:g} (an assumption, not a measurement: --assume-error-rate)",
+        ),
+    )
+    if e.review_per_example is not None:
+        seed = " and each seed example" if e.review_seed else ""
+        rows.insert(-1, ("review (gra)", f"up to {e.review_per_example} committee requests per "
+                     f"new example{seed}: not counted in the figures below"))  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    text = [f"asyncsynth s3 --dry-run: role {e.llm!r}; nothing sent"]
+    text += [f"{k.ljust(width)}  {v}" for k, v in rows]
+    heads = {
+        "first": "Before the first round (rationales and seed, first asks): exact",
+        "upper": "All rounds, upper bound (every mining example wrong in every round)",
+        "typical": f"All rounds, typical (student error rate {e.error_rate:g} assumed)",
+    }
+    for key, head in heads.items():
+        if key != "first" and not e.rounds:
+            continue
+        body = format_estimate(e.scenarios[key]).replace("\n", "\n  ")
+        body = body.replace(" (run a --pilot to measure it)", "")  # s3 has no pilot
+        text += ["", head, f"  {body}"]
+    text += ["", "Wall time counts the LLM's requests only: training the student adds to it."]
+    return "\n".join(text)

@@ -637,8 +637,8 @@ def summary(engine: Engine) -> dict[str, Any]:
     """Per-endpoint and overall figures of the run so far."""
     t = engine.totals
     wall = time.monotonic() - t.started
-    ledger = engine.ledger
-    priced = any(ledger.prices.get(name) is not None for name in engine.endpoints)
+    ledger = getattr(engine, "ledger", None)  # a Ray job's view has none: no cost figures
+    priced = ledger is not None and any(ledger.prices.get(n) is not None for n in engine.endpoints)
     return {
         "wall_s": round(wall, 3),
         "requests": t.done,
@@ -648,10 +648,10 @@ def summary(engine: Engine) -> dict[str, Any]:
         "tokens_in": t.tokens_in,
         "tokens_out": t.tokens_out,
         "req_per_s": round(t.done / wall, 2) if wall > 0 else None,
-        "cost": ledger.summary(t.done, t.total),
+        "cost": ledger.summary(t.done, t.total) if ledger is not None else None,
         "endpoints": [
             {**ep.stats.to_dict(), "cost": ledger.endpoint_cost(name)}
-            if priced
+            if priced and ledger is not None
             else ep.stats.to_dict()
             for name, ep in engine.endpoints.items()
         ],

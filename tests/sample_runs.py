@@ -8,10 +8,7 @@ escaping tests.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
-import random
 import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +19,10 @@ import anyio
 import orjson
 
 from asyncsynth.config import config_from_dict, load_config
+from asyncsynth.demo import s3_reply, write_s3_inputs
 from asyncsynth.pipelines.gra import RESPONSE_CRITERIA, GraSettings, run_gra
 from asyncsynth.pipelines.s3 import run_s3
 from asyncsynth.run import run_file
-from asyncsynth.student.config import TINY_BERT
 from asyncsynth.testing import Reply, SimServer
 from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 
@@ -126,101 +123,12 @@ def make_gra_run(folder: Path, *, target: int = 14, round_size: int = 10) -> Pat
 
 # -- S3 ---------------------------------------------------------------------------------------
 
-WORDS = {
-    "positive": ["wonderful", "delightful", "charming"],
-    "negative": ["awful", "tedious", "clumsy"],
-}
-HIDDEN = {"positive": ["superb"], "negative": ["dreadful"]}
-FILLER = ["river", "window", "garden", "morning", "winter", "ticket", "lamp", "corner"]
-FILLER += ["pocket", "bridge", "village", "market"]
-TINY_STUDENT = {
-    "model": "minilm",
-    "from_config": TINY_BERT,
-    "epochs": 4,
-    "lr": 0.005,
-    "batch_size": 16,
-    "max_length": 32,
-    "patience": False,
-}
-
-
-def _rng(*parts: Any) -> random.Random:
-    return random.Random(hashlib.sha256(repr(parts).encode()).hexdigest())
-
-
-def _sentence(r: random.Random, words: list[str]) -> str:
-    out = r.sample(FILLER, 6) + words
-    r.shuffle(out)
-    return " ".join(out)
-
-
-def s3_reply(body: dict[str, Any], ctx: Any) -> str:
-    message = body["messages"][-1]["content"]
-    label = re.search(r'label "(\w+)"', message)
-    name = label.group(1) if label else "positive"
-    r = _rng(message, body.get("seed"))
-    if "reasons why" in message:
-        return "\n".join(f"{i}. The {w} feel of it." for i, w in enumerate(WORDS[name], 1))
-    if "Write a new" in message or "Write another" in message:
-        hidden = [w for w in message.split() if w.strip('".,') in HIDDEN[name]]
-        return _sentence(r, [r.choice(WORDS[name]), *hidden, *hidden])
-    if r.random() < 0.1:
-        return "I'm sorry, but I can't help with writing that."
-    return _sentence(r, [r.choice(WORDS[name])])
-
-
-def _gold(n: int, seed: int) -> list[dict[str, str]]:
-    r = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = ("positive", "negative")[i % 2]
-        pool = HIDDEN[label] if i // 2 % 2 else WORDS[label]
-        rows.append({"text": _sentence(r, [r.choice(pool)]), "label": label})
-    return rows
-
 
 def write_s3_config(folder: Path, url: str) -> Path:
     """A TOML config (and its gold and test data) for a small sentiment S3 run."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("gold.jsonl", _gold(24, 1)), ("test.jsonl", _gold(12, 2))):
-        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    student = TINY_STUDENT["from_config"]
-    toml = f"""
-[endpoints.llm]
-base_url = "{url}"
-model = "sim"
-
-[engine]
-backoff_base = 0.001
-backoff_max = 0.01
-max_attempts = 2
-
-[s3]
-gold = "gold.jsonl"
-test = "test.jsonl"
-seed_size = 16
-k = 1
-rounds = 1
-text_kind = "movie review"
-save_student = false
-rationales = {{ count = 3, samples = 1 }}
-
-[s3.labels]
-positive = "the reviewer liked the movie"
-negative = "the reviewer disliked the movie"
-
-[s3.student]
-model = "minilm"
-epochs = {TINY_STUDENT["epochs"]}
-lr = {TINY_STUDENT["lr"]}
-batch_size = {TINY_STUDENT["batch_size"]}
-max_length = {TINY_STUDENT["max_length"]}
-patience = false
-from_config = {{ {", ".join(f"{k} = {json.dumps(v)}" for k, v in student.items())} }}
-"""
-    path = folder / "s3.toml"
-    path.write_text(toml, encoding="utf-8")
-    return path
+    student = {"epochs": 4, "max_length": 32}
+    return write_s3_inputs(folder, url, gold=24, test=12, seed_size=16, rounds=1, student=student)
 
 
 def make_s3_run(folder: Path) -> tuple[Path, Path]:
@@ -275,9 +183,19 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
+def assert_complete(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Exactly one output row per input row, each the simulator's echo of its own prompt."""
+    out = read_rows(output)
+    assert sorted(r["id"] for r in out) == sorted(r["id"] for r in rows)
+    for row in out:
+        assert row["completion"] == f"echo: {row['prompt']}", row
+    return out
+
+
 __all__ = [
     "HAS_STUDENT",
     "MARKUP",
+    "assert_complete",
     "make_gra_run",
     "make_run_output",
     "make_s3_run",

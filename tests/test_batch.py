@@ -22,6 +22,7 @@ import anyio
 import orjson
 import pytest
 from click.testing import CliRunner
+from sample_runs import assert_complete, read_rows
 
 from asyncsynth import Engine, Journal, Request
 from asyncsynth.cli import main
@@ -54,19 +55,6 @@ def _keys(rows: list[dict[str, Any]]) -> set[str]:
     return {
         request_key(["m"], [{"role": "user", "content": r["prompt"]}], {}, 0).hex() for r in rows
     }
-
-
-def _read(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-def _complete(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Exactly one row per input row, each the answer to its own prompt."""
-    out = _read(output)
-    assert sorted(r["id"] for r in out) == sorted(r["id"] for r in rows)
-    for row in out:
-        assert row["completion"] == f"echo: {row['prompt']}", row
-    return out
 
 
 def _toml_value(value: Any) -> str:
@@ -151,7 +139,7 @@ async def test_a_job_split_into_several_batches_answers_every_row_once(
         progress=False,
     )
     assert report.ok and report.written == 100
-    out = _complete(tmp_path / "out.jsonl", rows)
+    out = assert_complete(tmp_path / "out.jsonl", rows)
     assert all(r["batch"] for r in out)
     log = sim.batches.log
     assert len(log.created) == 4  # 30 + 30 + 30 + 10
@@ -169,7 +157,7 @@ async def test_bytes_per_file_cut_files_too(sim: SimServer, tmp_path: Path) -> N
         _config(sim.url, max_bytes=2_000), tmp_path / "in.jsonl", tmp_path / "out.jsonl",
         progress=False,
     )  # fmt: skip
-    _complete(tmp_path / "out.jsonl", rows)
+    assert_complete(tmp_path / "out.jsonl", rows)
     sizes = [len(sim.batches.batches[b].lines) for b in sim.batches.log.created]
     assert len(sizes) > 1 and sum(sizes) == 40
 
@@ -214,7 +202,7 @@ async def test_the_same_request_twice_is_one_line_and_two_rows(
         _config(sim.url), tmp_path / "in.jsonl", tmp_path / "out.jsonl", progress=False
     )
     assert report.ok
-    assert sorted(r["id"] for r in _read(tmp_path / "out.jsonl")) == ["a", "b"]
+    assert sorted(r["id"] for r in read_rows(tmp_path / "out.jsonl")) == ["a", "b"]
     assert sum(sim.batches.log.submitted.values()) == 1
 
 
@@ -246,7 +234,7 @@ def test_kill_9_at_each_stage_then_resume_submits_each_request_once(
     sim.batches.configure(hold=frozenset(), paused=False, processing_time=0.0)
     done = _run(command, tmp_path)
     assert done.returncode == 0, done.stderr.decode()
-    out = _complete(tmp_path / "out.jsonl", rows)
+    out = assert_complete(tmp_path / "out.jsonl", rows)
     log = sim.batches.log
     assert set(log.submitted) == _keys(rows)
     assert not log.twice(), f"submitted twice: {log.twice()}"
@@ -265,7 +253,7 @@ async def test_a_create_whose_answer_is_lost_is_found_not_created_again(
         _config(sim.url), tmp_path / "in.jsonl", tmp_path / "out.jsonl", progress=False
     )
     assert report.ok
-    _complete(tmp_path / "out.jsonl", rows)
+    assert_complete(tmp_path / "out.jsonl", rows)
     log = sim.batches.log
     assert log.calls["upload"] == 2  # a lost upload is simply done again (files cost nothing)
     assert log.calls["create"] == 1 and log.calls["list"] >= 1  # a lost create: found by name
@@ -298,7 +286,7 @@ def test_ctrl_c_leaves_submitted_batches_alone_and_a_run_without_batch_waits_for
     online = _config_file(tmp_path, sim.url, online=True)
     done = _run(_command(tmp_path, online), tmp_path)
     assert done.returncode == 0, done.stderr.decode()
-    _complete(tmp_path / "out.jsonl", rows)
+    assert_complete(tmp_path / "out.jsonl", rows)
     assert sim.stats.requests == 0 and not sim.batches.log.twice()
 
 
@@ -317,7 +305,7 @@ async def test_expiry_keeps_the_partial_output_and_retries_the_rest(
         progress=False,
     )  # fmt: skip
     assert report.ok
-    out = _complete(tmp_path / "out.jsonl", rows)
+    out = assert_complete(tmp_path / "out.jsonl", rows)
     statuses = [sim.batches.status(b) for b in sim.batches.log.created]
     assert statuses == ["expired", "expired"]
     assert sum(1 for r in out if r.get("batch")) == 20 + 10
@@ -349,11 +337,11 @@ async def test_error_lines_are_retried_online_and_a_400_line_fails_its_row(
     assert 0 < errored < 50
     seven_errored = 7 in batch.error_lines  # then its 500 went online, where it got the 400
     assert report.failed == 1
-    out = _read(tmp_path / "out.jsonl")
+    out = read_rows(tmp_path / "out.jsonl")
     assert len(out) == 49
     assert sum(1 for r in out if not r.get("batch")) == errored - seven_errored
     assert sim.stats.requests == errored  # exactly the 5xx lines went online
-    (error,) = _read(tmp_path / "out.errors.jsonl")
+    (error,) = read_rows(tmp_path / "out.errors.jsonl")
     assert error["id"] == "r7" and "400" in error["error"]["message"]
     assert error["error"]["type"] == ("ClientError" if seven_errored else "BatchError")
 
@@ -366,7 +354,7 @@ async def test_a_batch_that_fails_validation_goes_online(sim: SimServer, tmp_pat
         _config(sim.url), tmp_path / "in.jsonl", tmp_path / "out.jsonl", progress=False
     )
     assert report.ok
-    out = _complete(tmp_path / "out.jsonl", rows)
+    out = assert_complete(tmp_path / "out.jsonl", rows)
     assert not any(r.get("batch") for r in out) and sim.stats.requests == 20
 
 
@@ -384,7 +372,7 @@ async def test_an_endpoint_without_a_batch_api_answers_online(
         _config(sim.url), tmp_path / "in.jsonl", tmp_path / "out.jsonl", progress=False
     )
     assert report.ok
-    _complete(tmp_path / "out.jsonl", rows)
+    assert_complete(tmp_path / "out.jsonl", rows)
     assert sim.stats.requests == 20 and not sim.batches.log.created
 
 
@@ -415,7 +403,7 @@ async def test_online_tail_cancels_a_batch_with_few_stragglers_and_sends_them_on
 
     report = await _run_advancing(sim, config, tmp_path, 95.0)  # 95 answered, then it stalls
     assert report.ok
-    out = _complete(tmp_path / "out.jsonl", rows)
+    out = assert_complete(tmp_path / "out.jsonl", rows)
     assert sim.batches.log.calls["cancel"] == 1
     assert sum(1 for r in out if r.get("batch")) == 95
     assert sim.stats.requests == 5
@@ -432,7 +420,7 @@ async def test_batch_deadline_cancels_the_batch_and_finishes_online(
 
     report = await _run_advancing(sim, config, tmp_path, 25.0)  # a quarter, then nothing
     assert report.ok
-    out = _complete(tmp_path / "out.jsonl", rows)
+    out = assert_complete(tmp_path / "out.jsonl", rows)
     (batch_id,) = sim.batches.log.created
     assert sim.batches.status(batch_id) == "cancelled"
     in_batch = sum(1 for r in out if r.get("batch"))
@@ -472,7 +460,7 @@ def test_batches_list_status_cancel_download(sim: SimServer, tmp_path: Path) -> 
     sim.batches.configure(paused=False, processing_time=0.0)
     done = _run(_command(tmp_path, config), tmp_path)
     assert done.returncode == 0, done.stderr.decode()
-    out = _complete(tmp_path / "out.jsonl", rows)
+    out = assert_complete(tmp_path / "out.jsonl", rows)
     assert sum(1 for r in out if r.get("cached")) == 15
     assert len(sim.batches.log.created) == 2
     assert len(sim.batches.batches[sim.batches.log.created[1]].lines) == 15
@@ -532,7 +520,7 @@ def test_gra_on_batch_endpoints_makes_the_same_data_at_half_the_price(
         args = ["gra", str(config(batch)), "--target", "4", "--out", str(out), "--seed", "1"]
         result = CliRunner().invoke(main, [*args, "-q"])
         assert result.exit_code == 0, result.output
-        return _read(out / "accepted.jsonl"), orjson.loads((out / "report.json").read_bytes())
+        return read_rows(out / "accepted.jsonl"), orjson.loads((out / "report.json").read_bytes())
 
     online, online_report = gra(False)
     assert not sim.batches.log.created

@@ -23,6 +23,7 @@ import anyio
 import orjson
 import pytest
 from click.testing import CliRunner
+from sample_runs import assert_complete, read_rows
 
 from asyncsynth import Engine, Journal, Request
 from asyncsynth.cli import main
@@ -45,19 +46,6 @@ def _write_input(path: Path, count: int = N, **extra: Any) -> list[dict[str, Any
     rows = [{"id": f"r{i}", "prompt": f"prompt number {i}", **extra} for i in range(count)]
     path.write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows))
     return rows
-
-
-def _read_output(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-def _assert_complete(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Exactly one output row per input row, each the answer to its own prompt."""
-    out = _read_output(output)
-    assert sorted(r["id"] for r in out) == sorted(r["id"] for r in rows)
-    for row in out:
-        assert row["completion"] == f"echo: {row['prompt']}", row
-    return out
 
 
 def _journal_entries(output: Path) -> int:
@@ -123,7 +111,7 @@ def test_kill_9_half_way_then_the_same_command_sends_only_the_rest(
     _finish(command, tmp_path)
     resent = sim.stats.requests - sent_before
 
-    out = _assert_complete(output, rows)
+    out = assert_complete(output, rows)
     assert resent <= N - saved
     assert sum(1 for r in out if r.get("cached")) == saved
     assert not (tmp_path / "out.errors.jsonl").exists()
@@ -167,7 +155,7 @@ def test_ctrl_c_cancels_in_flight_keeps_answers_and_says_how_to_resume(
     assert stopped_in < 20  # the stalled requests (600 s) were cancelled, not awaited
 
     # Consistent: what the output holds is right and journaled; every answer is journaled.
-    partial = _read_output(output)
+    partial = read_rows(output)
     assert len(partial) <= answered
     for row in partial:
         assert row["completion"] == f"echo: {row['prompt']}"
@@ -177,7 +165,7 @@ def test_ctrl_c_cancels_in_flight_keeps_answers_and_says_how_to_resume(
     sent_before = sim.stats.requests
     _finish(command, tmp_path)
     assert sim.stats.requests - sent_before <= N - answered
-    _assert_complete(output, rows)
+    assert_complete(output, rows)
 
 
 def test_torn_wal_tail_is_dropped_and_only_the_lost_answers_are_sent_again(
@@ -203,7 +191,7 @@ def test_torn_wal_tail_is_dropped_and_only_the_lost_answers_are_sent_again(
     sent_before = sim.stats.requests
     _finish(command, tmp_path)
     assert sim.stats.requests - sent_before <= N - kept
-    out = _assert_complete(output, rows)
+    out = assert_complete(output, rows)
     assert sum(1 for r in out if r.get("cached")) == kept
 
 
@@ -245,7 +233,7 @@ def test_a_journal_that_is_not_a_database_is_set_aside_and_everything_resent(
         f.write(os.urandom(8192))
 
     assert _sent(sim, lambda: _run(config, tmp_path / "in.jsonl", output)) == 20
-    _assert_complete(output, rows)
+    assert_complete(output, rows)
     assert "is damaged" in caplog.text
     assert list(tmp_path.glob("out.jsonl.journal.sqlite.corrupt-*"))
     assert _journal_entries(output) == 20
@@ -266,7 +254,7 @@ def test_a_changed_byte_inside_a_record_is_never_trusted(
     journal.write_bytes(bytes(data))
 
     assert _sent(sim, lambda: _run(config, tmp_path / "in.jsonl", output)) == 1
-    _assert_complete(output, rows)
+    assert_complete(output, rows)
     assert "failed its checksum" in caplog.text
     assert _sent(sim, lambda: _run(config, tmp_path / "in.jsonl", output)) == 0
 
@@ -318,7 +306,7 @@ def test_a_changed_param_invalidates_only_the_requests_it_changes(
         }
     )
     assert _sent(sim, lambda: _run(other_model, input_path, output)) == 10
-    _assert_complete(output, rows)
+    assert_complete(output, rows)
 
 
 def test_samples_are_separate_answers_and_more_samples_send_only_the_new_ones(
@@ -332,7 +320,7 @@ def test_samples_are_separate_answers_and_more_samples_send_only_the_new_ones(
 
     _write_input(input_path, 4, n=3)
     assert _sent(sim, lambda: _run(config, input_path, output)) == 12
-    out = _read_output(output)
+    out = read_rows(output)
     assert sorted((r["id"], r["sample"]) for r in out) == [
         (f"r{i}", s) for i in range(4) for s in range(3)
     ]
@@ -341,7 +329,7 @@ def test_samples_are_separate_answers_and_more_samples_send_only_the_new_ones(
 
     _write_input(input_path, 4, n=5)
     assert _sent(sim, lambda: _run(config, input_path, output)) == 8
-    out = _read_output(output)
+    out = read_rows(output)
     assert len(out) == 20 and len({r["completion"] for r in out}) == 20
 
 
@@ -377,7 +365,7 @@ def test_no_cache_sends_everything_and_leaves_the_journal_alone(
     stamp = journal.stat().st_mtime_ns
 
     assert _sent(sim, lambda: _run(config, input_path, output, cache=False)) == 10
-    out = _assert_complete(output, rows)
+    out = assert_complete(output, rows)
     assert not any(r.get("cached") for r in out)
     assert journal.stat().st_mtime_ns == stamp
 

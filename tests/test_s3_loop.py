@@ -13,9 +13,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from test_s3 import (
     HIDDEN,
+    LABELS,
     TINY_STUDENT,
     Events,
     _user,
@@ -216,3 +218,47 @@ def test_errors_are_mined_with_the_best_checkpoint_not_the_last(tmp_path: Path) 
         (ex.text, p) for ex, p in zip(mining, last.predict(mining), strict=True) if p != ex.label
     }
     assert errors == best_misses and errors != last_misses
+
+
+def test_s3_dry_run_sends_nothing_and_bounds_what_a_run_sends(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from test_s3 import STUDENT_TOML
+
+    from asyncsynth.cli import main
+    from asyncsynth.estimate import s3_estimate
+
+    table = sentiment_s3(tmp_path, rounds=2, extrapolate_per_error=2)
+    price = {"input": 1.0, "output": 2.0, "batch": 0.5}
+    with SimServer(reply=sentiment_reply, record=True, tokenize=True) as sim:
+        labels = "\n".join(f'{k} = "{v}"' for k, v in LABELS.items())
+        (tmp_path / "s3.toml").write_text(
+            f'[endpoints.llm]\nbase_url = "{sim.url}"\nmodel = "sim"\nrpm = 600\n'
+            "price = { input = 1.0, output = 2.0, batch = 0.5 }\n\n"
+            '[s3]\ngold = "gold.jsonl"\ntest = "test.jsonl"\ndev_fraction = 0.3\nseed_size = 60\n'
+            "k = 2\nrationales = { count = 3, samples = 1 }\nrounds = 2\n"
+            f"extrapolate_per_error = 2\nsave_student = false\n\n[s3.labels]\n{labels}\n\n"
+            f"[s3.student]\n{STUDENT_TOML}\n"
+        )
+        args = ["s3", str(tmp_path / "s3.toml"), "--out", str(tmp_path / "out"), "--dry-run"]
+        shown = CliRunner().invoke(main, [*args, "--assume-error-rate", "0.25"])
+        assert shown.exit_code == 0, shown.output
+        assert sim.stats.requests == 0 and not (tmp_path / "out").exists()
+        config = make_config(sim.url, table, price=price, rpm=600)
+        estimate = anyio.run(lambda: s3_estimate(config))
+        run(config, tmp_path / "out")
+        kinds = Counter(kind_of(_user(b)) for b in sim.stats.bodies)
+        sent = sim.stats.requests
+    text = shown.output
+    assert "rationales     2 requests exactly" in text and "seed           60 requests" in text
+    mining = estimate.mining
+    assert f"{2 * mining * 2:,} requests at most (2 rounds x {mining} mining examples" in text
+    assert f"~{round(2 * mining * 2 * 0.25):,} at an assumed student error rate of 0.25" in text
+    assert "llm's tokenizer (/tokenize)" in text and "batch $" in text
+    # the steps before the first round: exactly what the run sent for them
+    assert estimate.rationales.requests == kinds["rationales"] == 2
+    assert estimate.seed.requests == kinds["seed"] == 60
+    # the rounds: the upper bound holds what the run sent
+    assert 0 < kinds["extrapolate"] <= estimate.extrapolation_upper
+    assert estimate.scenarios["upper"].requests >= sent
+    assert estimate.scenarios["first"].requests == 62
+    assert estimate.scenarios["upper"].endpoints[0].online_max_usd is not None

@@ -35,7 +35,7 @@ from typing import Any
 
 import anyio
 
-from ..config import Config, EndpointConfig
+from ..config import Config, EndpointConfig, EngineSettings
 from ..engine import Journal
 from ..engine.engine import Totals
 from ..engine.errors import AsyncsynthError, ConfigError
@@ -95,12 +95,11 @@ class RayExecutor:
     def check(self, config: Config) -> None:
         """Refuse what cannot be kept across actors: a cost or token cap is counted by each
         process's own ledger, so on several actors a job could spend the cap once per actor."""
+        scopes: list[tuple[str, EngineSettings | EndpointConfig]] = [("engine", config.engine)]
+        scopes += ((f"endpoints.{n}", ep) for n, ep in config.endpoints.items())
         caps = [
             where
-            for where, scope in (
-                ("engine", config.engine),
-                *((f"endpoints.{n}", ep) for n, ep in config.endpoints.items()),
-            )
+            for where, scope in scopes
             if scope.max_cost is not None or scope.max_tokens_total is not None
         ]
         if caps:

@@ -39,7 +39,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import orjson
+from anyio.streams.memory import MemoryObjectSendStream
 
 from .client import Completion, parse_completion, status_error
 from .cost import Hold
@@ -91,6 +92,7 @@ class BatchSettings:
     """How an endpoint uses the Batch API (its ``batch`` table)."""
 
     completion_window: str = "24h"
+    """The ``completion_window`` batches are submitted with."""
     max_requests: int = 50_000
     """Lines per batch file (OpenAI: 50,000)."""
     max_bytes: int = 200_000_000
@@ -98,6 +100,7 @@ class BatchSettings:
     poll_interval: float = 10.0
     """Seconds before the first poll; each later wait is 1.5x longer, up to ``poll_max``."""
     poll_max: float = 300.0
+    """The longest wait between two polls, in seconds."""
     collect: float = 2.0
     """Seconds without a new request after which a partial file is submitted."""
     batch_deadline: float | None = None
@@ -378,6 +381,38 @@ def _unpack(packed: Request | bytes) -> Request:
     return packed
 
 
+def _unwrap(exc: Exception) -> Exception:
+    """The exception as raised, not wrapped in groups of one by task groups."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class _Window:
+    """A feed's requests handed to batches and not yet answered, at most ``limit`` at once."""
+
+    __slots__ = ("count", "fed", "finished", "limit", "room")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.fed = False  # the feed has handed over all its requests
+        self.room = anyio.Event()
+        self.finished = anyio.Event()
+
+    async def enter(self) -> None:
+        while self.count >= self.limit:  # the collect timer sends the queue
+            await self.room.wait()
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        self.room.set()
+        self.room = anyio.Event()
+        if self.fed and not self.count:
+            self.finished.set()
+
+
 @dataclass(slots=True, eq=False)
 class _Live:
     """A batch of this job not yet answered: its journal id, endpoint and waiting items."""
@@ -420,7 +455,7 @@ class BatchRunner:
         self._items: dict[bytes, _Item] = {}
         self._queues: dict[str, _Queue] = {}
         self._clients: dict[str, BatchClient] = {}
-        self._online: dict[Fleet, anyio.abc.ObjectSendStream[_Item]] = {}
+        self._online: dict[Fleet, MemoryObjectSendStream[_Item]] = {}
         self._round = 0
         self._first_round = 0
         """Batch requests held under a cap in this round, and in the first (see _reserve_round)."""
@@ -463,7 +498,7 @@ class BatchRunner:
             for client in self._clients.values():
                 await client.aclose()
 
-    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         tg = self.engine._tg
         assert tg is not None
         tg.start_soon(fn, *args)
@@ -499,25 +534,17 @@ class BatchRunner:
         journal = self.journal
         limit = max(
             (self.settings(ep.name).max_pending for ep in self._batch_eps(fleet)),
-            default=BatchSettings.max_pending,
+            default=BatchSettings().max_pending,
         )
-        outstanding = 0
-        fed = False
-        room = anyio.Event()
-        finished = anyio.Event()
+        window = _Window(limit)
 
         async def deliver(result: Result | BudgetExceeded) -> None:
-            nonlocal outstanding, room
             if isinstance(result, BudgetExceeded):
                 if not failure:
                     failure.append(result)
             else:
                 await results.put(result)
-            outstanding -= 1  # only once it is handed over: the feed then may close it
-            room.set()
-            room = anyio.Event()
-            if fed and not outstanding:
-                finished.set()
+            window.leave()  # only once it is handed over: the feed then may close it
 
         try:
             with scope:
@@ -530,26 +557,22 @@ class BatchRunner:
                             result.key = key
                             await results.put(result)
                             continue
-                        while outstanding >= limit:  # the collect timer sends the queue
-                            await room.wait()
-                        outstanding += 1
+                        await window.enter()
                         try:
                             await self.submit(request, key, fleet, deliver, pack=True)
                         except BaseException:
-                            outstanding -= 1
+                            window.count -= 1
                             raise
-                        if not outstanding % 1024:  # queueing never waits: let others run
+                        if not window.count % 1024:  # queueing never waits: let others run
                             await anyio.lowlevel.checkpoint()
                 except BudgetExceeded as exc:
                     failure.append(exc)  # raised by map() once what is in flight is in
-                fed = True
+                window.fed = True
                 self._flush_now(fleet)
-                if outstanding:
-                    await finished.wait()
+                if window.count:
+                    await window.finished.wait()
         except Exception as exc:
-            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]
-            failure.append(exc)
+            failure.append(_unwrap(exc))
         finally:
             results.close()
             done.set()

@@ -53,9 +53,14 @@ class Price:
     """USD per million tokens; ``batch`` multiplies the cost of Batch API answers."""
 
     input: float
+    """USD per million prompt tokens."""
     output: float
+    """USD per million completion tokens."""
     cached_input: float | None = None
+    """USD per million prompt tokens the provider served from its prompt cache
+    (``usage.prompt_tokens_details.cached_tokens``); unset: priced as ``input``."""
     batch: float = 1.0
+    """The multiplier for Batch API answers (OpenAI: 0.5); unset: no discount assumed."""
 
     def cost(self, usage: Mapping[str, int], *, batch: bool = False) -> float:
         """What an answer with this ``usage`` cost, in USD."""

@@ -111,7 +111,7 @@ def _crc(key: bytes, payload: bytes) -> int:
 def _encode(key: bytes, completion: Completion) -> bytes:
     """A stored record: CRC-32 of key and payload, then the payload."""
     c = completion
-    fields = [c.content, c.finish_reason, c.usage, c.model]
+    fields: list[Any] = [c.content, c.finish_reason, c.usage, c.model]
     if c.cost is not None or c.batch:  # what it cost when made; older records lack it
         fields += [c.cost, c.batch]
     payload = orjson.dumps(fields)

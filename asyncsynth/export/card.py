@@ -184,6 +184,11 @@ def _cost(value: Any) -> float | None:
     return None
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` where it is a table, else an empty one."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
@@ -287,10 +292,10 @@ def _gra_sections(source: Source, report: Mapping[str, Any] | None) -> list[str]
             else ""
         )
     )
-    cost = report.get("cost") if isinstance(report.get("cost"), Mapping) else {}
+    cost = _mapping(report.get("cost"))
     if isinstance(cost.get("per_accepted_usd"), int | float):
         out.append(f" ${cost['per_accepted_usd']:,.6f} per accepted sample.")
-    stage_cost = cost.get("by_stage") if isinstance(cost.get("by_stage"), Mapping) else {}
+    stage_cost = _mapping(cost.get("by_stage"))
     by_stage = tokens.get("by_stage") or {}
     if by_stage:
         out.append(
@@ -303,7 +308,7 @@ def _gra_sections(source: Source, report: Mapping[str, Any] | None) -> list[str]
                 ),
             )
         )
-    by_model = cost.get("by_model") if isinstance(cost.get("by_model"), Mapping) else {}
+    by_model = _mapping(cost.get("by_model"))
     if by_model and cost.get("total_usd") is not None:
         out.append("\n" + _table(("model", "cost (USD)"), by_model.items()))
     out.append("\n## Columns\n\n" + GRA_COLUMNS)

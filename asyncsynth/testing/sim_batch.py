@@ -318,16 +318,8 @@ class BatchSim:
         if window not in _WINDOWS:
             return _invalid(f"completion_window must be 24h, got {window!r}", keep_alive)
         lines, errors = self._validate(file.data, endpoint)
-        cfg = self.config
-        draw = self._rng.random()
-        fate = "completed"
-        if errors or draw < cfg.fail_rate:
-            fate = "failed"
-            errors = errors or [{"code": "simulated_failure", "message": "simulated failure",
-                                 "param": None, "line": None}]  # fmt: skip
-        elif draw < cfg.fail_rate + cfg.expire_rate:
-            fate = "expired"
-        rate = cfg.line_error_rate
+        fate, errors = self._fate(errors)
+        rate = self.config.line_error_rate
         error_lines = frozenset(i for i in range(len(lines)) if rate and self._rng.random() < rate)
         batch = _Batch(
             id=self._id("batch"),
@@ -352,6 +344,18 @@ class BatchSim:
             return _lost(keep_alive)
         return _json(200, self._object(batch), keep_alive)
 
+    def _fate(self, errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+        """How a new batch ends (completed, failed or expired) and its errors, drawn by the
+        config's rates."""
+        cfg = self.config
+        draw = self._rng.random()
+        if errors or draw < cfg.fail_rate:
+            failure = {"code": "simulated_failure", "message": "simulated failure"}
+            return "failed", errors or [{**failure, "param": None, "line": None}]
+        if draw < cfg.fail_rate + cfg.expire_rate:
+            return "expired", errors
+        return "completed", errors
+
     def _validate(
         self, data: bytes, endpoint: str
     ) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
@@ -374,19 +378,12 @@ class BatchSim:
             except orjson.JSONDecodeError:
                 error("invalid_json", "line is not valid JSON", number)
                 continue
-            custom_id = row.get("custom_id") if isinstance(row, dict) else None
-            body = row.get("body") if isinstance(row, dict) else None
-            if not isinstance(custom_id, str) or not custom_id:
-                error("missing_custom_id", "custom_id must be a non-empty string", number)
-            elif custom_id in seen:
-                error("duplicate_custom_id", f"custom_id {custom_id!r} is repeated", number)
-            elif row.get("method") != "POST" or row.get("url") != endpoint:
-                error("invalid_url", f"method must be POST and url {endpoint}", number)
-            elif not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-                error("invalid_body", "body must be an object with a 'messages' list", number)
+            problem = _line_problem(row, seen, endpoint)
+            if problem is not None:
+                error(*problem, number)
             else:
-                seen.add(custom_id)
-                lines.append((custom_id, body))
+                seen.add(row["custom_id"])
+                lines.append((row["custom_id"], row["body"]))
         if len(lines) > cfg.max_requests:
             error("too_many_requests", f"more than {cfg.max_requests} requests", None)
         if not lines and not errors:
@@ -616,6 +613,21 @@ def _lost(keep_alive: bool) -> _Outcome:
 
 def _not_found(message: str, keep_alive: bool) -> _Outcome:
     return _answer(404, _error_body(404, message), keep_alive, admitted=False, counted=False)
+
+
+def _line_problem(row: Any, seen: set[str], endpoint: str) -> tuple[str, str] | None:
+    """What is wrong with a line of a batch file (its error code and message), or None."""
+    custom_id = row.get("custom_id") if isinstance(row, dict) else None
+    body = row.get("body") if isinstance(row, dict) else None
+    if not isinstance(custom_id, str) or not custom_id:
+        return "missing_custom_id", "custom_id must be a non-empty string"
+    if custom_id in seen:
+        return "duplicate_custom_id", f"custom_id {custom_id!r} is repeated"
+    if row.get("method") != "POST" or row.get("url") != endpoint:
+        return "invalid_url", f"method must be POST and url {endpoint}"
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return "invalid_body", "body must be an object with a 'messages' list"
+    return None
 
 
 def _multipart(body: bytes) -> dict[str, tuple[str | None, bytes]]:

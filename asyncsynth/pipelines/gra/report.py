@@ -233,7 +233,7 @@ def _cost(
     cost, so the figures do not change on resume), in all, per accepted sample, by stage and
     by model; None where a model has no price."""
     verdicts = [c.verdict for c in cands if c.verdict is not None]
-    books = {
+    books: dict[str, list[Mapping[str, float | None]]] = {
         "annotate": [costs.get("annotate", {})],
         "generate": [c.costs for c in cands],
         "review": [v.costs for v in verdicts],

@@ -20,17 +20,21 @@ from ...io import read_rows
 from .cleaning import CleaningCounts
 from .context import RunContext, S3Error, request_stats
 from .prompts import render
-from .tasks import Draw, Row
+from .settings import S3Settings
+from .tasks import Draw, Row, Task
 
-__all__ = ["SEED_ATTEMPTS", "seed_step"]
+__all__ = ["SEED_ATTEMPTS", "seed_draw", "seed_step"]
 
 SEED_ATTEMPTS = 3
 """Requests one seed slot may take: the first, and two more when cleaning drops its answer."""
 
 
-def _draw(run: RunContext, j: int, rationales: Mapping[str, list[str]]) -> Draw:
-    rng = random.Random(f"{run.settings.seed}:seed:{j}")
-    return run.task.draw(rng, rationales)
+def seed_draw(
+    settings: S3Settings, task: Task, j: int, rationales: Mapping[str, list[str]]
+) -> Draw:
+    """What seed slot ``j`` is written from (fixed by the run's seed and ``j``)."""
+    rng = random.Random(f"{settings.seed}:seed:{j}")
+    return task.draw(rng, rationales)
 
 
 def _request(run: RunContext, j: int, attempt: int, draw: Draw) -> Request:
@@ -51,7 +55,7 @@ async def seed_step(run: RunContext, rationales: Mapping[str, list[str]]) -> lis
     size = run.settings.seed_size
     review = run.settings.review_seed
     counts = CleaningCounts()
-    draws = {j: _draw(run, j, rationales) for j in range(size)}
+    draws = {j: seed_draw(run.settings, run.task, j, rationales) for j in range(size)}
     kept: dict[int, Row] = {}
     dropped: list[Row] = []
     reviews: list[Row] = []
