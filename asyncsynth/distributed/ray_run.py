@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -121,6 +122,7 @@ class RayExecutor:
         if self.runtime_env:
             options["runtime_env"] = dict(self.runtime_env)
         try:
+            _reachable(address)  # Ray itself would retry an address that never answers
             ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
@@ -133,6 +135,24 @@ class RayExecutor:
             return self.actors
         cpus = require_ray().cluster_resources().get("CPU", 1)
         return max(1, int(cpus))
+
+
+CONNECT_SECONDS = 5.0
+"""How long a cluster's address may take to accept a connection before it is refused."""
+
+
+def _reachable(address: str | None) -> None:
+    """Raise :class:`ConnectionError` unless ``HOST:PORT`` (or ``ray://HOST:PORT``) accepts
+    a connection; ``None``, ``auto`` and ``local`` are Ray's to resolve."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not HOST:PORT: ray.init says what is wrong with it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise ConnectionError(exc.strerror or str(exc) or type(exc).__name__) from None
 
 
 # -- the workers --------------------------------------------------------------------------------

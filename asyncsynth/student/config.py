@@ -96,6 +96,11 @@ class StudentConfig:
     ``max_answer_length`` are for extractive QA: a context longer than ``max_length`` is
     split into windows overlapping by ``doc_stride`` tokens, and answers are at most
     ``max_answer_length`` tokens.
+    ``placement``, ``ray_address`` and ``num_gpus`` say where an S3 run trains its
+    students: ``"local"`` in the run's own process, ``"ray"`` on a Ray task asking for
+    ``num_gpus`` GPUs (default 1) on the cluster at ``ray_address`` (else ``RAY_ADDRESS``,
+    else a local one). :func:`train_student` itself always trains in the calling process
+    and refuses ``"ray"``; a Ray placement is S3's (:func:`asyncsynth.pipelines.s3.run_s3`).
     """
 
     model: str = "distilbert-base-uncased"
@@ -164,6 +169,14 @@ class StudentConfig:
                     raise ValueError(f'{name} needs placement = "ray"')
         elif self.num_gpus is not None and self.num_gpus < 0:
             raise ValueError("num_gpus must be >= 0")
+
+    def check_local(self) -> None:
+        """Refuse a Ray placement where the student trains in this process."""
+        if self.placement != "local":
+            raise ValueError(
+                f'placement = "{self.placement}" is for S3 runs (run_s3 trains on the '
+                'cluster); train_student trains in this process: use placement = "local"'
+            )
 
     @property
     def gpus(self) -> float:

@@ -161,17 +161,17 @@ async def run_s3(
         require_ray(PLACEMENT)
     else:
         _check_student_extra()
-    folder = RunFolder(out_dir, journal_name=JOURNAL_FILE)
-    task = make_task(settings, gold.contexts)
-    run = RunContext(config, folder, settings, gold, task, prompts, on_event, reviewer)
-    folder.open(
-        fingerprint(config, settings, gold, prompts),
-        resumable=RESUMABLE_CHANGES,
-        atomic={"labels"},
-        what="S3 run",
-    )
-    _gold_note(run)
-    with student_cluster(settings.student):
+    with student_cluster(settings.student):  # reached (or refused) before the folder opens
+        folder = RunFolder(out_dir, journal_name=JOURNAL_FILE)
+        task = make_task(settings, gold.contexts)
+        run = RunContext(config, folder, settings, gold, task, prompts, on_event, reviewer)
+        folder.open(
+            fingerprint(config, settings, gold, prompts),
+            resumable=RESUMABLE_CHANGES,
+            atomic={"labels"},
+            what="S3 run",
+        )
+        _gold_note(run)
         failure = await _steps(run, config, folder, settings, on_event)
     if failure is not None:
         raise failure

@@ -6,7 +6,13 @@ seed, the same config with ``placement = "local"``, so its ``student.json`` is t
 one), predicts there, and sends back the training record, the predictions and, when the
 student is kept, its saved files, which :meth:`RemoteStudent.save` writes into the run
 folder. Progress comes back through a Ray queue as it happens; an error raised remotely
-is re-raised here whole; cancelling the caller cancels the task.
+is re-raised here whole; cancelling the caller cancels the task (its worker is killed).
+
+The task runs :meth:`~.tasks.Task.train`, which imports the student (and torch) inside
+the Ray worker: the driver needs neither, only the ``ray`` extra. Where the cluster is
+comes from :class:`~asyncsynth.distributed.ray_run.RayExecutor` (``ray_address``, else
+``RAY_ADDRESS``, else a local cluster started for the run and stopped after it), as
+for ``--executor ray``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ...engine.errors import ConfigError
 from ...student.config import StudentConfig, TrainingCancelled
+from ..errors import PipelineError
 
 __all__ = ["RemoteStudent", "Trained", "student_cluster", "train_on_ray"]
 
@@ -73,10 +81,22 @@ def student_cluster(student: StudentConfig) -> Iterator[None]:
 
     owned = RayExecutor(student.ray_address).connect(WHAT)
     try:
+        _check_gpus(require_ray(WHAT), student.gpus)
         yield
     finally:
         if owned:
             require_ray(WHAT).shutdown()
+
+
+def _check_gpus(ray: Any, wanted: float) -> None:
+    """Refuse a request the cluster can never place (Ray would wait for it forever)."""
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if wanted > have:
+        raise ConfigError(
+            f"{WHAT}: the Ray cluster has {have:g} GPUs and student.num_gpus asks for "
+            f"{wanted:g}; point ray_address (or RAY_ADDRESS) at a cluster with GPUs, or set "
+            "num_gpus = 0 to train on its CPUs"
+        )
 
 
 def _remote_work(
@@ -118,6 +138,11 @@ def _result(ray: Any, ref: Any) -> Trained:
         if isinstance(cause, Exception):
             raise cause from None
         raise
+    except ray.exceptions.RayError as exc:  # the worker or its node died, the cluster went
+        raise PipelineError(
+            f"{WHAT}: the student's Ray task failed ({type(exc).__name__}: {exc}); finished "
+            "steps are kept, run the same command again to resume"
+        ) from None
     return trained
 
 
