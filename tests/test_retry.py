@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
 import pytest
+from polling import wait_until
 
 from asyncsynth import Engine, Request, Result
 from asyncsynth.config import Config
@@ -237,14 +239,34 @@ async def test_transport_faults_are_retried_then_succeed_or_fail(
 async def test_a_hanging_server_times_out_within_the_deadline(
     sim: SimServer, config_for: Callable[..., Config]
 ) -> None:
+    """Each attempt waits its timeout, then the deadline stops the retries.
+
+    Attempts start at least ``timeout`` apart, so no more than deadline / timeout + 1 of
+    them fit; every stalled request is given up (the server sees its client leave).
+    """
     sim.config.reply = lambda body, ctx: Reply(hang=True)
     config = config_for(sim.url, timeout=0.15, engine={"max_attempts": 50, "deadline": 0.6})
     start = time.monotonic()
     result = await one(config)
-    elapsed = time.monotonic() - start
+    assert time.monotonic() - start >= 0.6  # it waited the deadline out
     assert isinstance(result.error, DeadlineExceeded), result.error
-    assert result.attempts >= 2
-    assert 0.55 <= elapsed < 1.5
+    assert 2 <= result.attempts <= 5
+    assert sim.stats.hung == result.attempts
+    await wait_until(lambda: sim.stats.in_flight == 0)  # no stalled request left behind
+
+
+async def test_the_last_attempt_is_cut_at_the_deadline(
+    sim: SimServer, config_for: Callable[..., Config]
+) -> None:
+    """An attempt's timeout longer than what is left of the deadline is cut to it."""
+    sim.config.reply = lambda body, ctx: Reply(hang=True)
+    config = config_for(sim.url, timeout=3600, engine={"max_attempts": 50, "deadline": 0.5})
+    result = await one(config)
+    assert isinstance(result.error, DeadlineExceeded), result.error
+    assert result.attempts == 1 and sim.stats.hung == 1
+    waited = re.search(r"last error: no answer within ([0-9.]+)s", str(result.error))
+    assert waited is not None and float(waited[1]) <= 0.5, result.error
+    await wait_until(lambda: sim.stats.in_flight == 0)
 
 
 async def test_unreachable_endpoint_fails_at_the_deadline(
@@ -253,9 +275,11 @@ async def test_unreachable_endpoint_fails_at_the_deadline(
     with SimServer() as gone:
         url = gone.url
     start = time.monotonic()
-    result = await one(config_for(url, engine={"deadline": 0.5}))
+    result = await one(config_for(url, engine={"deadline": 0.5, "max_attempts": 1000}))
+    assert time.monotonic() - start >= 0.5
     assert isinstance(result.error, DeadlineExceeded), result.error
-    assert time.monotonic() - start < 1.5
+    assert "last error: cannot connect" in str(result.error)
+    assert 1 < result.attempts < 1000  # retried until the deadline, not the attempts, ran out
 
 
 async def test_retry_after_seconds_is_honoured(
