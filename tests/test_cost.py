@@ -9,6 +9,7 @@ estimates: within 5% with a pilot.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -266,19 +267,45 @@ async def test_an_endpoint_cap_names_the_endpoint(sim_factory: Any, tmp_path: Pa
 async def test_a_batch_job_holds_its_worst_case_under_the_cap_too(
     sim_factory: Any, tmp_path: Path
 ) -> None:
+    """What fits under the cap is sent at once; the next round waits for all of it.
+
+    ``collect`` is an hour: a file is cut at ``max_requests`` or when a round is full,
+    never by the timer, so a run that ends at all cut each round's last file at once. The
+    rounds are read from the journal (files in the order they were cut) and checked against
+    the order the server saw batches created and answers downloaded, whatever the load.
+    """
     sim = sim_factory(reply=_fixed_reply)
     _rows(tmp_path / "in.jsonl", 300)
-    batch = {"poll_interval": 0.01, "collect": 0.01, "max_requests": 50}
+    batch = {"poll_interval": 0.01, "collect": 3600, "max_requests": 50}
     config = _config(sim.url, engine={"max_cost": 0.001}, params={"max_tokens": 8}, batch=batch)
-    report = await run_file(config, tmp_path / "in.jsonl", tmp_path / "o.jsonl", progress=False)
+    output = tmp_path / "o.jsonl"
+    with anyio.fail_after(60):  # waiting for the collect timer would be an hour
+        report = await run_file(config, tmp_path / "in.jsonl", output, progress=False)
     assert report.budget is not None
-    rows = _read(tmp_path / "o.jsonl")
+    rows = _read(output)
     assert 0 < len(rows) < 300 and all(r["batch"] for r in rows)
     assert sum(r["cost_usd"] for r in rows) <= 0.001
     assert sum(sim.batches.log.submitted.values()) == len(rows)  # only what fit was submitted
-    # In rounds: what fits is sent at once, and the next round waits for all of it.
-    sizes = [len(sim.batches.batches[b].lines) for b in sim.batches.log.created]
-    assert sizes[0] == 50 and sizes[2] < sizes[0] + sizes[1] and len(sizes) <= 10, sizes
+    with Journal(journal_path_for(output)) as journal:
+        files = [(row["batch_id"], row["requests"]) for row in journal.batches()]
+    assert all(size <= 50 for _, size in files) and sum(s for _, s in files) == len(rows)
+    rounds: list[list[str]] = [[]]
+    for batch_id, size in files:  # a round's files are full but its last
+        rounds[-1].append(batch_id)
+        if size < 50:
+            rounds.append([])
+    rounds = [r for r in rounds if r]
+    sizes = {batch_id: size for batch_id, size in files}
+    totals = [sum(sizes[b] for b in r) for r in rounds]
+    assert len(rounds[0]) > 1, files  # the first round filled more than one file
+    assert totals == sorted(totals, reverse=True) and len(set(totals)) == len(totals), totals
+    # Rounds go on while one holds a tenth of the first; the one that holds less is the last.
+    assert totals[-1] < totals[0] / 10 <= min(totals[:-1]), totals
+    seen = sim.batches.log.events
+    for earlier, later in itertools.pairwise(rounds):
+        start = seen.index(("created", later[0]))
+        downloaded = {b for event, b in seen[:start] if event == "downloaded"}
+        assert set(earlier) <= downloaded, (rounds, seen)  # the next round waited for all of it
 
 
 # -- estimates ----------------------------------------------------------------------------------

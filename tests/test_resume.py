@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,21 +137,20 @@ def test_ctrl_c_cancels_in_flight_keeps_answers_and_says_how_to_resume(
     try:
         # Once the stalled requests fill every slot, all answered ones have reached the client.
         sim.wait_for_requests(answered + concurrency, timeout=CHILD_TIMEOUT)
-        interrupted_at = time.monotonic()
         child.send_signal(signal.SIGINT)
+        # The stalled requests hang 600 s: a Ctrl-C that awaited them would run past
+        # CHILD_TIMEOUT (a tenth of that) and fail here; one that cancels them exits at once.
         _, stderr = child.communicate(timeout=CHILD_TIMEOUT)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-    stopped_in = time.monotonic() - interrupted_at
 
     assert child.returncode == 130
     message = stderr.decode()
     assert "Interrupted." in message
     assert "run the same command again to resume" in message
     assert f"{answered} answers are saved in the journal" in message
-    assert stopped_in < 20  # the stalled requests (600 s) were cancelled, not awaited
 
     # Consistent: what the output holds is right and journaled; every answer is journaled.
     partial = read_rows(output)

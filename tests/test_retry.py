@@ -8,7 +8,9 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
+import anyio
 import pytest
+from polling import wait_until
 
 from asyncsynth import Engine, Request, Result
 from asyncsynth.config import Config
@@ -237,14 +239,34 @@ async def test_transport_faults_are_retried_then_succeed_or_fail(
 async def test_a_hanging_server_times_out_within_the_deadline(
     sim: SimServer, config_for: Callable[..., Config]
 ) -> None:
+    """Each attempt waits its timeout, then the deadline stops the retries.
+
+    Attempts that reach the server start at least ``timeout`` apart, so at most
+    deadline / timeout of them fit (the count may add one that found no endpoint left
+    before the deadline); every stalled request is given up (the server sees its client go).
+    """
     sim.config.reply = lambda body, ctx: Reply(hang=True)
     config = config_for(sim.url, timeout=0.15, engine={"max_attempts": 50, "deadline": 0.6})
     start = time.monotonic()
     result = await one(config)
-    elapsed = time.monotonic() - start
+    assert time.monotonic() - start >= 0.55  # it waited the deadline out
     assert isinstance(result.error, DeadlineExceeded), result.error
-    assert result.attempts >= 2
-    assert 0.55 <= elapsed < 1.5
+    assert 2 <= sim.stats.hung <= 0.6 / 0.15 and result.attempts <= sim.stats.hung + 1
+    await wait_until(lambda: sim.stats.in_flight == 0)  # no stalled request left behind
+
+
+async def test_an_attempt_never_outlasts_the_deadline(
+    sim: SimServer, config_for: Callable[..., Config]
+) -> None:
+    """An attempt's timeout longer than what is left of the deadline is cut to it: with
+    an hour's timeout the request still ends, at the deadline, after one hung attempt."""
+    sim.config.reply = lambda body, ctx: Reply(hang=True)
+    config = config_for(sim.url, timeout=3600, engine={"max_attempts": 50, "deadline": 0.5})
+    with anyio.fail_after(60):  # far short of the hour an uncut timeout would wait
+        result = await one(config)
+    assert isinstance(result.error, DeadlineExceeded), result.error
+    assert sim.stats.hung == 1
+    await wait_until(lambda: sim.stats.in_flight == 0)
 
 
 async def test_unreachable_endpoint_fails_at_the_deadline(
@@ -253,9 +275,10 @@ async def test_unreachable_endpoint_fails_at_the_deadline(
     with SimServer() as gone:
         url = gone.url
     start = time.monotonic()
-    result = await one(config_for(url, engine={"deadline": 0.5}))
+    result = await one(config_for(url, engine={"deadline": 0.5, "max_attempts": 1000}))
+    assert time.monotonic() - start >= 0.5
     assert isinstance(result.error, DeadlineExceeded), result.error
-    assert time.monotonic() - start < 1.5
+    assert 1 < result.attempts < 1000  # retried until the deadline, not the attempts, ran out
 
 
 async def test_retry_after_seconds_is_honoured(

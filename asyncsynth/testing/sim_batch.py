@@ -106,6 +106,9 @@ class BatchLog:
     """Lines submitted in created batches, by custom_id: 1 each is "submitted exactly once"."""
     created: list[str] = field(default_factory=list)
     """Batch ids, in the order they were created."""
+    events: list[tuple[str, str]] = field(default_factory=list)
+    """``("created", batch id)`` and ``("downloaded", batch id)`` (its output or error file
+    fetched), in the order the server saw them: what a client did before what."""
 
     def twice(self) -> list[str]:
         """custom_ids submitted more than once."""
@@ -119,6 +122,8 @@ class _File:
     purpose: str
     data: bytes
     created_at: int
+    batch: str | None = None
+    """The batch whose output or error file this is (None: an uploaded file)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -286,6 +291,8 @@ class BatchSim:
         file = self.files.get(file_id)
         if file is None:
             return _not_found(f"no such file: {file_id}", keep_alive)
+        if file.batch is not None:
+            self.log.events.append(("downloaded", file.batch))
         return _answer(200, file.data, keep_alive, admitted=False, counted=False)
 
     def _delete(self, file_id: str, keep_alive: bool) -> _Outcome:
@@ -336,6 +343,7 @@ class BatchSim:
         batch.stamps["created_at"] = batch.created_at
         self.batches[batch.id] = batch
         self.log.created.append(batch.id)
+        self.log.events.append(("created", batch.id))
         for custom_id, _ in lines:
             self.log.submitted[custom_id] += 1
         if self._held("created"):
@@ -525,9 +533,9 @@ class BatchSim:
         if status == "failed":
             return
         if output:
-            batch.output_file_id = self._store(f"{batch.id}_output.jsonl", b"".join(output))
+            batch.output_file_id = self._store(batch, "output", b"".join(output))
         if errors:
-            batch.error_file_id = self._store(f"{batch.id}_error.jsonl", b"".join(errors))
+            batch.error_file_id = self._store(batch, "error", b"".join(errors))
 
     def _answer(self, batch: _Batch, index: int, body: dict[str, Any]) -> tuple[int, bytes]:
         """(status, body) of one line: as the chat route answers, or an error line."""
@@ -556,8 +564,9 @@ class BatchSim:
                 content = reply
         return 200, _completion(body, self._answers, content, finish, prompt_tokens, model)
 
-    def _store(self, filename: str, data: bytes) -> str:
-        file = _File(self._id("file"), filename, "batch_output", data, int(time.time()))
+    def _store(self, batch: _Batch, kind: str, data: bytes) -> str:
+        filename = f"{batch.id}_{kind}.jsonl"
+        file = _File(self._id("file"), filename, "batch_output", data, int(time.time()), batch.id)
         self.files[file.id] = file
         return file.id
 
