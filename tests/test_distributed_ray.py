@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -34,28 +32,6 @@ from asyncsynth.testing.gra_pool import Call, GraScript, pool_config
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 LINES = 600
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
-    """A local Ray cluster for this module's tests (its address); shut down after them."""
-    import ray
-
-    # A short folder: Ray's socket paths must stay under the OS limit of 107 bytes.
-    folder = tempfile.mkdtemp(prefix="asr", dir="/tmp")
-    try:
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            _node_ip_address="127.0.0.1",
-            _temp_dir=folder,
-        )
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

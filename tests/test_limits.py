@@ -15,9 +15,11 @@ import pytest
 from asyncsynth import Engine, Request
 from asyncsynth.config import Config, config_from_dict
 from asyncsynth.engine import limits
+from asyncsynth.engine.fleet import EndpointState
 from asyncsynth.engine.limits import (
     INITIAL_LIMIT,
     QUEUE_LIMIT,
+    QUEUE_SLACK,
     SLOW_START_LEAD,
     WINDOW,
     WINDOW_MARGIN,
@@ -264,6 +266,24 @@ def test_any_ceiling_finds_the_servers_capacity(ceiling: int | None, queue: bool
         assert 60 <= limit.limit <= 66
 
 
+@pytest.mark.parametrize("late", [0.0, 0.01, 0.05, 0.1])
+def test_a_queueing_server_of_short_answers_is_kept_busy_not_flooded(late: float) -> None:
+    """The fleet's vLLM-like sim in virtual time: 16 slots of 50 ms, the rest wait, a
+    ceiling of 1,024 and 800 requests. The limit grows while latency is under the target
+    and is cut where it passes ``1 + QUEUE_LIMIT`` service times plus ``QUEUE_SLACK``; so
+    it settles between the capacity and the level whose queue waits that long. A client
+    seeing answers ``late`` (a busy machine) needs more in flight to keep the server busy
+    (Little's law): each second of lateness counts as one of service."""
+    capacity, service = 16, 0.05
+    server = _Server(capacity, service, queue=True, jitter=0.005, late=late)
+    limit = AdaptiveLimit(1024)
+    outcome = server.run(limit, 800)
+    queued = 1 + QUEUE_LIMIT + (QUEUE_SLACK + late) / service  # the cut's level, in services
+    assert outcome["goodput"] >= 0.9  # every slot kept busy nearly all the time
+    assert capacity <= limit.limit <= capacity * queued + 1
+    assert outcome["latency"] <= queued
+
+
 @pytest.mark.parametrize("late", [0.0, 0.01, 0.05, 0.2])
 def test_a_busy_client_seeing_answers_late_is_refused_little_more(late: float) -> None:
     """Answers seen up to 200 ms late (a loaded machine): refusals stay bounded by what
@@ -352,21 +372,32 @@ async def test_tpm_limit_sends_nothing_the_server_would_refuse(
 
 
 async def test_tpm_estimate_is_corrected_from_usage(
-    sim: SimServer, config_for: Callable[..., Config]
+    sim: SimServer, config_for: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Answers far shorter than max_tokens give their unused budget back."""
     tpm = 60_000  # 1000 tokens a second, bursts of 500
     sim.config.reply = lambda body, ctx: Reply(content="ok")
+    waits: list[float] = []
+    budget_wait = EndpointState.budget_wait
+
+    def spy(self: EndpointState, tokens: float, now: float) -> float:
+        waits.append(wait := budget_wait(self, tokens, now))
+        return wait
+
+    monkeypatch.setattr(EndpointState, "budget_wait", spy)
     requests = (Request.from_prompt(f"{i:040d}", params={"max_tokens": 190}) for i in range(40))
-    start = time.monotonic()
     async with Engine(config_for(sim.url, tpm=tpm, max_concurrency=2)) as engine:
         results = [r async for r in engine.map(requests)]
         used = engine.totals.tokens_in + engine.totals.tokens_out
-    elapsed = time.monotonic() - start
     assert all(r.ok for r in results)
     assert used == 40 * (10 + 1)
-    # Charged at the estimate (200 a request) the run would need (8000 - 500) / 1000 = 7.5 s.
-    assert elapsed < 3.0
+    assert len(waits) == 40
+    # The waits the bucket asked for (its arithmetic, not the clock): charged at the
+    # estimate (200 a request) the run would wait for (8000 - 500) / 1000 = 7.5 s of
+    # refill. Refunded, it needs 440 tokens and the two last estimates, 318 past the
+    # burst: 0.33 s of refill, which two waiters at once may each count. A loaded machine
+    # refills the bucket more between sends: it can only wait less.
+    assert sum(waits) < 1.0
 
 
 async def test_concurrency_cap_holds_at_the_server(

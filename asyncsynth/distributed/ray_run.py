@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -56,14 +57,12 @@ WORKER_ACTOR = "asyncsynth-worker"
 """Actors are named ``asyncsynth-worker-<job>-<n>`` (``ray list actors`` shows them)."""
 
 
-def require_ray() -> Any:
+def require_ray(what: str = "--executor ray") -> Any:
     """The ``ray`` module, or a :class:`ConfigError` naming the extra to install."""
     try:
         import ray
     except ImportError:
-        raise ConfigError(
-            "--executor ray needs the ray extra: pip install 'asyncsynth[ray]'"
-        ) from None
+        raise ConfigError(f"{what} needs the ray extra: pip install 'asyncsynth[ray]'") from None
     return ray
 
 
@@ -111,9 +110,9 @@ class RayExecutor:
                 "to cap the job"
             )
 
-    def connect(self) -> bool:
+    def connect(self, what: str = "--executor") -> bool:
         """Join (or start) the cluster unless this process already did; whether it did now."""
-        ray = require_ray()
+        ray = require_ray(f"{what} ray" if what == "--executor" else what)
         if ray.is_initialized():
             return False
         address = self.address or os.environ.get("RAY_ADDRESS") or None
@@ -123,10 +122,11 @@ class RayExecutor:
         if self.runtime_env:
             options["runtime_env"] = dict(self.runtime_env)
         try:
+            _reachable(address)  # Ray itself would retry an address that never answers
             ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-            raise ConfigError(f"--executor: cannot connect to {where}: {exc}") from None
+            raise ConfigError(f"{what}: cannot connect to {where}: {exc}") from None
         return True
 
     def width(self) -> int:
@@ -135,6 +135,24 @@ class RayExecutor:
             return self.actors
         cpus = require_ray().cluster_resources().get("CPU", 1)
         return max(1, int(cpus))
+
+
+CONNECT_SECONDS = 5.0
+"""How long a cluster's address may take to accept a connection before it is refused."""
+
+
+def _reachable(address: str | None) -> None:
+    """Raise :class:`ConnectionError` unless ``HOST:PORT`` (or ``ray://HOST:PORT``) accepts
+    a connection; ``None``, ``auto`` and ``local`` are Ray's to resolve."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not HOST:PORT: ray.init says what is wrong with it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise ConnectionError(exc.strerror or str(exc) or type(exc).__name__) from None
 
 
 # -- the workers --------------------------------------------------------------------------------

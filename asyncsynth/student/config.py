@@ -96,6 +96,11 @@ class StudentConfig:
     ``max_answer_length`` are for extractive QA: a context longer than ``max_length`` is
     split into windows overlapping by ``doc_stride`` tokens, and answers are at most
     ``max_answer_length`` tokens.
+    ``placement``, ``ray_address`` and ``num_gpus`` say where an S3 run trains its
+    students: ``"local"`` in the run's own process, ``"ray"`` on a Ray task asking for
+    ``num_gpus`` GPUs (default 1) on the cluster at ``ray_address`` (else ``RAY_ADDRESS``,
+    else a local one). :func:`train_student` itself always trains in the calling process
+    and refuses ``"ray"``; a Ray placement is S3's (:func:`asyncsynth.pipelines.s3.run_s3`).
     """
 
     model: str = "distilbert-base-uncased"
@@ -119,8 +124,12 @@ class StudentConfig:
     padding: Literal["longest", "max_length"] = "longest"
     doc_stride: int = 128
     max_answer_length: int = 30
+    placement: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    num_gpus: float | None = None
 
     def __post_init__(self) -> None:
+        self._check_placement()
         if self.metric not in (*CLASSIFICATION_METRICS, *QA_METRICS):
             raise ValueError(
                 f"metric must be accuracy, macro_f1 (classification), exact_match or f1 (QA), "
@@ -150,6 +159,29 @@ class StudentConfig:
             raise ValueError("from_config needs a 'model_type' key, e.g. 'bert'")
         if self.doc_stride < 0:
             raise ValueError("doc_stride must be >= 0")
+
+    def _check_placement(self) -> None:
+        if self.placement not in ("local", "ray"):
+            raise ValueError(f"placement must be 'local' or 'ray', got {self.placement!r}")
+        if self.placement == "local":
+            for name in ("ray_address", "num_gpus"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f'{name} needs placement = "ray"')
+        elif self.num_gpus is not None and self.num_gpus < 0:
+            raise ValueError("num_gpus must be >= 0")
+
+    def check_local(self) -> None:
+        """Refuse a Ray placement where the student trains in this process."""
+        if self.placement != "local":
+            raise ValueError(
+                f'placement = "{self.placement}" is for S3 runs (run_s3 trains on the '
+                'cluster); train_student trains in this process: use placement = "local"'
+            )
+
+    @property
+    def gpus(self) -> float:
+        """The GPUs a Ray placement asks for (1 unless ``num_gpus`` says otherwise)."""
+        return 1.0 if self.num_gpus is None else float(self.num_gpus)
 
 
 def resolve_model(name: str) -> str:

@@ -709,6 +709,7 @@ def train_student(
     ``cancel`` stops training before the next step with :class:`TrainingCancelled`.
     ``config.processes > 1`` trains in ``torchrun`` child processes (DDP).
     """
+    config.check_local()
     labels = list(labels)
     if not labels or len(set(labels)) != len(labels):
         raise ValueError(f"labels must be non-empty and unique, got {labels}")
@@ -741,6 +742,7 @@ def train_qa_student(
     tokenizer; ``config.metric`` is ``f1`` or ``exact_match`` (SQuAD's, on ``dev``);
     evaluation history entries carry ``dev_exact_match`` and ``dev_f1``.
     """
+    config.check_local()
     if config.metric not in QA_METRICS:
         raise ValueError(f"a QA student is chosen on exact_match or f1, not {config.metric}")
     if config.doc_stride >= config.max_length // 2:

@@ -38,13 +38,11 @@ async def final_step(run: RunContext, rows: Sequence[Row]) -> None:
     if record is not None and record["rounds"] == settings.rounds and saved:
         run.emit("skip", step)
         return
-    student, dev_metrics, _ = await train(run, step, rows, mine=False)
-    test_metrics = None
-    test = run.gold.test
-    if test is not None:
-        test_metrics = await off_loop(
-            lambda: task.score(test, task.predict(student, test)), threading.Event()
-        )
+    test = run.gold.test  # predicted once the student is fixed, with it
+    student, dev_metrics, predicted = await train(
+        run, step, rows, predict=test, keep=settings.save_student
+    )
+    test_metrics = None if test is None or predicted is None else task.score(test, predicted)
     if settings.save_student:
         await off_loop(lambda: student.save(run.out / "final" / "student"), threading.Event())
     run.folder.write_jsonl("final/train.jsonl", rows)

@@ -25,7 +25,7 @@ async def train_round(run: RunContext, r: int, rows: Sequence[Row]) -> list[Row]
     if run.done(step):
         run.emit("skip", step)
         return read_rows(run.out / folder / "errors.jsonl")
-    student, dev_metrics, predicted = await train(run, step, rows, mine=True)
+    student, dev_metrics, predicted = await train(run, step, rows, predict=run.gold.mining)
     assert predicted is not None
     task, mining = run.task, run.gold.mining
     errors = [

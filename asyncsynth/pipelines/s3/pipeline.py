@@ -37,6 +37,8 @@ from .extrapolation import extrapolate_step
 from .final import final_step
 from .gold import GoldData, load_gold
 from .mining import train_round
+from .placement import WHAT as PLACEMENT
+from .placement import student_cluster
 from .prompts import PromptSet, load_prompt_set
 from .rationales import rationales_step
 from .seed import seed_step
@@ -46,7 +48,17 @@ from .tasks import Row, make_task
 __all__ = ["JOURNAL_FILE", "RESUMABLE_CHANGES", "S3Result", "run_s3"]
 
 JOURNAL_FILE = "s3.journal.sqlite"
-RESUMABLE_CHANGES = frozenset({"rounds", "max_failures", "save_student", "student.device"})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "rounds",
+        "max_failures",
+        "save_student",
+        "student.device",
+        "student.placement",
+        "student.ray_address",
+        "student.num_gpus",
+    }
+)
 """Settings a resumed run may change: the other ones would make finished steps stale."""
 
 
@@ -143,17 +155,39 @@ async def run_s3(
         raise ConfigError(f"{config.source}: s3.llm: {exc}") from None
     gold = load_gold(settings)
     prompts = load_prompt_set(settings, span=gold.needs_span)
-    _check_student_extra()
-    folder = RunFolder(out_dir, journal_name=JOURNAL_FILE)
-    task = make_task(settings, gold.contexts)
-    run = RunContext(config, folder, settings, gold, task, prompts, on_event, reviewer)
-    folder.open(
-        fingerprint(config, settings, gold, prompts),
-        resumable=RESUMABLE_CHANGES,
-        atomic={"labels"},
-        what="S3 run",
-    )
-    _gold_note(run)
+    if settings.student.placement == "ray":  # the cluster trains (and needs torch), not here
+        from ...distributed.ray_run import require_ray
+
+        require_ray(PLACEMENT)
+    else:
+        _check_student_extra()
+    with student_cluster(settings.student):  # reached (or refused) before the folder opens
+        folder = RunFolder(out_dir, journal_name=JOURNAL_FILE)
+        task = make_task(settings, gold.contexts)
+        run = RunContext(config, folder, settings, gold, task, prompts, on_event, reviewer)
+        folder.open(
+            fingerprint(config, settings, gold, prompts),
+            resumable=RESUMABLE_CHANGES,
+            atomic={"labels"},
+            what="S3 run",
+        )
+        _gold_note(run)
+        failure = await _steps(run, config, folder, settings, on_event)
+    if failure is not None:
+        raise failure
+    from .report import write_report
+
+    return S3Result(folder.path, write_report(folder.path, settings, gold, folder.state))
+
+
+async def _steps(
+    run: RunContext,
+    config: Config,
+    folder: RunFolder,
+    settings: S3Settings,
+    on_event: OnEvent | None,
+) -> Exception | None:
+    """Every step through one engine; the exception that stopped them, if any."""
     failure: Exception | None = None
     async with Engine(config, journal=folder.journal, on_event=on_event) as engine:
         run.engine = engine
@@ -164,13 +198,9 @@ async def run_s3(
                 run.reviewer = gra_reviewer(engine, config, settings)
             rows = await _loop(run)
             await final_step(run, rows)
-        except Exception as exc:  # raised below, not wrapped in the engine's exception group
+        except Exception as exc:  # raised by the caller, not in the engine's exception group
             failure = exc
-    if failure is not None:
-        raise failure
-    from .report import write_report
-
-    return S3Result(folder.path, write_report(folder.path, settings, gold, folder.state))
+    return failure
 
 
 def _gold_note(run: RunContext) -> None:

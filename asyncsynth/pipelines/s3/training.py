@@ -2,7 +2,9 @@
 
 The student trains in a worker thread; its progress is handed to the loop as ``train``
 events; cancelling the caller (Ctrl-C, a task group's cancel scope) sets the trainer's
-``cancel`` event, which stops it before its next step, and waits for it.
+``cancel`` event, which stops it before its next step, and waits for it. With
+``student.placement = "ray"`` the worker thread drives a Ray task instead
+(:mod:`.placement`), and the student that comes back is a :class:`.placement.RemoteStudent`.
 """
 
 from __future__ import annotations
@@ -50,9 +52,15 @@ async def off_loop(fn: Callable[[], Any], cancel: threading.Event) -> Any:
 
 
 async def train(
-    run: RunContext, step: str, rows: Sequence[Row], *, mine: bool
+    run: RunContext,
+    step: str,
+    rows: Sequence[Row],
+    *,
+    predict: Sequence[Row] | None = None,
+    keep: bool = False,
 ) -> tuple[Any, AnyMetrics | None, list[str] | None]:
-    """A fresh student on ``rows`` chosen on dev; its dev metrics; its mining predictions."""
+    """A fresh student on ``rows`` chosen on dev; its dev metrics; its predictions of
+    ``predict``. ``keep``: the student will be saved (a Ray placement ships its files)."""
     task, gold = run.task, run.gold
     cancel = threading.Event()
 
@@ -60,9 +68,17 @@ async def train(
         anyio.from_thread.run_sync(lambda: run.emit("train", step, **entry))
 
     def work() -> tuple[Any, AnyMetrics | None, list[str] | None]:
+        if run.settings.student.placement == "ray":
+            from .placement import RemoteStudent, train_on_ray
+
+            trained = train_on_ray(
+                task, rows, gold.dev, predict, keep=keep, progress=progress, cancel=cancel
+            )
+            dev_metrics = task.score(gold.dev, trained.dev) if trained.dev is not None else None
+            return RemoteStudent(trained), dev_metrics, trained.predicted
         student = task.train(rows, gold.dev, progress, cancel)
         dev_metrics = task.score(gold.dev, task.predict(student, gold.dev)) if gold.dev else None
-        predicted = task.predict(student, gold.mining) if mine else None
+        predicted = task.predict(student, predict) if predict is not None else None
         return student, dev_metrics, predicted
 
     run.emit("start", step, train_size=len(rows))
