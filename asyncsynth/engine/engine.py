@@ -607,9 +607,23 @@ class Engine:
 
         Batch answers are journaled as their batch is downloaded, not here.
         """
-        journal = self.journal
-        if journal is None:
-            return
+        if (journal := self.journal) is not None:
+            answers, spend = self._answers(results)
+            journal.record(answers, spend=spend)
+            self.ledger.report(self.totals.done, self.totals.total)
+
+    async def _record_async(self, results: list[Result]) -> None:
+        """:meth:`_record`, committed off the event loop (the workers go on meanwhile)."""
+        if (journal := self.journal) is not None:
+            answers, spend = self._answers(results)
+            await journal.record_async(answers, spend=spend)
+            self.ledger.report(self.totals.done, self.totals.total)
+
+    @staticmethod
+    def _answers(
+        results: list[Result],
+    ) -> tuple[list[tuple[bytes, Completion]], dict[str, tuple[float, int]]]:
+        """The answers among ``results`` to journal, and what they cost by endpoint."""
         answers = []
         spend: dict[str, tuple[float, int]] = {}
         for r in results:
@@ -623,8 +637,7 @@ class Engine:
                         cost + (r.cost or 0.0),
                         tokens + usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
                     )
-        journal.record(answers, spend=spend)
-        self.ledger.report(self.totals.done, self.totals.total)
+        return answers, spend
 
     # -- many requests --------------------------------------------------------------------------
 
@@ -676,6 +689,7 @@ class Engine:
         journal = self.journal
         while batch := await results.take():
             if journal is not None:
+                committing = False
                 try:
                     closes = time.monotonic() + COMMIT_SECONDS
                     while len(batch) < COMMIT_ROWS and (remaining := closes - time.monotonic()) > 0:
@@ -685,10 +699,13 @@ class Engine:
                         if not more:
                             break
                         batch += more
+                    committing = True  # committed even if cancelled now (record_async)
+                    await self._record_async(batch)
                 except BaseException:  # cancelled (Ctrl-C): keep every answer that arrived
-                    self._record(batch + results.take_nowait())
+                    self._record(
+                        results.take_nowait() if committing else batch + results.take_nowait()
+                    )
                     raise
-                self._record(batch)
             yield batch
 
     async def _run_workers(
