@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from polling import wait_until
 
 from asyncsynth.config import config_from_dict
 from asyncsynth.distributed import MemoryStore, Shape, SharedLimits, StoreUnavailable, budget_key
@@ -243,16 +244,14 @@ async def test_an_outage_holds_every_request_until_the_store_is_back() -> None:
         tg.start_soon(limits.run)
         flaky.up = False
         tg.start_soon(request)
-        while not events:
-            await anyio.sleep(0.01)
+        await wait_until(lambda: bool(events))
         assert isinstance(events[0], Wait) and events[0].reason == WAIT_REASON
         assert "flaky unreachable (connection refused)" in events[0].message
         assert events[0].seconds is None  # until the next wait of its reason
         await anyio.sleep(0.2)
         assert not admitted  # nothing sent while the limit cannot be checked
         flaky.up = True
-        while not admitted:
-            await anyio.sleep(0.01)
+        await wait_until(lambda: bool(admitted))
         tg.cancel_scope.cancel()
     back = events[-1]
     assert isinstance(back, Wait) and back.seconds == 0 and "is back after" in back.message
@@ -278,8 +277,7 @@ async def test_after_an_outage_held_slots_are_held_again_first() -> None:
         tg.start_soon(second)
         await anyio.sleep(0.1)
         flaky.up = True
-        while not flaky.calls:
-            await anyio.sleep(0.01)
+        await wait_until(lambda: bool(flaky.calls))
         first_batch = flaky.calls[0]
         assert first_batch[0][:2] == ("renew", "k") and held.member in first_batch[0]
         assert first_batch[1][0] == "admit"  # refused: the held slot counts again
