@@ -13,6 +13,9 @@ own, created empty, and deleted (WAL included) once the arm is measured, so no a
 a grown WAL or a previous run's dirty pages; garbage is collected before each arm; and
 the order of the arms turns by one each round, so none always runs first or after the
 same neighbour. Use ``--rounds`` of at least the number of arms to see each in every place.
+
+The process runs as the CLI does, with :func:`asyncsynth.tune_gc` (every arm alike, the bare
+loop included); ``--python-gc`` keeps CPython's default collection thresholds instead.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 
 from _harness import Measure, bare_loop, engine_run, sim_process
 
+from asyncsynth import tune_gc
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,8 +39,13 @@ def main() -> None:
         "--rounds", type=int, default=2, help="rounds of every arm (order turned each round)"
     )
     parser.add_argument("--transports", action="store_true", help="also measure httpx and openai")
+    parser.add_argument(
+        "--python-gc", action="store_true", help="CPython's GC thresholds, not the CLI's"
+    )
     args = parser.parse_args()
     n, c = args.n, args.concurrency
+    if not args.python_gc:
+        tune_gc()
 
     best: dict[str, Measure] = {}
     rates: dict[str, list[float]] = {}
@@ -77,7 +87,10 @@ def main() -> None:
     base = best["bare aiohttp loop"]
     engine = best["asyncsynth Engine.map"]
     journal = best["asyncsynth + journal"]
-    print(f"overhead: {n:,} requests, zero-latency sim, concurrency {c} (best of {args.rounds})")
+    print(
+        f"overhead: {n:,} requests, zero-latency sim, concurrency {c} (best of {args.rounds}),"
+        f" GC thresholds {gc.get_threshold()}"
+    )
     for m in best.values():
         spread = rates[m.label]
         print(f"  {m.line(base)}  (range {min(spread):,.0f}-{max(spread):,.0f} req/s)")

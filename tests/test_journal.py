@@ -9,19 +9,22 @@ answering while a commit is under way.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import anyio
 import pytest
+from click.testing import CliRunner
 from polling import wait_until
 
-from asyncsynth import Engine, Journal, Request
+from asyncsynth import Engine, Journal, Request, tune_gc
+from asyncsynth.cli import main
 from asyncsynth.config import Config
 from asyncsynth.engine import journal as journal_module
 from asyncsynth.engine.client import Completion
-from asyncsynth.engine.engine import COMMIT_ROWS
+from asyncsynth.engine.engine import COMMIT_ROWS, GC_THRESHOLD
 from asyncsynth.engine.journal import encode_record, request_key
 from asyncsynth.testing import SimServer
 
@@ -194,3 +197,22 @@ def test_a_journaled_map_answers_on_while_a_commit_is_under_way(
         release.set()
     assert sorted(r.request.id or "" for r in results) == sorted(str(i) for i in range(n))
     assert all(r.ok for r in results)
+
+
+def test_tune_gc_raises_the_young_threshold_and_the_cli_calls_it(tmp_path: Path) -> None:
+    """The CLI's process collects its young generation less often (a journaled map frees
+    its answers in bursts); a higher threshold already set is kept, the older ones too."""
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 11, 12)
+        tune_gc()
+        assert gc.get_threshold() == (GC_THRESHOLD, 11, 12)
+        gc.set_threshold(3 * GC_THRESHOLD, 11, 12)
+        tune_gc()
+        assert gc.get_threshold() == (3 * GC_THRESHOLD, 11, 12)
+        gc.set_threshold(700, 10, 10)
+        result = CliRunner().invoke(main, ["cache", "stats", str(tmp_path / "none.jsonl")])
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert gc.get_threshold() == (GC_THRESHOLD, 10, 10)
+    finally:
+        gc.set_threshold(*saved)

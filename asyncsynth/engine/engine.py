@@ -17,6 +17,7 @@ results already handed out are journaled, and no result is made for requests not
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections import deque
@@ -58,6 +59,24 @@ MAX_WORKERS = 4096
 COMMIT_ROWS = 256
 COMMIT_SECONDS = 0.02
 """A journaled ``map`` commits (and then yields) after this many results or seconds."""
+
+GC_THRESHOLD = 50_000
+"""Allocations between young-generation collections once :func:`tune_gc` ran (CPython: 700)."""
+
+
+def tune_gc() -> None:
+    """Let the interpreter collect its young generation every ``GC_THRESHOLD`` allocations.
+
+    For the whole process: the CLI calls it at start (as mypy does); a program of your own
+    may call it too. A journaled ``map`` hands results on a commit at a time, so they are
+    freed in bursts, and CPython's default threshold then ran about 20 times as many
+    collections as without the journal, each one walking every young object (the requests
+    in flight): 10% of a zero-latency run's throughput (docs/benchmarks.md). A threshold
+    already set higher is kept.
+    """
+    young, *older = gc.get_threshold()
+    if young < GC_THRESHOLD:
+        gc.set_threshold(GC_THRESHOLD, *older)
 
 
 @dataclass(slots=True)
