@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def main() -> None:
 
     best: dict[str, Measure] = {}
     rates: dict[str, list[float]] = {}
+    collecting = _GcTime()
+    gc_time: dict[str, list[tuple[int, float]]] = {}  # per arm: (collections, seconds) a run
 
     with sim_process() as url, tempfile.TemporaryDirectory() as tmp:
 
@@ -79,7 +82,9 @@ def main() -> None:
             turn = r % len(arms)
             for arm in arms[turn:] + arms[:turn]:
                 gc.collect()
+                collecting.reset()
                 m = arm()
+                gc_time.setdefault(m.label, []).append((collecting.collections, collecting.seconds))
                 rates.setdefault(m.label, []).append(m.rate)
                 if m.label not in best or m.rate > best[m.label].rate:
                     best[m.label] = m
@@ -94,6 +99,11 @@ def main() -> None:
     for m in best.values():
         spread = rates[m.label]
         print(f"  {m.line(base)}  (range {min(spread):,.0f}-{max(spread):,.0f} req/s)")
+    print("  garbage collection, median of the rounds (collections; ms a request):")
+    for label, runs in gc_time.items():
+        counts, seconds = sorted(c for c, _ in runs), sorted(s for _, s in runs)
+        middle = len(runs) // 2
+        print(f"    {label:<34} {counts[middle]:5d}; {1000 * seconds[middle] / n:.3f} ms/req")
     for name, m in (("--no-cache", engine), ("journal on", journal)):
         print(
             f"  {name + ' / bare:':<22} {m.rate / base.rate:.2f}x (target >= 0.80); "
@@ -104,6 +114,24 @@ def main() -> None:
     print(
         f"  display on / off:      {shown.rate / engine.rate:.2f}x (target: 1.00 within the noise)"
     )
+
+
+class _GcTime:
+    """Collections the interpreter ran, and the time they took, since ``reset``."""
+
+    def __init__(self) -> None:
+        self.collections, self.seconds, self._start = 0, 0.0, 0.0
+        gc.callbacks.append(self._hear)
+
+    def reset(self) -> None:
+        self.collections, self.seconds = 0, 0.0
+
+    def _hear(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.collections += 1
+            self.seconds += time.perf_counter() - self._start
 
 
 if __name__ == "__main__":
