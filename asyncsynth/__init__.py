@@ -27,6 +27,7 @@ from .engine import (
     ServerError,
     StatusError,
     TransportError,
+    tune_gc,
 )
 from .export import ExportResult, export_run, push_to_hub
 from .pipelines.errors import PipelineError, RunFolderError
@@ -96,4 +97,5 @@ __all__ = [
     "run_gra",
     "run_s3",
     "single_endpoint_config",
+    "tune_gc",
 ]

@@ -19,6 +19,7 @@ from .engine import (
     EndpointsFailed,
     EndpointsUnreachable,
     Journal,
+    tune_gc,
 )
 from .engine.errors import first_leaf
 from .engine.journal import journal_path_for
@@ -444,6 +445,7 @@ def config_from_options(kw: dict[str, Any]) -> Config:
 @click.version_option(package_name="asyncsynth")
 def main() -> None:
     """Synthesize training data at high concurrency from OpenAI-compatible endpoints."""
+    tune_gc()
 
 
 @main.command()

@@ -13,6 +13,9 @@ own, created empty, and deleted (WAL included) once the arm is measured, so no a
 a grown WAL or a previous run's dirty pages; garbage is collected before each arm; and
 the order of the arms turns by one each round, so none always runs first or after the
 same neighbour. Use ``--rounds`` of at least the number of arms to see each in every place.
+
+The process runs as the CLI does, with :func:`asyncsynth.tune_gc` (every arm alike, the bare
+loop included); ``--python-gc`` keeps CPython's default collection thresholds instead.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from __future__ import annotations
 import argparse
 import gc
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from _harness import Measure, bare_loop, engine_run, sim_process
+
+from asyncsynth import tune_gc
 
 
 def main() -> None:
@@ -34,11 +40,18 @@ def main() -> None:
         "--rounds", type=int, default=2, help="rounds of every arm (order turned each round)"
     )
     parser.add_argument("--transports", action="store_true", help="also measure httpx and openai")
+    parser.add_argument(
+        "--python-gc", action="store_true", help="CPython's GC thresholds, not the CLI's"
+    )
     args = parser.parse_args()
     n, c = args.n, args.concurrency
+    if not args.python_gc:
+        tune_gc()
 
     best: dict[str, Measure] = {}
     rates: dict[str, list[float]] = {}
+    collecting = _GcTime()
+    gc_time: dict[str, list[tuple[int, float]]] = {}  # per arm: (collections, seconds) a run
 
     with sim_process() as url, tempfile.TemporaryDirectory() as tmp:
 
@@ -69,7 +82,9 @@ def main() -> None:
             turn = r % len(arms)
             for arm in arms[turn:] + arms[:turn]:
                 gc.collect()
+                collecting.reset()
                 m = arm()
+                gc_time.setdefault(m.label, []).append((collecting.collections, collecting.seconds))
                 rates.setdefault(m.label, []).append(m.rate)
                 if m.label not in best or m.rate > best[m.label].rate:
                     best[m.label] = m
@@ -77,10 +92,18 @@ def main() -> None:
     base = best["bare aiohttp loop"]
     engine = best["asyncsynth Engine.map"]
     journal = best["asyncsynth + journal"]
-    print(f"overhead: {n:,} requests, zero-latency sim, concurrency {c} (best of {args.rounds})")
+    print(
+        f"overhead: {n:,} requests, zero-latency sim, concurrency {c} (best of {args.rounds}),"
+        f" GC thresholds {gc.get_threshold()}"
+    )
     for m in best.values():
         spread = rates[m.label]
         print(f"  {m.line(base)}  (range {min(spread):,.0f}-{max(spread):,.0f} req/s)")
+    print("  garbage collection, median of the rounds (collections; ms a request):")
+    for label, runs in gc_time.items():
+        counts, seconds = sorted(c for c, _ in runs), sorted(s for _, s in runs)
+        middle = len(runs) // 2
+        print(f"    {label:<34} {counts[middle]:5d}; {1000 * seconds[middle] / n:.3f} ms/req")
     for name, m in (("--no-cache", engine), ("journal on", journal)):
         print(
             f"  {name + ' / bare:':<22} {m.rate / base.rate:.2f}x (target >= 0.80); "
@@ -91,6 +114,24 @@ def main() -> None:
     print(
         f"  display on / off:      {shown.rate / engine.rate:.2f}x (target: 1.00 within the noise)"
     )
+
+
+class _GcTime:
+    """Collections the interpreter ran, and the time they took, since ``reset``."""
+
+    def __init__(self) -> None:
+        self.collections, self.seconds, self._start = 0, 0.0, 0.0
+        gc.callbacks.append(self._hear)
+
+    def reset(self) -> None:
+        self.collections, self.seconds = 0, 0.0
+
+    def _hear(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.collections += 1
+            self.seconds += time.perf_counter() - self._start
 
 
 if __name__ == "__main__":

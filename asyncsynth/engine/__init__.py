@@ -3,7 +3,7 @@
 from .batch import BatchSettings
 from .client import Completion, Transport
 from .cost import Ledger, Price, book_cost, made_cost, sum_usd
-from .engine import Engine, Request, Result, Totals
+from .engine import Engine, Request, Result, Totals, tune_gc
 from .errors import (
     AsyncsynthError,
     BatchError,
@@ -65,4 +65,5 @@ __all__ = [
     "made_cost",
     "request_key",
     "sum_usd",
+    "tune_gc",
 ]

@@ -8,7 +8,7 @@ Why SQLite in WAL mode rather than an append-only log of our own:
 - lookups go through the primary-key index on disk, so resuming a job of a million
   rows does not load a million keys into memory;
 - commits are batched by the engine (up to 256 rows or 20 ms) with
-  ``synchronous=NORMAL``, and made off the event loop (:meth:`Journal.record_async`, on
+  ``synchronous=NORMAL``, and made off the event loop (:meth:`Journal.store_async`, on
   a connection of their own in a worker thread, where SQLite runs without the GIL): the
   inserts into the random-keyed index and the checkpoints (each one fsyncs) cost the
   loop nothing but the hand-over, and the loop's reads never wait on them (WAL readers
@@ -116,32 +116,48 @@ def _crc(key: bytes, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(key))
 
 
-def _encode(key: bytes, completion: Completion) -> bytes:
-    """A stored record: CRC-32 of key and payload, then the payload."""
-    c = completion
-    fields: list[Any] = [c.content, c.finish_reason, c.usage, c.model]
-    if c.cost is not None or c.batch:  # what it cost when made; older records lack it
-        fields += [c.cost, c.batch]
+def encode_record(
+    key: bytes,
+    content: str | None,
+    finish_reason: str | None,
+    usage: Mapping[str, int],
+    model: str | None,
+    cost: float | None = None,
+    batch: bool = False,
+) -> bytes:
+    """A stored record of an answer: CRC-32 of key and payload, then the payload."""
+    fields: list[Any] = [content, finish_reason, usage, model]
+    if cost is not None or batch:  # what it cost when made; older records lack it
+        fields += [cost, batch]
     payload = orjson.dumps(fields)
     return _CRC.pack(_crc(key, payload)) + payload
 
 
-def _rows(answers: Iterable[tuple[bytes, Completion]]) -> list[tuple[bytes, bytes]]:
-    return [(key, _encode(key, completion)) for key, completion in answers]
+def _encoded(answers: Iterable[tuple[bytes, Completion]]) -> list[bytes]:
+    """Records as :meth:`Journal.store` takes them: key, record, key, record, ..."""
+    flat: list[bytes] = []
+    for key, c in answers:
+        flat.append(key)
+        flat.append(
+            encode_record(key, c.content, c.finish_reason, c.usage, c.model, c.cost, c.batch)
+        )
+    return flat
 
 
-_INSERT_ROWS = 128
-"""Rows per INSERT statement: one step inserts them all, so a commit in a worker thread
-releases the GIL once per 128 rows rather than once per row (which made the event loop
-and the writer trade the GIL back and forth)."""
+_INSERT_ROWS = 256
+"""Rows per INSERT statement (a whole commit of the engine's, ``COMMIT_ROWS``): one step
+inserts them all, so a commit in a worker thread takes the GIL back a few times per
+commit, not once per row (which made the event loop and the writer trade the GIL back
+and forth)."""
 
 
-def _insert(db: sqlite3.Connection, rows: Sequence[tuple[bytes, bytes]]) -> None:
-    for start in range(0, len(rows), _INSERT_ROWS):
-        chunk = rows[start : start + _INSERT_ROWS]
-        marks = ", ".join(("(?, ?)",) * len(chunk))
-        args = [field for row in chunk for field in row]
-        db.execute(f"INSERT OR IGNORE INTO responses (key, value) VALUES {marks}", args)
+def _insert(db: sqlite3.Connection, flat: Sequence[bytes]) -> None:
+    """Insert ``flat`` (key, record, key, record, ...), keeping a record already there."""
+    step = 2 * _INSERT_ROWS
+    for start in range(0, len(flat), step):
+        chunk = flat[start : start + step]
+        marks = ", ".join(("(?, ?)",) * (len(chunk) // 2))
+        db.execute(f"INSERT OR IGNORE INTO responses (key, value) VALUES {marks}", chunk)
 
 
 def journal_path_for(output: str | os.PathLike[str]) -> Path:
@@ -216,7 +232,7 @@ class Journal:
     """Completed responses by request key.
 
     Two connections: one for reads and the batch bookkeeping, used on the caller's
-    thread, and one for :meth:`record` and :meth:`record_async`, opened at the first
+    thread, and one for :meth:`store` and :meth:`store_async`, opened at the first
     answer and used by one thread at a time (a lock), so answers can be committed in a
     worker thread while the event loop goes on. WAL mode lets the reader see every
     committed answer without waiting on the writer.
@@ -344,11 +360,7 @@ class Journal:
 
         ``spend`` adds what they cost, by endpoint (USD, tokens), to :meth:`spent`.
         """
-        rows = _rows(answers)
-        if rows:
-            self._write(rows, spend)
-            self._stored(key for key, _ in rows)
-        return len(rows)
+        return self.store(_encoded(answers), spend=spend)
 
     async def record_async(
         self,
@@ -356,20 +368,35 @@ class Journal:
         *,
         spend: Mapping[str, tuple[float, int]] | None = None,
     ) -> int:
-        """:meth:`record`, committed in a worker thread while the event loop goes on.
+        """:meth:`record`, committed in a worker thread (see :meth:`store_async`)."""
+        return await self.store_async(_encoded(answers), spend=spend)
 
-        Durable when it returns, as :meth:`record`, and when it is cancelled too: it
+    def store(
+        self, records: list[bytes], *, spend: Mapping[str, tuple[float, int]] | None = None
+    ) -> int:
+        """:meth:`record` for answers already encoded: ``records`` alternates each key
+        with its :func:`encode_record` (one flat list, no object per answer)."""
+        if records:
+            self._write(records, spend)
+            self._stored(records)
+        return len(records) // 2
+
+    async def store_async(
+        self, records: list[bytes], *, spend: Mapping[str, tuple[float, int]] | None = None
+    ) -> int:
+        """:meth:`store`, committed in a worker thread while the event loop goes on.
+
+        Durable when it returns, as :meth:`store`, and when it is cancelled too: it
         waits for the commit under way, or makes it here if the thread had not begun,
         then raises. The answers are never left half stored nor stored twice.
         """
-        rows = _rows(answers)
-        if not rows:
+        if not records:
             return 0
         written = False
 
         def write() -> None:
             nonlocal written
-            self._write(rows, spend)
+            self._write(records, spend)
             written = True
 
         try:
@@ -380,25 +407,23 @@ class Journal:
             raise
         finally:
             if written:
-                self._stored(key for key, _ in rows)
-        return len(rows)
+                self._stored(records)
+        return len(records) // 2
 
-    def _write(
-        self, rows: list[tuple[bytes, bytes]], spend: Mapping[str, tuple[float, int]] | None
-    ) -> None:
+    def _write(self, records: list[bytes], spend: Mapping[str, tuple[float, int]] | None) -> None:
         """The answers' transaction, on the writer connection (any thread, one at a time)."""
         with self._writing:
             if self._writer is None:
                 self._writer = self._connection()
             with self._transaction(self._writer) as db:
-                _insert(db, rows)
+                _insert(db, records)
                 if spend:
                     self._add_spend(spend, db)
 
-    def _stored(self, keys: Iterable[bytes]) -> None:
+    def _stored(self, records: Sequence[bytes]) -> None:
         """Committed keys join the filter (rebuilt larger once past its capacity)."""
         known = self._keys
-        for key in keys:
+        for key in records[::2]:
             known.add(key)
         if known.full:
             self._keys = self._load_keys()
@@ -506,15 +531,16 @@ class Journal:
         spend: Mapping[str, tuple[float, int]],
     ) -> None:
         """Store a batch's answers and take them off it, in one transaction."""
+        records = _encoded(answers)
         with self._transaction() as db:
-            _insert(db, _rows(answers))
+            _insert(db, records)
             db.executemany(
                 "DELETE FROM batch_requests WHERE key = ? AND batch = ?",
                 [(key, batch) for key, _ in answers],
             )
             if spend:
                 self._add_spend(spend)
-        self._stored(key for key, _ in answers)
+        self._stored(records)
 
     def batch_release(self, batch: int, state: str, **fields: Any) -> None:
         """The batch holds nothing any more (answered, or sent elsewhere): set its state."""
