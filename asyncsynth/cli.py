@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import click
 
-from .config import DEFAULT_CONFIG, Config, load_config, single_endpoint_config
+from .config import DEFAULT_CONFIG, TRANSPORTS, Config, load_config, single_endpoint_config
 from .engine import (
     AsyncsynthError,
     BudgetExceeded,
@@ -194,8 +194,8 @@ def endpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature."),
         click.option(
             "--transport",
-            type=click.Choice(["aiohttp", "httpx", "openai"]),
-            help="HTTP client (default aiohttp).",
+            type=click.Choice(TRANSPORTS),
+            help="HTTP client (default http1, asyncsynth's own).",
         ),
         click.option(
             "--max-attempts",

@@ -61,7 +61,7 @@ PARAM_KEYS = frozenset(
     }
 )
 
-TRANSPORTS = ("aiohttp", "httpx", "openai")
+TRANSPORTS = ("http1", "aiohttp", "httpx", "openai")
 LOCAL_CONCURRENCY = 2
 """Default ``max_concurrency`` of a ``kind = "local"`` endpoint (one answering, one waiting)."""
 KINDS = ("remote", "local")
@@ -207,9 +207,10 @@ class EndpointConfig:
     """Tokens per minute at most, prompt and completion (unset: unlimited)."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds one attempt may take."""
-    transport: str = "aiohttp"
-    """The HTTP client: ``aiohttp`` (the fastest measured), ``httpx`` or ``openai`` (the
-    official SDK, its own retries off)."""
+    transport: str = "http1"
+    """The HTTP client: ``http1`` (asyncsynth's own, the fastest measured), ``aiohttp``
+    (which follows redirects), ``httpx``, or ``openai`` (the official SDK, its own retries
+    off)."""
     n_ctx: int = 2048
     """For ``local``: the context length llama.cpp is started with."""
     params: Mapping[str, Any] = field(default_factory=dict)

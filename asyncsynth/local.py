@@ -250,7 +250,7 @@ class LocalServer:
             f"died ({_exit_reason(code)}); answers received are kept, run again to resume"
         )
 
-    def transport(self, kind: str = "aiohttp") -> LocalTransport:
+    def transport(self, kind: str = "http1") -> LocalTransport:
         """A transport to this server over the HTTP client ``kind``."""
         return LocalTransport(make_transport(kind, self.url, None, name=self.name), self)
 
@@ -293,7 +293,7 @@ async def start_local_endpoint(
 
 async def _wait_until_ready(server: LocalServer, timeout: float) -> None:
     """Poll ``/v1/models`` (backing off to :data:`_POLL_MAX`) until it answers."""
-    transport = make_transport("aiohttp", server.url, None, name=server.name)
+    transport = make_transport("http1", server.url, None, name=server.name)
     started = time.monotonic()
     pause = _POLL_FIRST
     try:

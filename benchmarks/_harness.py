@@ -110,7 +110,7 @@ def engine_run(
     concurrency: int | None,
     *,
     label: str = "asyncsynth Engine.map",
-    transport: str = "aiohttp",
+    transport: str = "http1",
     journal: str | None = None,
     rpm: float | None = None,
     adaptive: bool = True,

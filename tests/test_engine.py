@@ -31,7 +31,7 @@ from asyncsynth.testing import Reply, ReplyContext, SimServer
 
 pytestmark = pytest.mark.anyio
 
-TRANSPORTS = ["aiohttp", "httpx", "openai"]
+TRANSPORTS = ["http1", "aiohttp", "httpx", "openai"]
 
 
 def prompts(n: int, prefix: str = "p") -> Iterator[Request]:

@@ -16,7 +16,7 @@ import pytest
 from asyncsynth import Engine, Request
 from asyncsynth.config import Config, config_from_dict
 from asyncsynth.engine import limits
-from asyncsynth.engine.client import AiohttpTransport, Completion
+from asyncsynth.engine.client import Completion, Http1Transport
 from asyncsynth.engine.fleet import EndpointState
 from asyncsynth.engine.limits import (
     INITIAL_LIMIT,
@@ -338,13 +338,13 @@ def sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, int]]:
     (tens of ms for the first burst), which the bucket's refill does not wait for, so a
     window of arrivals may hold more than any window of sends."""
     sent: list[tuple[float, int]] = []
-    chat = AiohttpTransport.chat
+    chat = Http1Transport.chat
 
-    async def timed(self: AiohttpTransport, body: bytes, timeout: float) -> Completion:
+    async def timed(self: Http1Transport, body: bytes, timeout: float) -> Completion:
         sent.append((time.monotonic(), _charge(orjson.loads(body))))
         return await chat(self, body, timeout)
 
-    monkeypatch.setattr(AiohttpTransport, "chat", timed)
+    monkeypatch.setattr(Http1Transport, "chat", timed)
     return sent
 
 

@@ -478,7 +478,7 @@ def test_the_start_block_names_endpoints_limits_journal_and_outputs(
     assert first[2] == f"  journal  {out}.journal.sqlite (empty, a fresh start)"
     assert first[3] == (
         f"  role     default: default  {sim.url}  model m  "
-        "concurrency <=8, 6,000 rpm, timeout 120s  aiohttp"
+        "concurrency <=8, 6,000 rpm, timeout 120s  http1"
     )
     again = invoke("run", source, "-o", out, *flags).stderr
     assert f"journal  {out}.journal.sqlite (4 answers kept, resuming)" in again

@@ -1,10 +1,12 @@
 """One endpoint's wire protocol: OpenAI chat completions over a pooled connection.
 
 A transport turns a ready JSON body into a parsed completion, or raises one of the
-errors in :mod:`asyncsynth.engine.errors`; it never retries (the engine does). Three
+errors in :mod:`asyncsynth.engine.errors`; it never retries (the engine does). Four
 are provided, chosen per endpoint with ``transport = "..."``:
 
-- ``aiohttp`` (default): the fastest measured here (see ``benchmarks/overhead.py``);
+- ``http1`` (default): asyncsynth's own HTTP/1.1 client (:mod:`asyncsynth.engine.http1`),
+  about a quarter of aiohttp's CPU a request (see ``benchmarks/overhead.py``);
+- ``aiohttp``: aiohttp's session, for what ``http1`` leaves out (e.g. redirects);
 - ``httpx``: plain httpx, for environments that standardise on it;
 - ``openai``: the official SDK (``max_retries=0``), for providers it special-cases.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -35,6 +38,7 @@ from .errors import (
     ServerError,
     StatusError,
 )
+from .http1 import Origin, Response
 from .limits import RATE_HEADER_NAMES, RateHeaders
 
 _T = TypeVar("_T")
@@ -146,8 +150,45 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return headers
 
 
+class Http1Transport:
+    """The default transport: :class:`~asyncsynth.engine.http1.Origin`, one per endpoint."""
+
+    def __init__(self, base_url: str, api_key: str | None, *, name: str = "") -> None:
+        self._name = name
+        self._origin = Origin(base_url, _headers(api_key), name=name)
+        api = urlsplit(base_url).path.rstrip("/")
+        self._chat, self._models = f"{api}/chat/completions", f"{api}/models"
+        self._root = urlsplit(root_url(base_url)).path
+
+    async def _send(self, method: str, path: str, body: bytes | None, timeout: float) -> Response:
+        """A 2xx answer; any other as an engine error."""
+        response = await self._origin.request(method, path, body, timeout)
+        if response.status >= 300:
+            if response.status < 400:  # the sessions that follow redirects turn a POST into a GET
+                where = response.headers.get("location", "elsewhere")
+                raise status_error(
+                    response.status, f"redirected to {where}", response.headers, self._name
+                )
+            raise status_error(response.status, response.body, response.headers, self._name)
+        return response
+
+    async def chat(self, body: bytes, timeout: float) -> Completion:
+        response = await self._send("POST", self._chat, body, timeout)
+        return parse_completion(response.body, self._name, rate_headers(response.headers))
+
+    async def models(self, timeout: float) -> list[str]:
+        response = await self._send("GET", self._models, None, timeout)
+        return _model_ids(response.body, self._name)
+
+    async def post_root(self, path: str, body: bytes, timeout: float) -> bytes:
+        return (await self._send("POST", self._root + path, body, timeout)).body
+
+    async def aclose(self) -> None:
+        await self._origin.aclose()
+
+
 class AiohttpTransport:
-    """The default transport: one aiohttp session with an unbounded keep-alive pool.
+    """aiohttp: one aiohttp session with an unbounded keep-alive pool.
 
     The engine bounds concurrency itself; the connector only reuses connections.
     """
@@ -345,7 +386,10 @@ def _model_ids(raw: bytes, endpoint: str) -> list[str]:
         raise MalformedResponse(f"not a model list: {exc}", endpoint=endpoint) from None
 
 
-TRANSPORT_CLASSES: dict[str, type[AiohttpTransport | HttpxTransport | OpenAITransport]] = {
+TRANSPORT_CLASSES: dict[
+    str, type[Http1Transport | AiohttpTransport | HttpxTransport | OpenAITransport]
+] = {
+    "http1": Http1Transport,
     "aiohttp": AiohttpTransport,
     "httpx": HttpxTransport,
     "openai": OpenAITransport,

@@ -80,7 +80,8 @@ COOLDOWN_MAX = 30.0
 PROBE_TIMEOUT = 10.0
 NO_MODELS_ROUTE = frozenset({404, 405})
 """Probe answers of a server that lacks ``GET /models`` (it answered: it is up)."""
-ENDPOINT_FAULTS = frozenset({401, 403, 404})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+ENDPOINT_FAULTS = frozenset({401, 403, 404}) | REDIRECTS
 """Answers about the endpoint (key, permissions, model, URL), never about one request."""
 REPEATED_FAULTS = frozenset({400, 422})
 """A request's own fault, unless every request gets the same one (an unsupported param)."""
@@ -233,6 +234,8 @@ def _hint(config: EndpointConfig, status: int) -> str:
         return f"check {config.api_key_env}{allowed}"
     if status == 404:
         return f"check the model name {config.model!r} and base_url {config.base_url}"
+    if status in REDIRECTS:
+        return f"base_url {config.base_url} is redirected: set it to where it points"
     return "every request gets this answer: check the request params (params, extra_body)"
 
 
