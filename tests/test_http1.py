@@ -19,6 +19,7 @@ from asyncsynth import Engine, Request, single_endpoint_config
 from asyncsynth.engine.client import make_transport
 from asyncsynth.engine.errors import (
     ClientError,
+    ConfigError,
     ConnectError,
     ConnectionDropped,
     EndpointsFailed,
@@ -125,6 +126,11 @@ async def test_a_request_carries_host_key_length_and_body() -> None:
     assert fields["Authorization"] == "Bearer sk-test"
     assert fields["Content-Type"] == "application/json"
     assert fields["Content-Length"] == str(len(body)) and body == b'{"model": "m"}'
+
+
+async def test_a_key_that_would_break_the_headers_is_refused_up_front() -> None:
+    with pytest.raises(ConfigError, match="Authorization header holds a line break"):
+        make_transport("http1", "http://localhost:1/v1", "sk-test\n", name="t")
 
 
 async def test_requests_in_turn_share_one_connection() -> None:
@@ -360,6 +366,7 @@ async def test_https_with_a_trusted_certificate(
         for _ in range(2):
             assert (await origin.request("POST", "/", b"{}", 5.0)).body == CHAT
         await origin.aclose()
+        assert not origin._open  # closed, TLS goodbye included, before aclose returns
     assert server.connections == 1
 
 

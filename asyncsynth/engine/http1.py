@@ -24,18 +24,22 @@ connection whose request failed, timed out or was cancelled is closed, never reu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
 import zlib
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
-from .errors import ConnectError, ConnectionDropped, MalformedResponse, RequestTimeout
+from .errors import ConfigError, ConnectError, ConnectionDropped, MalformedResponse, RequestTimeout
 
 USER_AGENT = "asyncsynth"
+CLOSE_TIMEOUT = 1.0
+"""Seconds ``aclose`` waits for its connections to close (a TLS close is a round trip)."""
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
 
 
 class Response(NamedTuple):
@@ -67,11 +71,12 @@ class Origin:
             "Accept-Encoding": "gzip, deflate",
             **(headers or {}),
         }
-        self._fields = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+        self._fields = _fields(fields)
         self._heads: dict[tuple[str, str], bytes] = {}
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
         self._closed = False
+        self._drained: asyncio.Event | None = None
 
     async def request(self, method: str, path: str, body: bytes | None, timeout: float) -> Response:
         """Send one request and read its whole answer; ``path`` is absolute (``/v1/models``)."""
@@ -96,11 +101,23 @@ class Origin:
         return response
 
     async def aclose(self) -> None:
-        """Close every connection, idle or in use (their requests fail as dropped)."""
+        """Close every connection, idle or in use (their requests fail as dropped), and wait
+        (up to :data:`CLOSE_TIMEOUT`) until each is closed: TLS says goodbye first."""
         self._closed = True
         self._idle.clear()
+        if not self._open:
+            return
+        self._drained = asyncio.Event()
         for conn in list(self._open):
             conn.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._drained.wait()
+
+    def _lost(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        if self._drained is not None and not self._open:
+            self._drained.set()
 
     def _reusable(self) -> _Connection | None:
         idle = self._idle
@@ -132,11 +149,23 @@ class Origin:
         """The request line and headers, all but the body's length (which ends them)."""
         head = self._heads.get((method, path))
         if head is None:
-            head = f"{method} {path} HTTP/1.1\r\n{self._fields}".encode("latin-1")
-            self._heads[method, path] = head
+            line = f"{method} {quote(path, safe=_PATH_SAFE)} HTTP/1.1\r\n".encode("ascii")
+            head = self._heads[method, path] = line + self._fields
         if body is None:
             return head + b"\r\n"
         return b"%bContent-Length: %d\r\n\r\n" % (head, len(body))
+
+
+def _fields(fields: dict[str, str]) -> bytes:
+    """Header lines, refusing a value that would break them (a key read with its newline)."""
+    for name, value in fields.items():
+        if "\r" in value or "\n" in value:
+            raise ConfigError(f"the {name} header holds a line break (an API key with a newline?)")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ConfigError(f"the {name} header holds characters HTTP cannot carry") from None
+    return "".join(f"{k}: {v}\r\n" for k, v in fields.items()).encode("latin-1")
 
 
 def _reason(error: OSError) -> str:
@@ -184,7 +213,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        self._origin._open.discard(self)
+        self._origin._lost(self)
         if self._waiter is None or self._waiter.done():
             return
         if self._head_done and self._close_delimited():
