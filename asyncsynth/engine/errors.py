@@ -59,11 +59,11 @@ class InputError(AsyncsynthError, ValueError):
 class EndpointsFailed(AsyncsynthError):
     """Every endpoint of a role was taken out for the run: no request to it can succeed.
 
-    An endpoint is taken out after answering 401, 403 or 404 (a bad key, an unknown model),
-    or the same 400 or 422, to several requests in a row (``[engine] fail_fast``). ``reasons``
-    maps each endpoint to why it was taken out. Raised by ``Engine.map`` and
-    ``Engine.complete``; the CLI exits with code 3. Fix the cause and run again: the
-    journal keeps every answer received.
+    An endpoint is taken out after answering 401, 403, 404 or a redirect (a bad key, an
+    unknown model, a moved URL), or the same 400 or 422, to several requests in a row
+    (``[engine] fail_fast``). ``reasons`` maps each endpoint to why it was taken out.
+    Raised by ``Engine.map`` and ``Engine.complete``; the CLI exits with code 3. Fix the
+    cause and run again: the journal keeps every answer received.
     """
 
     def __init__(self, role: str, reasons: Mapping[str, str]) -> None:
