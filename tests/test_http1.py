@@ -16,6 +16,7 @@ import pytest
 import trustme
 
 from asyncsynth import Engine, Request, single_endpoint_config
+from asyncsynth.engine import http1
 from asyncsynth.engine.client import make_transport
 from asyncsynth.engine.errors import (
     ClientError,
@@ -159,11 +160,17 @@ async def _append(origin: Origin, got: list[bytes]) -> None:
     got.append((await origin.request("POST", "/", b"{}", 5.0)).body)
 
 
-async def test_an_answer_saying_close_is_not_reused() -> None:
-    async with scripted([ok(CHAT, "Connection: close"), ok()]) as server:
+@pytest.mark.parametrize("why", ["the answer said close", "it waited idle too long"])
+async def test_a_connection_is_not_reused_when(why: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = ok()
+    if why == "the answer said close":
+        first = ok(CHAT, "Connection: close")
+    else:
+        monkeypatch.setattr(http1, "IDLE_TIMEOUT", -1.0)  # what 4 s of waiting would do
+    async with scripted([first, ok()]) as server:
         origin = Origin(server.url)
-        await origin.request("POST", "/", b"{}", 5.0)
-        await origin.request("POST", "/", b"{}", 5.0)
+        for _ in range(2):
+            assert (await origin.request("POST", "/", b"{}", 5.0)).status == 200
         await origin.aclose()
     assert server.connections == 2
 

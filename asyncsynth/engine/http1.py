@@ -37,6 +37,10 @@ import httptools
 from .errors import ConfigError, ConnectError, ConnectionDropped, MalformedResponse, RequestTimeout
 
 USER_AGENT = "asyncsynth"
+IDLE_TIMEOUT = 4.0
+"""Seconds a connection may wait idle and still be reused: under the 5 s after which vLLM's
+server (uvicorn) and llama.cpp's close an idle connection, so a request is never sent on one
+the server is closing at that moment."""
 CLOSE_TIMEOUT = 1.0
 """Seconds ``aclose`` waits for its connections to close (a TLS close is a round trip)."""
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
@@ -81,8 +85,9 @@ class Origin:
     async def request(self, method: str, path: str, body: bytes | None, timeout: float) -> Response:
         """Send one request and read its whole answer; ``path`` is absolute (``/v1/models``)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        conn = self._reusable()
+        now = loop.time()
+        deadline = now + timeout
+        conn = self._reusable(now)
         if conn is None:
             conn = await self._connect(loop, timeout)
         waiter = conn.send(self._head(method, path, body), body)
@@ -95,6 +100,7 @@ class Origin:
         finally:
             timer.cancel()
         if conn.reusable and not self._closed:
+            conn.idle_since = loop.time()
             self._idle.append(conn)
         else:
             conn.close()
@@ -119,11 +125,16 @@ class Origin:
         if self._drained is not None and not self._open:
             self._drained.set()
 
-    def _reusable(self) -> _Connection | None:
+    def _reusable(self, now: float) -> _Connection | None:
+        """The connection idle the shortest time, if any is still fit to use."""
         idle = self._idle
         while idle:
             conn = idle.pop()
-            if conn.reusable:
+            if now - conn.idle_since > IDLE_TIMEOUT:  # and so is every one below it
+                for old in (conn, *idle):
+                    old.close()
+                idle.clear()
+            elif conn.reusable:
                 return conn
         return None
 
@@ -193,6 +204,7 @@ class _Connection(asyncio.Protocol):
         self._head_done = False
         self.reusable = False
         """Open, idle and kept alive by the server."""
+        self.idle_since = 0.0
 
     # -- asyncio's side -------------------------------------------------------------------
 
