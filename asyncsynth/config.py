@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .distributed.backends import check_backend_url
 from .engine.batch import BatchSettings, check_batch
@@ -424,8 +425,20 @@ def endpoint_from_table(name: str, table: Mapping[str, Any], where: str) -> Endp
     elif "model" not in values:
         raise _fail(f"{where}.model", "missing required key")
     if "base_url" in values:
-        values["base_url"] = values["base_url"].rstrip("/")
+        values["base_url"] = _http_url(values["base_url"], f"{where}.base_url")
     return EndpointConfig(name=name, **values)
+
+
+def _http_url(url: str, where: str) -> str:
+    """``url`` without its trailing ``/``, once it is an ``http(s)://host...`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail(where, f"not an http:// or https:// URL: {url!r}")
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        raise _fail(where, f"the port of {url!r} is not a number from 0 to 65535") from None
+    return url.rstrip("/")
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> Config:

@@ -115,7 +115,7 @@ def test_params_defaults_then_endpoint() -> None:
     }
 
 
-EP = '[endpoints.a]\nbase_url = "u"\nmodel = "m"\n'
+EP = '[endpoints.a]\nbase_url = "http://u"\nmodel = "m"\n'
 PARAMS = EP + "[endpoints.a.params]\n"
 
 
@@ -123,8 +123,18 @@ PARAMS = EP + "[endpoints.a.params]\n"
     ("text", "key", "reason"),
     [
         (EP + 'modle = "x"\n', "endpoints.a.modle", "unknown key"),
-        ('[endpoints.a]\nbase_url = "u"\n', "endpoints.a.model", "missing required key"),
+        ('[endpoints.a]\nbase_url = "http://u"\n', "endpoints.a.model", "missing required key"),
         ('[endpoints.a]\nmodel = "m"\n', "endpoints.a.base_url", "missing required key"),
+        (
+            '[endpoints.a]\nbase_url = "localhost:8000/v1"\nmodel = "m"\n',
+            "endpoints.a.base_url",
+            "not an http:// or https:// URL: 'localhost:8000/v1'",
+        ),
+        (
+            '[endpoints.a]\nbase_url = "http://h:80a/v1"\nmodel = "m"\n',
+            "endpoints.a.base_url",
+            "is not a number",
+        ),
         (EP + "max_concurrency = 0\n", "endpoints.a.max_concurrency", "must be >= 1"),
         (EP + "max_concurrency = 2.5\n", "endpoints.a.max_concurrency", "expected an integer"),
         (EP + "rpm = -5\n", "endpoints.a.rpm", "must be > 0"),
@@ -133,7 +143,11 @@ PARAMS = EP + "[endpoints.a.params]\n"
         (EP + "timeout = inf\n", "endpoints.a.timeout", "expected a number"),
         (EP + 'transport = "curl"\n', "endpoints.a.transport", "must be one of"),
         (EP + 'adaptive = "yes"\n', "endpoints.a.adaptive", "expected true or false"),
-        ('[endpoints.a]\nbase_url = "u"\nmodel = ""\n', "endpoints.a.model", "non-empty string"),
+        (
+            '[endpoints.a]\nbase_url = "http://u"\nmodel = ""\n',
+            "endpoints.a.model",
+            "non-empty string",
+        ),
         (PARAMS + "temprature = 1\n", "endpoints.a.params.temprature", "unknown key"),
         (PARAMS + 'temperature = "hot"\n', "endpoints.a.params.temperature", "expected a number"),
         (PARAMS + "max_tokens = 0\n", "endpoints.a.params.max_tokens", "must be >= 1"),
@@ -188,7 +202,7 @@ def test_api_key_is_read_from_the_environment_and_never_shown(
 
 
 def test_api_key_cannot_be_written_into_the_config(tmp_path: Path) -> None:
-    text = '[endpoints.a]\nbase_url = "u"\nmodel = "m"\napi_key = "sk-inline"\n'
+    text = '[endpoints.a]\nbase_url = "http://u"\nmodel = "m"\napi_key = "sk-inline"\n'
     with pytest.raises(ConfigError, match=r"endpoints\.a\.api_key: unknown key") as info:
         load_config(write(tmp_path, text))
     assert "sk-inline" not in str(info.value)

@@ -75,11 +75,11 @@ def test_price_from_flags_and_config_names_what_is_wrong() -> None:
         parse_price("0.15/0.6")
     with pytest.raises(ConfigError, match=r"endpoints\.a\.price\.inptu: unknown key"):
         config_from_dict(
-            {"endpoints": {"a": {"base_url": "u", "model": "m", "price": {"inptu": 1}}}}
+            {"endpoints": {"a": {"base_url": "http://u", "model": "m", "price": {"inptu": 1}}}}
         )
     with pytest.raises(ConfigError, match=r"endpoints\.a\.price\.batch: must be > 0"):
         config_from_dict(
-            {"endpoints": {"a": {"base_url": "u", "model": "m",
+            {"endpoints": {"a": {"base_url": "http://u", "model": "m",
                                  "price": {"input": 1, "output": 1, "batch": 0}}}}
         )  # fmt: skip
     result = CliRunner().invoke(main, ["run", "x.jsonl", "-o", "y", "--price", "input=a"])
