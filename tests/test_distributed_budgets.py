@@ -99,9 +99,27 @@ async def test_a_slot_given_back_wakes_who_waits_for_one(store: Any) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(wait)
         await anyio.wait_all_tasks_blocked()
-        await anyio.sleep(0.05)  # let a Redis subscription reach the server
+        await subscribed(store, "k")
         await store.call([("release", "k", "a", 0.0, 0.0, 0.0)])
     assert woken == [True]
+
+
+async def subscribed(store: Any, key: str) -> None:
+    """Until a wait for ``key``'s slots has reached the store (Redis: ``PUBSUB NUMSUB``)."""
+    client = getattr(store, "_client", None)
+    if client is None:  # in memory, a waiter blocked is a waiter listening
+        return
+    from asyncsynth.distributed.redis_store import _keys
+
+    channel = f"{_keys(key)[0]}:free"
+
+    async def listened() -> bool:
+        [(_, count)] = await client.pubsub_numsub(channel)
+        return bool(count)
+
+    with anyio.fail_after(5):
+        while not await listened():
+            await anyio.sleep(0.005)
 
 
 async def test_leases_end_unless_renewed(store: Any) -> None:
