@@ -15,12 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from .distributed.backends import check_backend_url
 from .engine.batch import BatchSettings, check_batch
 from .engine.cost import Price, check_price
 from .engine.errors import ConfigError
+from .engine.http1 import split_url
 from .engine.retry import (
     DEFAULT_DEADLINE,
     DEFAULT_FAIL_FAST,
@@ -431,13 +431,10 @@ def endpoint_from_table(name: str, table: Mapping[str, Any], where: str) -> Endp
 
 def _http_url(url: str, where: str) -> str:
     """``url`` without its trailing ``/``, once it is an ``http(s)://host...`` URL."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(where, f"not an http:// or https:// URL: {url!r}")
     try:
-        parts.port  # noqa: B018 (raises on a port that is not a number)
-    except ValueError:
-        raise _fail(where, f"the port of {url!r} is not a number from 0 to 65535") from None
+        split_url(url)
+    except ValueError as exc:
+        raise _fail(where, str(exc)) from None
     return url.rstrip("/")
 
 

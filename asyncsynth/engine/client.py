@@ -5,7 +5,7 @@ errors in :mod:`asyncsynth.engine.errors`; it never retries (the engine does). F
 are provided, chosen per endpoint with ``transport = "..."``:
 
 - ``http1`` (default): asyncsynth's own HTTP/1.1 client (:mod:`asyncsynth.engine.http1`),
-  about a quarter of aiohttp's CPU a request (see ``benchmarks/overhead.py``);
+  about a third of aiohttp's CPU a request (see ``benchmarks/overhead.py``);
 - ``aiohttp``: aiohttp's session, for what ``http1`` leaves out (e.g. redirects);
 - ``httpx``: plain httpx, for environments that standardise on it;
 - ``openai``: the official SDK (``max_retries=0``), for providers it special-cases.

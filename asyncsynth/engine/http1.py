@@ -30,7 +30,7 @@ import socket
 import ssl
 import zlib
 from typing import NamedTuple
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 import httptools
 
@@ -53,15 +53,26 @@ class Response(NamedTuple):
     body: bytes
 
 
+def split_url(url: str) -> SplitResult:
+    """``url``'s parts, once it is an ``http(s)://host[:port]...`` URL; else ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http:// or https:// URL: {url!r}")
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        raise ValueError(f"the port of {url!r} is not a number from 0 to 65535") from None
+    return parts
+
+
 class Origin:
     """Requests to one ``scheme://host:port``, over a pool of keep-alive connections."""
 
     def __init__(self, url: str, headers: dict[str, str] | None = None, *, name: str = "") -> None:
         """``url``: ``http(s)://host[:port]`` (a path is ignored); ``headers`` go with every
         request."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+        parts = split_url(url)
+        assert parts.hostname is not None
         self.name = name
         default_port = 443 if parts.scheme == "https" else 80
         self._host = parts.hostname
